@@ -1,0 +1,133 @@
+// Package memory owns guest RAM: one private anonymous mapping per RAM
+// region, laid out around the 32-bit PCI hole. sfvmm owns the mapping (rather
+// than letting a library allocate it) so that later layers can register it
+// with userfaultfd and serve it to clones.
+//
+// It is not an allocator for the VMM's own data and knows nothing of KVM.
+package memory
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Layout of guest physical memory.
+const (
+	PageSize = 4096
+	// HoleStart is where RAM below 4 GiB ends; [HoleStart, 4 GiB) holds
+	// MMIO (PCI hole, IOAPIC, LAPIC, ...). A guest larger than HoleStart
+	// gets the rest of its RAM from HighStart.
+	HoleStart = 0xC000_0000
+	HighStart = 1 << 32
+	// MaxSize bounds --memory: 1 TiB is far beyond any host this runs on,
+	// and keeps every GPA below the 40-bit physical address width.
+	MaxSize = 1 << 40
+)
+
+// Region is one contiguous range of guest RAM.
+type Region struct {
+	GPA  uint64
+	Size uint64
+	Host []byte // the host mapping; len(Host) == Size
+}
+
+// Memory is a VM's guest RAM.
+type Memory struct {
+	size    uint64
+	regions []Region
+}
+
+// ErrRange reports a guest-physical access outside RAM.
+var ErrRange = errors.New("guest address outside RAM")
+
+// New maps size bytes of guest RAM. size must be a positive multiple of the
+// page size. The mapping is MAP_NORESERVE: pages cost nothing until touched.
+func New(size uint64) (*Memory, error) {
+	switch {
+	case size == 0:
+		return nil, errors.New("guest memory size is 0")
+	case size%PageSize != 0:
+		return nil, fmt.Errorf("guest memory size %d is not a multiple of %d", size, PageSize)
+	case size > MaxSize:
+		return nil, fmt.Errorf("guest memory size %d exceeds the maximum of %d", size, uint64(MaxSize))
+	}
+	m := &Memory{size: size}
+	low := min(size, HoleStart)
+	if err := m.add(0, low); err != nil {
+		return nil, err
+	}
+	if size > low {
+		if err := m.add(HighStart, size-low); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Memory) add(gpa, size uint64) error {
+	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return fmt.Errorf("map %d bytes of guest memory: %w", size, err)
+	}
+	m.regions = append(m.regions, Region{GPA: gpa, Size: size, Host: b})
+	return nil
+}
+
+// Size is the total RAM in bytes.
+func (m *Memory) Size() uint64 { return m.size }
+
+// Regions returns the RAM regions in ascending GPA order.
+func (m *Memory) Regions() []Region { return m.regions }
+
+// Slice returns the host bytes backing [gpa, gpa+n). The range must lie
+// inside one region; anything else is ErrRange, never a wild pointer.
+func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	for _, r := range m.regions {
+		if gpa >= r.GPA && gpa-r.GPA < r.Size {
+			off := gpa - r.GPA
+			if n > r.Size-off {
+				break
+			}
+			return r.Host[off : off+n : off+n], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: [%#x, +%#x)", ErrRange, gpa, n)
+}
+
+// ReadAt copies guest memory at gpa into p (io.ReaderAt semantics).
+func (m *Memory) ReadAt(p []byte, gpa int64) (int, error) {
+	if gpa < 0 {
+		return 0, fmt.Errorf("%w: negative address", ErrRange)
+	}
+	s, err := m.Slice(uint64(gpa), uint64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	return copy(p, s), nil
+}
+
+// WriteAt copies p into guest memory at gpa (io.WriterAt semantics).
+func (m *Memory) WriteAt(p []byte, gpa int64) (int, error) {
+	if gpa < 0 {
+		return 0, fmt.Errorf("%w: negative address", ErrRange)
+	}
+	s, err := m.Slice(uint64(gpa), uint64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	return copy(s, p), nil
+}
+
+// Close unmaps guest RAM. The Memory must not be used afterwards.
+func (m *Memory) Close() error {
+	var errs []error
+	for _, r := range m.regions {
+		errs = append(errs, unix.Munmap(r.Host))
+	}
+	m.regions = nil
+	return errors.Join(errs...)
+}
