@@ -1,0 +1,82 @@
+# sfvmm: `make demo` boots Linux in sfvmm; `make test` runs every test.
+# Both install what they need (Debian packages with apt-get, Go modules
+# through the Go proxy). Where /dev/kvm is missing, KVM work runs in the
+# nested sandbox (go run ./tests/kvmbox).
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BUILD := build
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+KVMBOX := $(GO) run ./tests/kvmbox
+LINUX_CMDLINE := console=ttyS0 panic=-1 quiet
+
+.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot clean
+
+all: sfvmm kernels
+
+# Debian packages the build, the tests and the sandbox need.
+deps:
+	@missing=""; \
+	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
+	[ -x /bin/busybox ] || missing="$$missing busybox-static"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v cpio >/dev/null || missing="$$missing cpio"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+sfvmm:
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/sfvmm ./cmd/sfvmm
+
+kernels: deps
+	$(MAKE) -C kernels all initramfs
+
+demo: deps kernels
+	$(KVMBOX) -- sh -c 'set -x; sfvmm run --cpus 2 --memory 256M --kernel "$$SFVMM_LINUX_KERNEL" \
+		--initrd $(CURDIR)/$(BUILD)/kernels/initramfs.cpio \
+		--cmdline '\''$(LINUX_CMDLINE) sfvmm.run="uname -sr; echo I see $$(nproc) CPUs; cat /proc/meminfo | head -1"'\'''
+
+# Every test: vet and format checks, host unit tests, brief fuzzing, then
+# the KVM tests in the sandbox; it ends with the count of tests run.
+test: deps kernels
+	@mkdir -p $(BUILD)/test && rm -f $(BUILD)/test/*.json
+	$(GO) vet ./... && $(GO) vet -tags kvm ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(MAKE) -k unit fuzz kvmtest; status=$$?; \
+	$(GO) run ./tests/testsummary $(BUILD)/test/*.json && exit $$status
+
+unit:
+	export SFVMM_LINUX_KERNEL=$$($(KVMBOX) --print-kernel); \
+	$(GO) test -count=1 -json ./... > $(BUILD)/test/unit.json; status=$$?; \
+	$(GO) run ./tests/testsummary -brief $(BUILD)/test/unit.json; exit $$status
+
+# Each fuzz target for a few seconds on top of its seed corpus (which the
+# unit tests already run).
+fuzz:
+	@for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/^func //'); do \
+			echo "fuzz $$t in $$(dirname $$f)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 5s ./$$(dirname $$f) || exit 1; \
+		done; \
+	done
+
+kvmtest:
+	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(BUILD)/test/kvm.test ./tests
+	set -o pipefail; cd tests && $(KVMBOX) -- ../$(BUILD)/test/kvm.test -test.v=test2json -test.timeout 25m \
+		| tee ../$(BUILD)/test/kvm.log; status=$$?; \
+	$(GO) tool test2json -p github.com/sfvmm/sfvmm/tests < ../$(BUILD)/test/kvm.log > ../$(BUILD)/test/kvm.json; \
+	exit $$status
+
+bench: bench-boot
+
+bench-boot: deps kernels sfvmm
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/boot ./tests/bench/boot
+	$(KVMBOX) -- $(BUILD)/bench/boot -root $(CURDIR)
+
+clean:
+	rm -rf $(BUILD)
+	$(MAKE) -C kernels clean

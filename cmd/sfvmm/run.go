@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sfvmm/sfvmm/vmm"
+)
+
+// runCmd implements `sfvmm run` and returns the process exit code: the
+// guest's debug-exit code, 0 for a power-off or reset, 2 for a triple
+// fault, 1 for an error, 128+N when stopped by signal N.
+func runCmd(args []string) int {
+	fs := flag.NewFlagSet("sfvmm run", flag.ContinueOnError)
+	kernel := fs.String("kernel", "", "kernel image: Linux bzImage, multiboot ELF, or ELF64 (required)")
+	initrd := fs.String("initrd", "", "initramfs for Linux; for multiboot, modules as QEMU takes them: 'file args,file2'")
+	cmdline := fs.String("cmdline", "", "kernel command line")
+	cpus := fs.Int("cpus", 1, "number of vCPUs")
+	memory := fs.String("memory", "128M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
+	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
+	stats := fs.Bool("stats", false, "print memory statistics at exit (peak RSS, guest RAM touched)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "sfvmm run: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "sfvmm: "+format+"\n", a...) }
+	mem, err := vmm.ParseSize(*memory)
+	if err != nil {
+		logf("error: --memory: %v", err)
+		return vmm.StatusError
+	}
+	vm, err := vmm.New(vmm.Config{
+		KernelPath: *kernel,
+		InitrdPath: *initrd,
+		Cmdline:    *cmdline,
+		CPUs:       *cpus,
+		MemBytes:   mem,
+		Console:    os.Stdout,
+		Logf:       logf,
+	})
+	if err != nil {
+		logf("error: %v", err)
+		return vmm.StatusError
+	}
+	defer vm.Close()
+
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	var stoppedBy syscall.Signal
+	go func() {
+		if s, ok := <-sigs; ok {
+			stoppedBy = s.(syscall.Signal)
+			cancel(fmt.Errorf("received %v", s))
+		}
+	}()
+
+	restore := forwardStdin(vm, logf, func() { cancel(errors.New("console escape Ctrl-A x")) })
+	exit, err := vm.Run(ctx)
+	restore()
+	if err != nil {
+		logf("error: %v", err)
+		return vmm.StatusError
+	}
+	if !*quiet || exit.Reason == vmm.ExitTripleFault {
+		logf("guest ended: %v", exit)
+	}
+	if *stats {
+		printStats(vm, logf)
+	}
+	if exit.Reason == vmm.ExitStopped && stoppedBy != 0 {
+		return 128 + int(stoppedBy)
+	}
+	return exit.Status()
+}
+
+// forwardStdin sends host stdin to the guest's serial port. On a terminal it
+// switches to raw mode (so keys such as Ctrl-C reach the guest) and, as
+// QEMU does, Ctrl-A x ends the VM. It returns a function that restores the
+// terminal.
+func forwardStdin(vm *vmm.VM, logf func(string, ...any), quit func()) func() {
+	fd := int(os.Stdin.Fd())
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		// Not a terminal: pass bytes through as they come.
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				n, err := os.Stdin.Read(buf)
+				vm.SerialInput(buf[:n])
+				if err != nil {
+					if err != io.EOF {
+						logf("stdin: %v", err)
+					}
+					return
+				}
+			}
+		}()
+		return func() {}
+	}
+	raw := *old
+	raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+	raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	raw.Cflag &^= unix.CSIZE | unix.PARENB
+	raw.Cflag |= unix.CS8
+	raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
+		logf("stdin: raw mode: %v", err)
+	}
+	logf("console on stdin; Ctrl-A x quits")
+	go func() {
+		buf := make([]byte, 256)
+		escape := false
+		for {
+			n, err := os.Stdin.Read(buf)
+			if err != nil {
+				return
+			}
+			for _, b := range buf[:n] {
+				switch {
+				case escape && b == 'x':
+					quit()
+					return
+				case escape && b == 0x01:
+					vm.SerialInput([]byte{b}) // Ctrl-A Ctrl-A sends one Ctrl-A
+					escape = false
+				case b == 0x01:
+					escape = true
+				default:
+					escape = false
+					vm.SerialInput([]byte{b})
+				}
+			}
+		}
+	}()
+	return func() { unix.IoctlSetTermios(fd, unix.TCSETS, old) }
+}
+
+// printStats reports the VMM's own memory cost: the process's peak RSS less
+// the guest RAM the guest touched (which every VMM must hold).
+func printStats(vm *vmm.VM, logf func(string, ...any)) {
+	guest, err := vm.ResidentGuestBytes()
+	if err != nil {
+		logf("stats: %v", err)
+		return
+	}
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		logf("stats: getrusage: %v", err)
+		return
+	}
+	peak := uint64(ru.Maxrss) << 10
+	logf("stats: peak_rss_kib=%d guest_resident_kib=%d vmm_overhead_kib=%d", peak>>10, guest>>10, (peak-min(peak, guest))>>10)
+}

@@ -1,0 +1,131 @@
+// Command boot is issue 2's benchmark: process start to exit of sfvmm and of
+// QEMU (qemu-system-x86_64 -enable-kvm, the reference a user would otherwise
+// pick) booting the same guests on the same /dev/kvm, and sfvmm's memory
+// overhead. It prints a Markdown table. Run it where /dev/kvm works, e.g.
+//
+//	make bench-boot   (= go run ./tests/kvmbox -- build/bench/boot)
+//
+// Times are medians of -n runs; in the nested sandbox absolute times are
+// slow, so read the ratios.
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type result struct {
+	wall  time.Duration
+	out   string
+	code  int
+	stats string
+}
+
+func runOnce(name string, args ...string) (result, error) {
+	var out bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	r := result{wall: time.Since(start), out: out.String()}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			return r, fmt.Errorf("%s: %w", name, err)
+		}
+		r.code = ee.ExitCode()
+	}
+	return r, nil
+}
+
+// median runs the command n times, checks each run printed want and ended
+// with code, and returns the median run.
+func median(n int, want string, code int, name string, args ...string) (result, error) {
+	var rs []result
+	for i := 0; i < n; i++ {
+		r, err := runOnce(name, args...)
+		if err != nil {
+			return r, err
+		}
+		if !strings.Contains(r.out, want) || r.code != code {
+			return r, fmt.Errorf("%s %s: exit %d, output lacks %q or wrong code (want %d):\n%s",
+				name, strings.Join(args, " "), r.code, want, code, r.out)
+		}
+		rs = append(rs, r)
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].wall < rs[j].wall })
+	return rs[len(rs)/2], nil
+}
+
+var overheadRE = regexp.MustCompile(`vmm_overhead_kib=(\d+)`)
+
+func overheadMiB(out string) float64 {
+	m := overheadRE.FindStringSubmatch(out)
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.Atoi(m[1])
+	return float64(v) / 1024
+}
+
+func main() {
+	root := flag.String("root", ".", "repository root")
+	n := flag.Int("n", 5, "runs per tiny-kernel measurement (median)")
+	nLinux := flag.Int("n-linux", 3, "runs per Linux measurement (median)")
+	flag.Parse()
+	if err := run(*root, *n, *nLinux); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(root string, n, nLinux int) error {
+	hello := filepath.Join(root, "build/kernels/hello.elf")
+	initrd := filepath.Join(root, "build/kernels/initramfs.cpio")
+	linux := os.Getenv("SFVMM_LINUX_KERNEL")
+	if linux == "" {
+		return fmt.Errorf("SFVMM_LINUX_KERNEL is not set (run through tests/kvmbox)")
+	}
+	qemu := []string{"-enable-kvm", "-cpu", "host", "-nographic", "-no-reboot",
+		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"}
+	const linuxCmd = `console=ttyS0 panic=-1 quiet sfvmm.run="echo answer=$((6*7))"`
+
+	sfHello, err := median(n, "hello from sfvmm", 1, "sfvmm", "run", "--stats", "--kernel", hello)
+	if err != nil {
+		return err
+	}
+	qHello, err := median(n, "hello from sfvmm", 1, "qemu-system-x86_64",
+		append(qemu, "-M", "pc", "-m", "128", "-kernel", hello)...)
+	if err != nil {
+		return err
+	}
+	sfLinux, err := median(nLinux, "answer=42", 0, "sfvmm", "run", "--stats", "--cpus", "2", "--memory", "256M",
+		"--kernel", linux, "--initrd", initrd, "--cmdline", linuxCmd)
+	if err != nil {
+		return err
+	}
+	qLinux, err := median(nLinux, "answer=42", 0, "qemu-system-x86_64",
+		append(qemu, "-M", "pc", "-smp", "2", "-m", "256", "-kernel", linux, "-initrd", initrd, "-append", linuxCmd)...)
+	if err != nil {
+		return err
+	}
+	ratio := func(a, b result) float64 { return a.wall.Seconds() / b.wall.Seconds() }
+	fmt.Println("| measurement | sfvmm | QEMU -enable-kvm | ratio | target |")
+	fmt.Println("|---|---|---|---|---|")
+	fmt.Printf("| hello: process start to exit (median of %d) | %.3f s | %.3f s | %.3f | ≤ 0.1 |\n",
+		n, sfHello.wall.Seconds(), qHello.wall.Seconds(), ratio(sfHello, qHello))
+	fmt.Printf("| Linux 2 vCPU, 256 MiB: start to power-off (median of %d) | %.3f s | %.3f s (-M pc) | %.3f | ≤ 0.5 |\n",
+		nLinux, sfLinux.wall.Seconds(), qLinux.wall.Seconds(), ratio(sfLinux, qLinux))
+	fmt.Printf("| VMM RSS overhead (peak RSS − guest RAM touched), hello | %.1f MiB | | | ≤ 16 MiB |\n", overheadMiB(sfHello.out))
+	fmt.Printf("| VMM RSS overhead (peak RSS − guest RAM touched), Linux | %.1f MiB | | | ≤ 16 MiB |\n", overheadMiB(sfLinux.out))
+	return nil
+}

@@ -1,0 +1,112 @@
+//go:build kvm
+
+package tests
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sfvmm/sfvmm/vmm"
+	"github.com/sfvmm/sfvmm/vmm/vmtest"
+)
+
+func TestHello(t *testing.T) {
+	for _, tc := range []struct {
+		cmdline string
+		status  int
+	}{
+		{"", 1},
+		{"exit=3", 7},
+	} {
+		t.Run(fmt.Sprintf("exit=%q", tc.cmdline), func(t *testing.T) {
+			r := vmtest.Boot(t, vmtest.Options{Kernel: vmtest.Kernel(t, "hello"), Cmdline: tc.cmdline})
+			r.Contains(t, "hello from sfvmm", tc.cmdline)
+			r.Status(t, tc.status)
+		})
+	}
+}
+
+func TestSMP(t *testing.T) {
+	for _, cpus := range []int{1, 2, 4} {
+		t.Run(fmt.Sprintf("cpus=%d", cpus), func(t *testing.T) {
+			r := vmtest.Boot(t, vmtest.Options{Kernel: vmtest.Kernel(t, "smp"), CPUs: cpus})
+			r.Contains(t, fmt.Sprintf("smp: %d of %d cpus online", cpus, cpus))
+			for i := 0; i < cpus; i++ {
+				r.Contains(t, fmt.Sprintf("cpu %d online", i))
+			}
+			r.Status(t, 1)
+		})
+	}
+}
+
+func TestMemtest256M(t *testing.T) {
+	r := vmtest.Boot(t, vmtest.Options{
+		Kernel: vmtest.Kernel(t, "memtest"), Cmdline: "size=256M", Memory: 512 << 20,
+	})
+	r.Contains(t, fmt.Sprintf("memtest: ok %d bytes", 256<<20))
+	r.Status(t, 1)
+}
+
+func TestMemtestTooBig(t *testing.T) {
+	r := vmtest.Boot(t, vmtest.Options{
+		Kernel: vmtest.Kernel(t, "memtest"), Cmdline: "size=256M", Memory: 128 << 20,
+	})
+	r.Status(t, 5)
+}
+
+func TestLongMode(t *testing.T) {
+	r := vmtest.Boot(t, vmtest.Options{Kernel: vmtest.Kernel(t, "longmode")})
+	r.Contains(t, "long mode: ok")
+	r.Status(t, 1)
+}
+
+// A guest poking ports and MMIO nobody claims keeps running and sees all ones.
+func TestUnclaimedAccesses(t *testing.T) {
+	r := vmtest.Boot(t, vmtest.Options{Kernel: vmtest.Kernel(t, "poke")})
+	r.Contains(t, "poke: still alive after")
+	r.Status(t, 1)
+}
+
+func TestTripleFault(t *testing.T) {
+	r := vmtest.Boot(t, vmtest.Options{Kernel: vmtest.Kernel(t, "triple")})
+	r.Contains(t, "triple: faulting now")
+	if r.Exit.Reason != vmm.ExitTripleFault {
+		t.Errorf("exit %v, want a triple fault", r.Exit)
+	}
+	r.Status(t, vmm.StatusTripleFault)
+}
+
+// linuxKernel is Debian's kernel, which the sandbox extracts and names in
+// SFVMM_LINUX_KERNEL.
+func linuxKernel(t *testing.T) (kernel, initrd string) {
+	t.Helper()
+	kernel = os.Getenv("SFVMM_LINUX_KERNEL")
+	if kernel == "" {
+		t.Fatal("SFVMM_LINUX_KERNEL is not set: run through `go run ./tests/kvmbox` or `make test`")
+	}
+	initrd = filepath.Join(vmtest.Root(t), "build", "kernels", "initramfs.cpio")
+	if _, err := os.Stat(initrd); err != nil {
+		t.Fatalf("initramfs missing (run `make kernels`): %v", err)
+	}
+	return kernel, initrd
+}
+
+// LinuxCmdline is the command line sfvmm's Linux tests and demo use.
+const linuxCmdline = "console=ttyS0 panic=-1 quiet"
+
+func TestLinuxBoot(t *testing.T) {
+	kernel, initrd := linuxKernel(t)
+	r := vmtest.Boot(t, vmtest.Options{
+		Kernel: kernel, Initrd: initrd, CPUs: 2, Memory: 256 << 20,
+		Cmdline: linuxCmdline + ` sfvmm.run="echo answer=$((6*7))"`,
+		Timeout: 5 * time.Minute,
+	})
+	r.Contains(t, "sfvmm-init: 2 cpus", "answer=42", "sfvmm-init: command exited 0")
+	if r.Exit.Reason != vmm.ExitPowerOff {
+		t.Errorf("exit %v, want a power-off", r.Exit)
+	}
+	r.Status(t, 0)
+}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// A run directory, build/kvmbox/run-XXXX, is how the host and the guest
+// talk; the guest sees it at the same path through the checkout's 9p share.
+// The host writes run.sh (what to run, see runScript) and modules (extra
+// modules to insmod); the guest writes started, stdout, stderr and rc.
+// console.log is the guest's serial console.
+const (
+	fileScript  = "run.sh"
+	fileModules = "modules"
+	fileStarted = "started"
+	fileStdout  = "stdout"
+	fileStderr  = "stderr"
+	fileRC      = "rc"
+	fileConsole = "console.log"
+)
+
+// kernelCmdline is fixed apart from where the run directory and checkout
+// are. Under TCG every avoided probe counts: no i8042 probe, no timer
+// check, no mitigations; panic=-1 and QEMU's -no-reboot turn an init
+// that dies into QEMU exiting instead of a hang.
+func kernelCmdline(run, checkout string) string {
+	return strings.Join([]string{
+		"console=ttyS0", "quiet", "loglevel=4", "panic=-1", "rdinit=/init",
+		"mitigations=off", "no_timer_check", "tsc=reliable", "i8042.noaux", "i8042.nokbd",
+		"i8042.nopnp", "random.trust_cpu=on",
+		"kvmbox.run=" + run, "kvmbox.checkout=" + checkout,
+	}, " ")
+}
+
+func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
+	o := b.opts
+	return []string{
+		"-accel", "tcg,thread=multi",
+		"-cpu", "max,vendor=AuthenticAMD",
+		"-smp", strconv.Itoa(o.cpus),
+		"-m", o.mem,
+		"-M", "pc",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-nic", "none",
+		"-serial", "file:" + filepath.Join(run, fileConsole),
+		"-kernel", vmlinux,
+		"-initrd", initrd,
+		"-append", kernelCmdline(run, b.root),
+		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+		"-virtfs", "local,path=" + b.root + ",mount_tag=checkout,security_model=none,multidevs=remap",
+	}
+}
+
+// runScript is the guest's second stage, run by /bin/sh of the host's file
+// system chrooted: it redirects all output to the run directory, builds the
+// --hosts network and execs CMD with exactly env.
+func (b *box) runScript(run string, env []string) string {
+	var s strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&s, format+"\n", args...) }
+	p("#!/bin/sh")
+	p("# Written by kvmbox for one run; run by the guest's init.")
+	p("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	p("exec </dev/null >>%s 2>>%s", shellQuote(filepath.Join(run, fileStdout)), shellQuote(filepath.Join(run, fileStderr)))
+	p(": >%s", shellQuote(filepath.Join(run, fileStarted)))
+	for _, batch := range hostsSetup(b.opts.hosts) {
+		cmd := shellJoin(batch.args())
+		p("%s <<'EOF' || { echo %s >&2; exit %d; }", cmd, shellQuote("kvmbox: --hosts network setup failed: "+cmd), exitSetup)
+		p("%s\nEOF", strings.Join(batch.lines, "\n"))
+	}
+	p("cd %s || exit %d", shellQuote(b.cwd), exitSetup)
+	p("exec env -i %s %s", shellJoin(env), shellJoin(b.opts.cmd))
+	return s.String()
+}
+
+// runNested boots the sandbox guest, runs CMD there and returns its exit
+// status.
+func (b *box) runNested(k *kernel, vmlinux, initrd string) (int, error) {
+	o := b.opts
+	for _, p := range []string{b.root, b.cwd} {
+		if strings.ContainsAny(p, " \t\n'\"\\,") {
+			return exitSetup, fmt.Errorf("path %q: the sandbox cannot share paths with spaces, quotes or commas", p)
+		}
+	}
+	run, err := os.MkdirTemp(b.cache, "run-")
+	if err != nil {
+		return exitSetup, err
+	}
+	keep := o.keep
+	defer func() {
+		if keep {
+			logf("run directory kept: %s", run)
+		} else {
+			os.RemoveAll(run)
+		}
+	}()
+
+	// In the guest the host's TMPDIR may not exist and the Go build cache
+	// would be read-only; point both at writable places.
+	env := b.cmdEnv(k, "nested", "TMPDIR", "GOCACHE", "GOTMPDIR")
+	env = append(env, "GOCACHE="+filepath.Join(b.cache, "gocache"))
+	mods := o.modules
+	if o.hosts > 0 {
+		mods = append(append([]string(nil), mods...), "veth", "bridge")
+	}
+	var modList strings.Builder
+	if len(mods) > 0 {
+		paths, err := k.modulePaths(mods)
+		if err != nil {
+			return exitSetup, fmt.Errorf("--modules: %w", err)
+		}
+		for _, p := range paths {
+			fmt.Fprintf(&modList, "%s %s\n", p, moduleParams[modName(p)])
+		}
+	}
+	files := map[string]string{
+		fileScript:  b.runScript(run, env),
+		fileModules: modList.String(),
+		fileStdout:  "",
+		fileStderr:  "",
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(run, name), []byte(data), 0o755); err != nil {
+			return exitSetup, err
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+	defer cancel()
+	ctx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+
+	var qemuErr bytes.Buffer
+	qemu := exec.Command(toolQEMU.path, b.qemuArgs(vmlinux, initrd, run)...)
+	qemu.Stdin = nil
+	qemu.Stdout, qemu.Stderr = &qemuErr, &qemuErr
+	if o.verbose {
+		qemu.Stdout, qemu.Stderr = os.Stderr, os.Stderr
+	}
+	// Its own process group, so ^C reaches kvmbox, which then stops the
+	// guest; and killed along with kvmbox.
+	qemu.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := qemu.Start(); err != nil {
+		return exitSetup, fmt.Errorf("start QEMU: %w", err)
+	}
+	bootStart := time.Now()
+	exited := make(chan error, 1)
+	go func() { exited <- qemu.Wait() }()
+
+	tails := []*tail{
+		{path: filepath.Join(run, fileStdout), w: os.Stdout},
+		{path: filepath.Join(run, fileStderr), w: os.Stderr},
+	}
+	if o.verbose {
+		tails = append(tails, &tail{path: filepath.Join(run, fileConsole), w: os.Stderr})
+	}
+	var upAt, doneAt time.Time
+	poll := func() {
+		for _, t := range tails {
+			t.copy()
+		}
+		now := time.Now()
+		if upAt.IsZero() && exists(filepath.Join(run, fileStarted)) {
+			upAt = now
+		}
+		if doneAt.IsZero() && exists(filepath.Join(run, fileRC)) {
+			doneAt = now
+		}
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var waitErr error
+loop:
+	for {
+		select {
+		case waitErr = <-exited:
+			break loop
+		case <-tick.C:
+			poll()
+		case <-ctx.Done():
+			qemu.Process.Kill()
+			<-exited
+			poll()
+			keep = true
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return exitTimeout, fmt.Errorf("timed out after %v (--timeout); killed QEMU. Guest console: %s",
+					o.timeout, filepath.Join(run, fileConsole))
+			}
+			return 130, errors.New("interrupted; killed QEMU")
+		}
+	}
+	poll()
+
+	rcData, err := os.ReadFile(filepath.Join(run, fileRC))
+	if err != nil {
+		keep = true
+		msg := "the guest stopped before CMD finished"
+		if waitErr != nil {
+			msg = fmt.Sprintf("QEMU failed (%v)", waitErr)
+		}
+		return exitSetup, fmt.Errorf("%s.\n%s%s--- last lines of the guest console (%s):\n%s",
+			msg, indent("QEMU said", qemuErr.String()), upNote(upAt),
+			filepath.Join(run, fileConsole), lastLines(filepath.Join(run, fileConsole), 25))
+	}
+	rc, err := strconv.Atoi(strings.TrimSpace(string(rcData)))
+	if err != nil {
+		keep = true
+		return exitSetup, fmt.Errorf("bad exit status %q from the guest", rcData)
+	}
+	if !o.quiet {
+		if doneAt.IsZero() {
+			doneAt = time.Now()
+		}
+		if upAt.IsZero() {
+			upAt = doneAt
+		}
+		logf("guest up in %.1f s, CMD exited %d after %.1f s (total %.1f s)",
+			upAt.Sub(bootStart).Seconds(), rc, doneAt.Sub(upAt).Seconds(), time.Since(b.start).Seconds())
+	}
+	return rc, nil
+}
+
+// tail copies what has been appended to a file since the last call.
+type tail struct {
+	path string
+	w    io.Writer
+	off  int64
+}
+
+func (t *tail) copy() {
+	f, err := os.Open(t.path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if _, err := f.Seek(t.off, io.SeekStart); err != nil {
+		return
+	}
+	n, _ := io.Copy(t.w, f)
+	t.off += n
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func upNote(upAt time.Time) string {
+	if upAt.IsZero() {
+		return "CMD never started: the guest failed while booting or mounting.\n"
+	}
+	return "CMD started, but the guest went down before it exited (out of memory? a kernel panic?).\n"
+}
+
+func indent(title, s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
+	}
+	return "--- " + title + ":\n" + s + "\n"
+}
+
+func lastLines(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// pruneRunDirs removes run directories that failed runs left behind more
+// than a day ago.
+func pruneRunDirs(cache string) {
+	dirs, _ := filepath.Glob(filepath.Join(cache, "run-*"))
+	for _, d := range dirs {
+		if st, err := os.Stat(d); err == nil && time.Since(st.ModTime()) > 24*time.Hour {
+			os.RemoveAll(d)
+		}
+	}
+}

@@ -1,0 +1,242 @@
+// Command kvmbox runs a command where /dev/kvm works, with this checkout's
+// sfvmm on PATH. It is how sfvmm's KVM tests, benchmarks and demos run on
+// machines without /dev/kvm (see "Testing without /dev/kvm: the nested
+// sandbox" in DESIGN.md):
+//
+//	go run ./tests/kvmbox [flags] -- CMD [ARGS...]
+//
+// If /dev/kvm is usable, CMD runs directly. Otherwise kvmbox boots Debian's
+// kernel under QEMU's TCG emulator with an AMD CPU model, loads kvm_amd
+// there, and runs CMD as root in that guest, whose root file system is the
+// host's (read-only over 9p) with the checkout mounted read-write at its own
+// path, fresh tmpfs on /tmp and /run, and the current directory kept. Any
+// host binary, such as a static Go test binary or qemu itself, runs there
+// unchanged. CMD's stdout and stderr come back live and kvmbox exits with
+// CMD's status.
+//
+// CMD sees KVMBOX=1, SFVMM_LINUX_KERNEL (a Debian vmlinuz for guest kernel
+// tests), and with --hosts N the network namespaces SFVMM_HOSTS (host0 ...)
+// with addresses SFVMM_HOST_ADDRS (10.77.0.1 ...) on one bridge.
+//
+// kvmbox fetches what it needs with apt (QEMU, busybox-static, iproute2,
+// the linux-image package) and caches the kernel and initramfs under
+// build/kvmbox. It is not a general VM runner or a security boundary: the
+// guest sees the host's files and runs as root.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Exit statuses of kvmbox itself, as opposed to CMD's.
+const (
+	exitSetup   = 125 // kvmbox could not run CMD
+	exitTimeout = 124 // --timeout expired
+)
+
+type options struct {
+	cpus        int
+	mem         string
+	hosts       int
+	timeout     time.Duration
+	modules     []string
+	nested      bool // use the sandbox even if /dev/kvm works
+	noBuild     bool
+	keep        bool
+	verbose     bool
+	quiet       bool
+	printKernel bool
+	kernelPkg   string
+	cmd         []string
+}
+
+var memRE = regexp.MustCompile(`^[0-9]+[MG]?$`)
+
+// parseArgs parses kvmbox's flags; everything after them (or after "--")
+// is CMD.
+func parseArgs(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("kvmbox", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: go run ./tests/kvmbox [flags] -- CMD [ARGS...]\n"+
+			"       go run ./tests/kvmbox --print-kernel\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&o.cpus, "cpus", 2, "vCPUs of the sandbox guest")
+	fs.StringVar(&o.mem, "mem", "3G", "memory of the sandbox guest (QEMU -m syntax: 3G, 4096M)")
+	fs.IntVar(&o.hosts, "hosts", 1, "network namespaces host0..hostN-1 to create (0 for none)")
+	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "kill the sandbox after this long")
+	mods := fs.String("modules", "tun", "extra kernel modules to load in the sandbox, comma-separated")
+	fs.BoolVar(&o.nested, "nested", false, "use the QEMU sandbox even where /dev/kvm is usable")
+	fs.BoolVar(&o.noBuild, "no-build", false, "do not rebuild sfvmm before running CMD")
+	fs.BoolVar(&o.keep, "keep", false, "keep the run directory (console log, outputs) after success")
+	fs.BoolVar(&o.verbose, "v", false, "show the guest console and QEMU's messages")
+	fs.BoolVar(&o.quiet, "q", false, "no progress or timing lines on stderr")
+	fs.BoolVar(&o.printKernel, "print-kernel", false, "fetch the Debian kernel if needed and print its path")
+	fs.StringVar(&o.kernelPkg, "kernel-package", "", "Debian linux-image package to use (default: what linux-image-amd64 depends on)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	o.cmd = fs.Args()
+	for _, m := range strings.Split(*mods, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			o.modules = append(o.modules, m)
+		}
+	}
+	switch {
+	case o.printKernel && len(o.cmd) > 0:
+		return nil, errors.New("--print-kernel takes no command")
+	case !o.printKernel && len(o.cmd) == 0:
+		fs.Usage()
+		return nil, errors.New("no command given")
+	case o.cpus < 1 || o.cpus > 64:
+		return nil, fmt.Errorf("--cpus %d: want 1..64", o.cpus)
+	case !memRE.MatchString(o.mem):
+		return nil, fmt.Errorf("--mem %q: want a size such as 3G or 4096M", o.mem)
+	case o.hosts < 0 || o.hosts > maxHosts:
+		return nil, fmt.Errorf("--hosts %d: want 0..%d", o.hosts, maxHosts)
+	case o.timeout <= 0:
+		return nil, fmt.Errorf("--timeout %v: want a positive duration", o.timeout)
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseArgs(os.Args[1:], os.Stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "kvmbox: %v\n", err)
+		os.Exit(2)
+	}
+	rc, err := run(o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kvmbox: %v\n", err)
+	}
+	os.Exit(rc)
+}
+
+// box is one kvmbox invocation: where things are and what to run.
+type box struct {
+	opts   *options
+	root   string // the checkout
+	cache  string // root/build/kvmbox
+	binDir string // cache/bin, put first on CMD's PATH
+	cwd    string
+	start  time.Time
+}
+
+func run(o *options) (int, error) {
+	b := &box{opts: o, start: time.Now()}
+	var err error
+	if b.cwd, err = os.Getwd(); err != nil {
+		return exitSetup, err
+	}
+	if b.root, err = findCheckout(b.cwd); err != nil {
+		return exitSetup, err
+	}
+	b.cache = filepath.Join(b.root, "build", "kvmbox")
+	b.binDir = filepath.Join(b.cache, "bin")
+	for _, d := range []string{b.binDir, filepath.Join(b.cache, "kernel")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return exitSetup, err
+		}
+	}
+	lock, err := lockCache(b.cache)
+	if err != nil {
+		return exitSetup, err
+	}
+	// Held while preparing: the kernel, initramfs and sfvmm binary are
+	// shared by concurrent runs.
+	unlock := func() {
+		if lock != nil {
+			lock.Close()
+			lock = nil
+		}
+	}
+	defer unlock()
+
+	if o.printKernel {
+		k, err := ensureKernel(b.cache, o.kernelPkg)
+		if err != nil {
+			return exitSetup, fmt.Errorf("fetch kernel: %w", err)
+		}
+		fmt.Println(k.Vmlinuz)
+		return 0, nil
+	}
+
+	if !o.noBuild {
+		if err := buildSfvmm(b.root, b.binDir); err != nil {
+			return exitSetup, err
+		}
+	}
+	direct, why := kvmUsable()
+	if o.nested {
+		direct = false
+	}
+	if direct {
+		k, err := ensureKernel(b.cache, o.kernelPkg)
+		if err != nil {
+			warnf("no Debian kernel for SFVMM_LINUX_KERNEL: %v", err)
+		}
+		unlock()
+		return b.runDirect(k)
+	}
+	if !o.quiet && !o.nested {
+		logf("%s; running CMD in the nested QEMU sandbox", why)
+	}
+	if err := ensureTools(toolQEMU, toolBusybox, toolIP, toolXZ, toolPing); err != nil {
+		return exitSetup, fmt.Errorf("host tools: %w", err)
+	}
+	k, err := ensureKernel(b.cache, o.kernelPkg)
+	if err != nil {
+		return exitSetup, fmt.Errorf("fetch kernel: %w", err)
+	}
+	vmlinux, err := k.ensureVmlinux()
+	if err != nil {
+		return exitSetup, fmt.Errorf("unpack kernel: %w", err)
+	}
+	initrd, err := buildInitramfs(b.cache, k)
+	if err != nil {
+		return exitSetup, fmt.Errorf("build initramfs: %w", err)
+	}
+	pruneRunDirs(b.cache)
+	unlock()
+	return b.runNested(k, vmlinux, initrd)
+}
+
+// cmdEnv is CMD's environment: the caller's, minus what only makes sense
+// in the caller's session, plus sfvmm's on PATH and the sandbox variables.
+func (b *box) cmdEnv(k *kernel, mode string, drop ...string) []string {
+	skip := map[string]bool{"PATH": true, "PWD": true, "OLDPWD": true, "KVMBOX": true, "KVMBOX_MODE": true,
+		"SFVMM_HOSTS": true, "SFVMM_HOST_ADDRS": true, "SFVMM_LINUX_KERNEL": true}
+	for _, d := range drop {
+		skip[d] = true
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !skip[name] {
+			env = append(env, kv)
+		}
+	}
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	env = append(env, "PATH="+b.binDir+":"+path, "PWD="+b.cwd, "KVMBOX=1", "KVMBOX_MODE="+mode)
+	if k != nil {
+		env = append(env, "SFVMM_LINUX_KERNEL="+k.Vmlinuz)
+	}
+	return append(env, hostsEnv(b.opts.hosts)...)
+}

@@ -1,0 +1,104 @@
+package boot
+
+import (
+	"fmt"
+
+	"github.com/sfvmm/sfvmm/vmm/boot/mptable"
+	"github.com/sfvmm/sfvmm/vmm/memory"
+)
+
+// Fixed guest-physical addresses of the boot structures (see the package
+// comment for the whole map).
+const (
+	gdtAddr       = 0x500
+	zeroPageAddr  = 0x7000
+	stackTop      = 0x8ff0
+	stackBase     = 0x8000
+	pml4Addr      = 0x9000
+	pdptAddr      = 0xa000
+	pdAddr        = 0xb000 // 4 page directories, one per GiB
+	pageTablesEnd = 0xf000
+	cmdlineAddr   = 0x2_0000
+	cmdlineMax    = 0x1_0000 // bytes, including the NUL
+
+	ebdaStart    = 0x9_fc00 // end of usable conventional memory (639 KiB)
+	biosAreaEnd  = 0x10_0000
+	acpiBase     = 0xe_0000
+	acpiMax      = 0x1_0000
+	mptableBase  = 0xf_0000
+	mptableMax   = 0x1_0000
+	highMemStart = 0x10_0000 // 1 MiB
+
+	maxCPUs = mptable.MaxCPUs
+)
+
+// e820 entry types, shared by the multiboot memory map.
+const (
+	e820RAM      = 1
+	e820Reserved = 2
+)
+
+type e820Entry struct {
+	Addr, Size uint64
+	Type       uint32
+}
+
+// memoryMap is what the guest is told about RAM: conventional memory up to
+// the EBDA, the BIOS area (holding the MP and ACPI tables) reserved, then
+// each RAM region from 1 MiB. The boot structures below 1 MiB stay in usable
+// RAM, as on a PC: Linux copies the zero page and command line before it
+// allocates, and reserves the first megabyte itself.
+func memoryMap(mem *memory.Memory) []e820Entry {
+	m := []e820Entry{
+		{0, ebdaStart, e820RAM},
+		{ebdaStart, biosAreaEnd - ebdaStart, e820Reserved},
+	}
+	for _, r := range mem.Regions() {
+		start, end := r.GPA, r.GPA+r.Size
+		start = max(start, highMemStart)
+		if end > start {
+			m = append(m, e820Entry{start, end - start, e820RAM})
+		}
+	}
+	return m
+}
+
+// lowEnd is the end of the RAM region at 0, which is where RAM below 4 GiB
+// ends (memory.HoleStart at most).
+func lowEnd(mem *memory.Memory) uint64 {
+	r := mem.Regions()
+	if len(r) == 0 || r[0].GPA != 0 {
+		return 0
+	}
+	return r[0].Size
+}
+
+// span is a guest-physical range [Addr, Addr+Size) with a name for errors.
+type span struct {
+	Addr, Size uint64
+	Name       string
+}
+
+// overlaps reports whether [addr, addr+size) intersects s. addr+size must
+// not overflow (callers check ranges against RAM first).
+func (s span) overlaps(addr, size uint64) bool {
+	return size > 0 && addr < s.Addr+s.Size && s.Addr < addr+size
+}
+
+func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
+
+// checkFree refuses [addr, addr+size) when it overlaps a reserved span.
+func checkFree(addr, size uint64, reserved []span) error {
+	for _, s := range reserved {
+		if s.overlaps(addr, size) {
+			return fmt.Errorf("[%#x, %#x) overlaps the %s at [%#x, %#x)", addr, addr+size, s.Name, s.Addr, s.Addr+s.Size)
+		}
+	}
+	return nil
+}
+
+// biosArea is reserved for every kind: the memory map marks it reserved and
+// the MP and ACPI tables live in it.
+func biosArea() span {
+	return span{ebdaStart, biosAreaEnd - ebdaStart, "BIOS area (MP and ACPI tables)"}
+}

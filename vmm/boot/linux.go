@@ -1,0 +1,172 @@
+package boot
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/sfvmm/sfvmm/vmm/memory"
+)
+
+// Linux x86 boot protocol (Documentation/arch/x86/boot.rst): offsets in the
+// image's setup header, which the zero page (struct boot_params) repeats at
+// the same offsets.
+const (
+	hdrSetupSects    = 0x1f1
+	hdrSysSize       = 0x1f4
+	hdrJump          = 0x200 // 2-byte jump; its second byte sizes the header
+	hdrMagic         = 0x202 // "HdrS"
+	hdrVersion       = 0x206
+	hdrTypeOfLoader  = 0x210
+	hdrLoadFlags     = 0x211
+	hdrRamdiskImage  = 0x218
+	hdrRamdiskSize   = 0x21c
+	hdrHeapEndPtr    = 0x224
+	hdrCmdLinePtr    = 0x228
+	hdrInitrdAddrMax = 0x22c
+	hdrKernelAlign   = 0x230
+	hdrRelocatable   = 0x234
+	hdrXLoadFlags    = 0x236
+	hdrCmdlineSize   = 0x238
+	hdrPrefAddress   = 0x258
+	hdrInitSize      = 0x260
+	hdrMinLen        = 0x264 // the image must hold the header up to init_size
+
+	bpACPIRSDPAddr = 0x070 // boot_params.acpi_rsdp_addr (protocol 2.14)
+	bpE820Entries  = 0x1e8
+	bpE820Table    = 0x2d0
+	bpHdrEnd       = 0x290 // the setup header can never extend past this
+	e820Max        = 128
+
+	minVersion    = 0x020c // 2.12: the first with xloadflags
+	loadedHigh    = 1 << 0
+	canUseHeap    = 1 << 7
+	xlfKernel64   = 1 << 0
+	loaderUnknown = 0xff
+	heapEnd       = 0xfe00 // heap_end_ptr: end of the setup heap, relative to the setup code
+	entry64Offset = 0x200  // startup_64 is 512 bytes into the protected-mode kernel
+	kernelAddr    = highMemStart
+)
+
+func isBzImage(b []byte) bool {
+	return len(b) >= hdrMagic+4 && string(b[hdrMagic:hdrMagic+4]) == "HdrS"
+}
+
+// loadBzImage follows the 64-bit boot protocol: the protected-mode kernel
+// at 1 MiB, a zero page with the setup header, command line, initrd and e820
+// map, and entry at startup_64 in long mode with RSI pointing at the zero
+// page.
+func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
+	img := p.Kernel
+	if len(img) < hdrMinLen {
+		return nil, fmt.Errorf("bzimage: truncated: %d bytes, the setup header alone needs %d", len(img), hdrMinLen)
+	}
+	version := le.Uint16(img[hdrVersion:])
+	if version < minVersion {
+		return nil, fmt.Errorf("bzimage: boot protocol %d.%02d is older than 2.12, which 64-bit entry needs", version>>8, version&0xff)
+	}
+	if img[hdrXLoadFlags]&xlfKernel64 == 0 {
+		return nil, errors.New("bzimage: not 64-bit capable (xloadflags lacks XLF_KERNEL_64)")
+	}
+	if img[hdrLoadFlags]&loadedHigh == 0 {
+		return nil, errors.New("bzimage: a zImage (not loaded high) cannot be booted")
+	}
+	setupSects := int(img[hdrSetupSects])
+	if setupSects == 0 {
+		setupSects = 4
+	}
+	setupLen := (setupSects + 1) * 512
+	if len(img) < setupLen {
+		return nil, fmt.Errorf("bzimage: truncated: %d bytes, shorter than its %d setup sectors", len(img), setupSects)
+	}
+	kernel := img[setupLen:]
+	if sys := uint64(le.Uint32(img[hdrSysSize:])) * 16; uint64(len(kernel)) < sys {
+		return nil, fmt.Errorf("bzimage: truncated: the header says the kernel is %d bytes, the file holds %d", sys, len(kernel))
+	}
+	hdrEnd := min(hdrMagic+int(img[hdrJump+1]), bpHdrEnd)
+	if hdrEnd < hdrMinLen {
+		return nil, fmt.Errorf("bzimage: setup header ends at %#x, before init_size", hdrEnd)
+	}
+
+	// The kernel decompresses itself to max(load address aligned up to
+	// kernel_alignment, pref_address) and needs init_size bytes from there
+	// (head_64.S); with KASLR it picks somewhere higher still.
+	low := lowEnd(mem)
+	kernelEnd := kernelAddr + uint64(len(kernel))
+	runStart := le.Uint64(img[hdrPrefAddress:])
+	if img[hdrRelocatable] != 0 {
+		if align := uint64(le.Uint32(img[hdrKernelAlign:])); align != 0 && align&(align-1) == 0 {
+			runStart = max(alignUp(kernelAddr, align), runStart)
+		}
+	}
+	runEnd := runStart + uint64(le.Uint32(img[hdrInitSize:]))
+	if runStart >= 1<<32 || runEnd > low || kernelEnd > low {
+		return nil, fmt.Errorf("bzimage: kernel needs RAM up to %#x (%d bytes loaded at %#x, init_size to %#x); RAM below 4 GiB ends at %#x",
+			max(kernelEnd, runEnd), len(kernel), kernelAddr, runEnd, low)
+	}
+	if _, err := mem.WriteAt(kernel, kernelAddr); err != nil {
+		return nil, fmt.Errorf("bzimage: write kernel: %w", err)
+	}
+
+	zp := make([]byte, memory.PageSize)
+	copy(zp[hdrSetupSects:hdrEnd], img[hdrSetupSects:hdrEnd])
+	zp[hdrTypeOfLoader] = loaderUnknown
+	zp[hdrLoadFlags] |= canUseHeap
+	le.PutUint16(zp[hdrHeapEndPtr:], heapEnd)
+	le.PutUint64(zp[bpACPIRSDPAddr:], acpiBase)
+
+	cmdlineSize := uint64(le.Uint32(img[hdrCmdlineSize:]))
+	if n := uint64(len(p.Cmdline)); n > cmdlineSize || n+1 > cmdlineMax {
+		return nil, fmt.Errorf("bzimage: command line of %d bytes exceeds the kernel's cmdline_size %d", n, min(cmdlineSize, cmdlineMax-1))
+	}
+	if _, err := mem.WriteAt(append([]byte(p.Cmdline), 0), cmdlineAddr); err != nil {
+		return nil, fmt.Errorf("bzimage: write command line: %w", err)
+	}
+	le.PutUint32(zp[hdrCmdLinePtr:], cmdlineAddr)
+
+	if len(p.Initrd) > 0 {
+		addr, err := placeInitrd(uint64(len(p.Initrd)), uint64(le.Uint32(img[hdrInitrdAddrMax:])), max(kernelEnd, runEnd), low)
+		if err != nil {
+			return nil, fmt.Errorf("bzimage: %w", err)
+		}
+		if _, err := mem.WriteAt(p.Initrd, int64(addr)); err != nil {
+			return nil, fmt.Errorf("bzimage: write initrd: %w", err)
+		}
+		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))
+		le.PutUint32(zp[hdrRamdiskSize:], uint32(len(p.Initrd)))
+	}
+
+	m := memoryMap(mem)
+	if len(m) > e820Max {
+		return nil, fmt.Errorf("bzimage: %d e820 entries exceed %d", len(m), e820Max)
+	}
+	zp[bpE820Entries] = byte(len(m))
+	for i, e := range m {
+		t := zp[bpE820Table+20*i:]
+		le.PutUint64(t[0:], e.Addr)
+		le.PutUint64(t[8:], e.Size)
+		le.PutUint32(t[16:], e.Type)
+	}
+	if _, err := mem.WriteAt(zp, zeroPageAddr); err != nil {
+		return nil, fmt.Errorf("bzimage: write zero page: %w", err)
+	}
+
+	e, err := long64Entry(mem, kernelAddr+entry64Offset, stackTop, zeroPageAddr)
+	if err != nil {
+		return nil, fmt.Errorf("bzimage: %w", err)
+	}
+	return e, nil
+}
+
+// placeInitrd puts an initrd of size bytes as high as it goes: page aligned,
+// ending at or below initrd_addr_max and the end of low RAM, and above the
+// kernel's decompression area (which ends at kernelEnd).
+func placeInitrd(size, addrMax, kernelEnd, low uint64) (uint64, error) {
+	if addrMax == 0 {
+		addrMax = 0x37ff_ffff // the default before protocol 2.03
+	}
+	top := min(addrMax+1, low)
+	if size > top || (top-size)&^(memory.PageSize-1) < kernelEnd {
+		return 0, fmt.Errorf("initrd of %d bytes does not fit between the kernel (ends at %#x) and %#x", size, kernelEnd, top)
+	}
+	return (top - size) &^ (memory.PageSize - 1), nil
+}

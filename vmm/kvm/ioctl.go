@@ -1,0 +1,76 @@
+// Package kvm is sfvmm's thin layer over the /dev/kvm ioctl interface: the
+// struct layouts of <linux/kvm.h> for x86-64 and one Go function per ioctl.
+// It holds no policy (no memory layout, no boot state, no run loop); the vmm
+// package builds machines out of it.
+package kvm
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const kvmio = 0xAE
+
+func io(nr uintptr) uintptr               { return kvmio<<8 | nr }
+func iow(nr, size uintptr) uintptr        { return 1<<30 | size<<16 | kvmio<<8 | nr }
+func ior(nr, size uintptr) uintptr        { return 2<<30 | size<<16 | kvmio<<8 | nr }
+func iowr(nr, size uintptr) uintptr       { return 3<<30 | size<<16 | kvmio<<8 | nr }
+func sizeof[T any]() uintptr              { var v T; return unsafe.Sizeof(v) }
+func ptr[T any](v *T) uintptr             { return uintptr(unsafe.Pointer(v)) }
+func errno(op string, e unix.Errno) error { return fmt.Errorf("%s: %w", op, e) }
+
+// ioctl retries EINTR for every ioctl except KVM_RUN, which the caller must
+// see interrupted so that it can honour a stop request.
+func ioctl(fd int, req, arg uintptr) (uintptr, error) {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		if e == unix.EINTR && req != reqRun {
+			continue
+		}
+		if e != 0 {
+			return r, e
+		}
+		return r, nil
+	}
+}
+
+// call runs an ioctl and names it in the error.
+func call(fd int, name string, req, arg uintptr) (uintptr, error) {
+	r, err := ioctl(fd, req, arg)
+	if err != nil {
+		var e unix.Errno
+		if errors.As(err, &e) {
+			return r, errno(name, e)
+		}
+		return r, fmt.Errorf("%s: %w", name, err)
+	}
+	return r, nil
+}
+
+var (
+	reqGetAPIVersion      = io(0x00)
+	reqCreateVM           = io(0x01)
+	reqCheckExtension     = io(0x03)
+	reqGetVCPUMmapSize    = io(0x04)
+	reqGetSupportedCPUID  = iowr(0x05, 8)
+	reqCreateVCPU         = io(0x41)
+	reqSetUserMemRegion   = iow(0x46, sizeof[UserspaceMemoryRegion]())
+	reqSetTSSAddr         = io(0x47)
+	reqSetIdentityMapAddr = iow(0x48, 8)
+	reqCreateIRQChip      = io(0x60)
+	reqIRQLine            = iow(0x61, 8)
+	reqCreatePIT2         = iow(0x77, 64)
+	reqRun                = io(0x80)
+	reqGetRegs            = ior(0x81, sizeof[Regs]())
+	reqSetRegs            = iow(0x82, sizeof[Regs]())
+	reqGetSregs           = ior(0x83, sizeof[Sregs]())
+	reqSetSregs           = iow(0x84, sizeof[Sregs]())
+	reqSetMSRs            = iow(0x89, 8)
+	reqGetLAPIC           = ior(0x8e, sizeof[LAPIC]())
+	reqSetLAPIC           = iow(0x8f, sizeof[LAPIC]())
+	reqSetCPUID2          = iow(0x90, 8)
+	reqGetMPState         = ior(0x98, 4)
+)

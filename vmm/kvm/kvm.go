@@ -1,0 +1,284 @@
+package kvm
+
+import (
+	"errors"
+	"fmt"
+
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// APIVersion is the only KVM API version there has ever been.
+const APIVersion = 12
+
+// ErrNoKVM says /dev/kvm is missing or unusable; its message tells the user
+// what to do.
+var ErrNoKVM = errors.New("/dev/kvm is not available: sfvmm needs a Linux host with KVM " +
+	"(load kvm-intel or kvm-amd, enable virtualization in the firmware or for this VM, " +
+	"and give this user read-write access to /dev/kvm); on a machine without KVM run " +
+	"tests through the nested sandbox: go run ./tests/kvmbox -- CMD")
+
+// System is an open /dev/kvm. It owns its file descriptor explicitly (an
+// *os.File could be garbage-collected and closed under a live VM).
+type System struct {
+	fd int
+}
+
+// Open opens /dev/kvm and checks the API version.
+func Open() (*System, error) {
+	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w (open: %v)", ErrNoKVM, err)
+	}
+	v, err := call(fd, "KVM_GET_API_VERSION", reqGetAPIVersion, 0)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%w (%v)", ErrNoKVM, err)
+	}
+	if v != APIVersion {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%w (KVM API version %d, want %d)", ErrNoKVM, v, APIVersion)
+	}
+	return &System{fd: fd}, nil
+}
+
+// Available reports whether /dev/kvm can be opened and used.
+func Available() bool {
+	s, err := Open()
+	if err != nil {
+		return false
+	}
+	s.Close()
+	return true
+}
+
+// Close closes /dev/kvm.
+func (s *System) Close() error { return unix.Close(s.fd) }
+
+// CheckExtension returns KVM_CHECK_EXTENSION's answer for capability c.
+func (s *System) CheckExtension(c int) int {
+	r, err := ioctl(s.fd, reqCheckExtension, uintptr(c))
+	if err != nil {
+		return 0
+	}
+	return int(r)
+}
+
+// MaxVCPUs is the most vCPUs one VM may have on this host.
+func (s *System) MaxVCPUs() int {
+	if n := s.CheckExtension(CapMaxVCPUs); n > 0 {
+		return n
+	}
+	if n := s.CheckExtension(CapNrVCPUs); n > 0 {
+		return n
+	}
+	return 4 // the documented default when neither capability is reported
+}
+
+// SupportedCPUID returns KVM_GET_SUPPORTED_CPUID, including KVM's
+// paravirtual leaves (0x40000000...).
+func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
+	for n := 128; n <= 4096; n *= 2 {
+		buf := make([]byte, 8+n*int(unsafe.Sizeof(CPUIDEntry{})))
+		*(*uint32)(unsafe.Pointer(&buf[0])) = uint32(n)
+		_, err := ioctl(s.fd, reqGetSupportedCPUID, uintptr(unsafe.Pointer(&buf[0])))
+		if errors.Is(err, unix.E2BIG) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
+		}
+		got := *(*uint32)(unsafe.Pointer(&buf[0]))
+		entries := unsafe.Slice((*CPUIDEntry)(unsafe.Pointer(&buf[8])), got)
+		return append([]CPUIDEntry(nil), entries...), nil
+	}
+	return nil, errors.New("KVM_GET_SUPPORTED_CPUID: too many entries")
+}
+
+func (s *System) vcpuMmapSize() (int, error) {
+	r, err := call(s.fd, "KVM_GET_VCPU_MMAP_SIZE", reqGetVCPUMmapSize, 0)
+	return int(r), err
+}
+
+// VM is a KVM virtual machine file descriptor.
+type VM struct {
+	sys *System
+	fd  int
+}
+
+// CreateVM creates an empty VM.
+func (s *System) CreateVM() (*VM, error) {
+	r, err := call(s.fd, "KVM_CREATE_VM", reqCreateVM, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &VM{sys: s, fd: int(r)}, nil
+}
+
+// Close closes the VM file descriptor.
+func (vm *VM) Close() error { return unix.Close(vm.fd) }
+
+// SetUserMemoryRegion maps host memory at hva into the guest at gpa.
+func (vm *VM) SetUserMemoryRegion(slot uint32, gpa uint64, mem []byte) error {
+	r := UserspaceMemoryRegion{
+		Slot:          slot,
+		GuestPhysAddr: gpa,
+		MemorySize:    uint64(len(mem)),
+		UserspaceAddr: uint64(uintptr(unsafe.Pointer(&mem[0]))),
+	}
+	_, err := call(vm.fd, "KVM_SET_USER_MEMORY_REGION", reqSetUserMemRegion, ptr(&r))
+	return err
+}
+
+// SetTSSAddr places the three-page TSS that Intel's VMX needs for real mode.
+func (vm *VM) SetTSSAddr(addr uint64) error {
+	_, err := call(vm.fd, "KVM_SET_TSS_ADDR", reqSetTSSAddr, uintptr(addr))
+	return err
+}
+
+// SetIdentityMapAddr places the one-page identity map VMX needs.
+func (vm *VM) SetIdentityMapAddr(addr uint64) error {
+	_, err := call(vm.fd, "KVM_SET_IDENTITY_MAP_ADDR", reqSetIdentityMapAddr, ptr(&addr))
+	return err
+}
+
+// CreateIRQChip creates the in-kernel PICs, IOAPIC and LAPICs.
+func (vm *VM) CreateIRQChip() error {
+	_, err := call(vm.fd, "KVM_CREATE_IRQCHIP", reqCreateIRQChip, 0)
+	return err
+}
+
+// CreatePIT2 creates the in-kernel i8254 PIT (with a dummy speaker port).
+func (vm *VM) CreatePIT2() error {
+	var cfg [16]uint32
+	cfg[0] = 1 // KVM_PIT_SPEAKER_DUMMY
+	_, err := call(vm.fd, "KVM_CREATE_PIT2", reqCreatePIT2, uintptr(unsafe.Pointer(&cfg[0])))
+	return err
+}
+
+// IRQLine sets the level of interrupt line irq.
+func (vm *VM) IRQLine(irq uint32, level bool) error {
+	l := [2]uint32{irq, 0}
+	if level {
+		l[1] = 1
+	}
+	_, err := call(vm.fd, "KVM_IRQ_LINE", reqIRQLine, uintptr(unsafe.Pointer(&l[0])))
+	return err
+}
+
+// VCPU is a KVM vCPU with its mapped kvm_run page.
+type VCPU struct {
+	ID  int
+	fd  int
+	run []byte
+}
+
+// CreateVCPU creates vCPU id and maps its kvm_run page.
+func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
+	r, err := call(vm.fd, "KVM_CREATE_VCPU", reqCreateVCPU, uintptr(id))
+	if err != nil {
+		return nil, err
+	}
+	fd := int(r)
+	size, err := vm.sys.vcpuMmapSize()
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	run, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mmap kvm_run: %w", err)
+	}
+	return &VCPU{ID: id, fd: fd, run: run}, nil
+}
+
+// Close unmaps kvm_run and closes the vCPU.
+func (c *VCPU) Close() error {
+	return errors.Join(unix.Munmap(c.run), unix.Close(c.fd))
+}
+
+// RunData returns the vCPU's kvm_run page.
+func (c *VCPU) RunData() RunData { return RunData{b: c.run} }
+
+// Run enters the guest until the next exit. An interrupted run (a signal,
+// immediate_exit) returns unix.EINTR unwrapped, so the caller can tell it
+// from a failure.
+func (c *VCPU) Run() error {
+	_, err := ioctl(c.fd, reqRun, 0)
+	if err == unix.EINTR || err == unix.EAGAIN {
+		return unix.EINTR
+	}
+	if err != nil {
+		return fmt.Errorf("KVM_RUN: %w", err)
+	}
+	return nil
+}
+
+// GetRegs reads the general registers.
+func (c *VCPU) GetRegs() (Regs, error) {
+	var r Regs
+	_, err := call(c.fd, "KVM_GET_REGS", reqGetRegs, ptr(&r))
+	return r, err
+}
+
+// SetRegs writes the general registers.
+func (c *VCPU) SetRegs(r Regs) error {
+	_, err := call(c.fd, "KVM_SET_REGS", reqSetRegs, ptr(&r))
+	return err
+}
+
+// GetSregs reads the special registers.
+func (c *VCPU) GetSregs() (Sregs, error) {
+	var s Sregs
+	_, err := call(c.fd, "KVM_GET_SREGS", reqGetSregs, ptr(&s))
+	return s, err
+}
+
+// SetSregs writes the special registers.
+func (c *VCPU) SetSregs(s Sregs) error {
+	_, err := call(c.fd, "KVM_SET_SREGS", reqSetSregs, ptr(&s))
+	return err
+}
+
+// SetCPUID2 sets the CPUID leaves the guest sees.
+func (c *VCPU) SetCPUID2(entries []CPUIDEntry) error {
+	buf := make([]byte, 8+len(entries)*int(unsafe.Sizeof(CPUIDEntry{})))
+	*(*uint32)(unsafe.Pointer(&buf[0])) = uint32(len(entries))
+	copy(unsafe.Slice((*CPUIDEntry)(unsafe.Pointer(&buf[8])), len(entries)), entries)
+	_, err := call(c.fd, "KVM_SET_CPUID2", reqSetCPUID2, uintptr(unsafe.Pointer(&buf[0])))
+	return err
+}
+
+// GetLAPIC reads the local APIC register page.
+func (c *VCPU) GetLAPIC() (LAPIC, error) {
+	var l LAPIC
+	_, err := call(c.fd, "KVM_GET_LAPIC", reqGetLAPIC, ptr(&l))
+	return l, err
+}
+
+// SetLAPIC writes the local APIC register page.
+func (c *VCPU) SetLAPIC(l LAPIC) error {
+	_, err := call(c.fd, "KVM_SET_LAPIC", reqSetLAPIC, ptr(&l))
+	return err
+}
+
+// SetMSRs writes model-specific registers.
+func (c *VCPU) SetMSRs(entries []MSREntry) error {
+	buf := make([]byte, 8+len(entries)*int(unsafe.Sizeof(MSREntry{})))
+	*(*uint32)(unsafe.Pointer(&buf[0])) = uint32(len(entries))
+	copy(unsafe.Slice((*MSREntry)(unsafe.Pointer(&buf[8])), len(entries)), entries)
+	n, err := call(c.fd, "KVM_SET_MSRS", reqSetMSRs, uintptr(unsafe.Pointer(&buf[0])))
+	if err == nil && int(n) != len(entries) {
+		return fmt.Errorf("KVM_SET_MSRS: set %d of %d (MSR %#x refused)", n, len(entries), entries[n].Index)
+	}
+	return err
+}
+
+// GetMPState reads the multiprocessing state (MPStateRunnable, ...).
+func (c *VCPU) GetMPState() (uint32, error) {
+	var s uint32
+	_, err := call(c.fd, "KVM_GET_MP_STATE", reqGetMPState, ptr(&s))
+	return s, err
+}

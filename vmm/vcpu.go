@@ -1,0 +1,179 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sfvmm/sfvmm/vmm/boot"
+	"github.com/sfvmm/sfvmm/vmm/kvm"
+)
+
+// vcpu is one KVM vCPU, run by one goroutine locked to its OS thread.
+type vcpu struct {
+	*kvm.VCPU
+	tid atomic.Int32 // the OS thread in KVM_RUN, 0 before it starts
+}
+
+// LAPIC local vector table registers and delivery modes (SDM vol. 3, 11.5.1).
+const (
+	lapicLVT0       = 0x350
+	lapicLVT1       = 0x360
+	lapicModeExtINT = 7 << 8
+	lapicModeNMI    = 4 << 8
+)
+
+func (m *VM) newVCPU(id int, supported []kvm.CPUIDEntry) (*vcpu, error) {
+	kc, err := m.kvm.CreateVCPU(id)
+	if err != nil {
+		return nil, err
+	}
+	c := &vcpu{VCPU: kc}
+	if err := c.SetCPUID2(cpuidFor(supported, id, m.cfg.CPUs)); err != nil {
+		c.Close()
+		return nil, err
+	}
+	// As a PC BIOS leaves it: LINT0 takes the 8259's ExtINT, LINT1 NMIs.
+	l, err := c.GetLAPIC()
+	if err == nil {
+		setLAPICReg(&l, lapicLVT0, lapicModeExtINT)
+		setLAPICReg(&l, lapicLVT1, lapicModeNMI)
+		err = c.SetLAPIC(l)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	// Only the bootstrap processor starts at the kernel entry; KVM keeps the
+	// others waiting for INIT/SIPI from the guest.
+	if id == 0 {
+		if err := c.setEntry(m.entry); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func setLAPICReg(l *kvm.LAPIC, off int, v uint32) {
+	l.Regs[off] = byte(v)
+	l.Regs[off+1] = byte(v >> 8)
+	l.Regs[off+2] = byte(v >> 16)
+	l.Regs[off+3] = byte(v >> 24)
+}
+
+func kvmSegment(s boot.Segment) kvm.Segment {
+	return kvm.Segment{
+		Base: s.Base, Limit: s.Limit, Selector: s.Selector, Type: s.Type,
+		Present: s.Present, DPL: s.DPL, DB: s.DB, S: s.S, L: s.L, G: s.G,
+	}
+}
+
+// setEntry puts the BSP in the state the boot protocol promises the kernel.
+func (c *vcpu) setEntry(e *boot.Entry) error {
+	s, err := c.GetSregs()
+	if err != nil {
+		return err
+	}
+	s.CS = kvmSegment(e.CS)
+	ds := kvmSegment(e.DS)
+	s.DS, s.ES, s.FS, s.GS, s.SS = ds, ds, ds, ds, ds
+	s.GDT = kvm.DTable{Base: e.GDTBase, Limit: e.GDTLimit}
+	s.CR0, s.CR3, s.CR4, s.EFER = e.CR0, e.CR3, e.CR4, e.EFER
+	if err := c.SetSregs(s); err != nil {
+		return err
+	}
+	return c.SetRegs(kvm.Regs{
+		RIP: e.RIP, RSP: e.RSP, RAX: e.RAX, RBX: e.RBX, RSI: e.RSI,
+		RFLAGS: 2, // bit 1 is reserved and always set
+	})
+}
+
+// kick makes the vCPU leave KVM_RUN soon: immediate_exit covers a vCPU about
+// to enter, the signal one already inside. SIGURG is the signal the Go
+// runtime already uses for preemption, so it is harmless to any thread.
+func (c *vcpu) kick() {
+	c.RunData().SetImmediateExit(true)
+	if tid := c.tid.Load(); tid != 0 {
+		unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+	}
+}
+
+// run is the vCPU's loop. It returns nil when the machine stops and an error
+// when the vCPU cannot go on.
+func (c *vcpu) run(m *VM) error {
+	runtime.LockOSThread()
+	// The thread is left locked: when this goroutine ends the runtime
+	// discards it, so no other goroutine inherits a thread KVM knows.
+	c.tid.Store(int32(unix.Gettid()))
+	rd := c.RunData()
+	for !m.stopping() {
+		if err := c.Run(); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		switch r := rd.ExitReason(); r {
+		case kvm.ExitIO:
+			dir, size, port, count, data, ok := rd.IO()
+			if !ok {
+				return fmt.Errorf("port I/O exit with a data window outside kvm_run (port %#x)", port)
+			}
+			for i := 0; i < int(count); i++ {
+				b := data[i*int(size) : (i+1)*int(size)]
+				if dir == kvm.IOOut {
+					m.pio.Write(uint64(port), b)
+				} else {
+					m.pio.Read(uint64(port), b)
+				}
+			}
+		case kvm.ExitMMIO:
+			addr, data, write := rd.MMIO()
+			if write {
+				m.mmio.Write(addr, data)
+			} else {
+				m.mmio.Read(addr, data)
+			}
+		case kvm.ExitHLT, kvm.ExitIntr:
+			// HLT is handled in the kernel with an in-kernel LAPIC; an
+			// interrupted run just re-enters (or sees the stop).
+		case kvm.ExitShutdown:
+			m.stop(Exit{Reason: ExitTripleFault, Detail: c.describe("guest triple fault")})
+		case kvm.ExitSystemEvent:
+			switch rd.SystemEventType() {
+			case kvm.SystemEventShutdown:
+				m.stop(Exit{Reason: ExitPowerOff})
+			case kvm.SystemEventReset:
+				m.stop(Exit{Reason: ExitReset})
+			default:
+				m.stop(Exit{Reason: ExitError, Err: errors.New(c.describe("guest crash event"))})
+			}
+		case kvm.ExitFailEntry:
+			return fmt.Errorf("%s (hardware reason %#x)", c.describe("KVM could not enter the guest"), rd.HardwareEntryFailureReason())
+		case kvm.ExitInternalError:
+			return fmt.Errorf("%s (suberror %d)", c.describe("KVM internal error"), rd.InternalSuberror())
+		default:
+			return fmt.Errorf("%s (exit reason %d)", c.describe("unexpected KVM exit"), r)
+		}
+	}
+	return nil
+}
+
+// describe names what happened with the vCPU's instruction pointer and mode,
+// which is what a person debugging a guest wants first.
+func (c *vcpu) describe(what string) string {
+	r, err := c.GetRegs()
+	if err != nil {
+		return fmt.Sprintf("%s on vcpu %d", what, c.ID)
+	}
+	s, err := c.GetSregs()
+	if err != nil {
+		return fmt.Sprintf("%s on vcpu %d at rip %#x", what, c.ID, r.RIP)
+	}
+	return fmt.Sprintf("%s on vcpu %d at rip %#x (cs %#x, cr0 %#x, efer %#x, rsp %#x)",
+		what, c.ID, r.RIP, s.CS.Selector, s.CR0, s.EFER, r.RSP)
+}

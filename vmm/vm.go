@@ -1,0 +1,321 @@
+// Package vmm builds and runs a virtual machine on KVM: guest memory, the
+// in-kernel interrupt controllers and PIT, vCPUs on their own OS threads,
+// the I/O buses with the legacy devices, and a kernel loaded by vmm/boot.
+//
+// It is the machine, not the command line: cmd/sfvmm parses flags and turns
+// an Exit into a process exit code. Snapshots, fork and memtap build on it.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sfvmm/sfvmm/vmm/boot"
+	"github.com/sfvmm/sfvmm/vmm/bus"
+	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
+	"github.com/sfvmm/sfvmm/vmm/devices/debugexit"
+	"github.com/sfvmm/sfvmm/vmm/devices/fwcfg"
+	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
+	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
+	"github.com/sfvmm/sfvmm/vmm/devices/serial"
+	"github.com/sfvmm/sfvmm/vmm/kvm"
+	"github.com/sfvmm/sfvmm/vmm/memory"
+)
+
+// Config describes a machine to boot.
+type Config struct {
+	KernelPath string
+	// InitrdPath is the initramfs of a bzImage, or for a multiboot kernel
+	// QEMU's module list ("mod1 args,mod2").
+	InitrdPath string
+	Cmdline    string
+	CPUs       int
+	MemBytes   uint64
+	// Console receives the guest's COM1 output; nil discards it.
+	Console io.Writer
+	// Logf receives the VMM's diagnostics; nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// Well-known legacy I/O ports and ISA interrupt lines.
+const (
+	com1Port      = 0x3f8
+	com1IRQ       = 4
+	debugExitPort = 0xf4
+	i8042DataPort = 0x60
+	i8042CmdPort  = 0x64
+	rtcPort       = 0x70
+	fwCfgPort     = 0x510
+	// Addresses Intel VMX needs for real mode, just below the BIOS ROM.
+	tssAddr         = 0xfffbd000
+	identityMapAddr = 0xfffbc000
+)
+
+// MaxCPUs is the most vCPUs sfvmm starts: APIC IDs are 8 bits and the MP
+// table and MADT give the IOAPIC the ID after the last CPU.
+const MaxCPUs = 254
+
+// VM is one virtual machine. Its methods are safe to call from any goroutine.
+type VM struct {
+	cfg  Config
+	logf func(format string, args ...any)
+
+	mem    *memory.Memory
+	kind   boot.Kind
+	entry  *boot.Entry
+	sys    *kvm.System
+	kvm    *kvm.VM
+	vcpus  []*vcpu
+	pio    *bus.Bus
+	mmio   *bus.Bus
+	serial *serial.UART
+
+	stopOnce sync.Once
+	done     chan struct{} // closed by stop
+	exit     Exit          // written once, before done is closed
+}
+
+// New validates cfg, loads the kernel into fresh guest memory and creates
+// the KVM machine. Invalid input is refused before anything touches KVM.
+func New(cfg Config) (_ *VM, err error) {
+	if err := validate(cfg); err != nil {
+		return nil, err
+	}
+	m := &VM{cfg: cfg, logf: cfg.Logf, done: make(chan struct{})}
+	if m.logf == nil {
+		m.logf = func(string, ...any) {}
+	}
+	if m.cfg.Console == nil {
+		m.cfg.Console = io.Discard
+	}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if m.mem, err = memory.New(cfg.MemBytes); err != nil {
+		return nil, err
+	}
+	if err := m.loadKernel(); err != nil {
+		return nil, err
+	}
+	if m.sys, err = kvm.Open(); err != nil {
+		return nil, err
+	}
+	if max := min(m.sys.MaxVCPUs(), MaxCPUs); cfg.CPUs > max {
+		return nil, fmt.Errorf("--cpus %d: this host's KVM allows at most %d", cfg.CPUs, max)
+	}
+	if err := m.createMachine(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func validate(cfg Config) error {
+	if cfg.CPUs < 1 || cfg.CPUs > MaxCPUs {
+		return fmt.Errorf("--cpus %d: must be between 1 and %d", cfg.CPUs, MaxCPUs)
+	}
+	if cfg.MemBytes == 0 {
+		return errors.New("--memory 0: the guest needs some memory")
+	}
+	if cfg.MemBytes < 1<<20 {
+		return fmt.Errorf("--memory %d bytes: the guest needs at least 1 MiB", cfg.MemBytes)
+	}
+	if cfg.MemBytes%memory.PageSize != 0 {
+		return fmt.Errorf("--memory %d bytes: not a multiple of the %d-byte page", cfg.MemBytes, memory.PageSize)
+	}
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err == nil {
+		if host := uint64(si.Totalram) * uint64(si.Unit); cfg.MemBytes > host {
+			return fmt.Errorf("--memory %s: more than this host's %s of RAM", FormatSize(cfg.MemBytes), FormatSize(host))
+		}
+	}
+	if cfg.KernelPath == "" {
+		return errors.New("no kernel given (--kernel PATH)")
+	}
+	return nil
+}
+
+func (m *VM) loadKernel() error {
+	kernel, err := os.ReadFile(m.cfg.KernelPath)
+	if err != nil {
+		return fmt.Errorf("read kernel: %w", err)
+	}
+	if m.kind, err = boot.Detect(kernel); err != nil {
+		return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
+	}
+	p := boot.Params{Kernel: kernel, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs}
+	switch m.kind {
+	case boot.Multiboot:
+		// QEMU hands a multiboot kernel its own file name first.
+		p.Cmdline = strings.TrimSpace(m.cfg.KernelPath + " " + m.cfg.Cmdline)
+		if m.cfg.InitrdPath != "" {
+			if p.Modules, err = boot.ParseModules(m.cfg.InitrdPath, os.ReadFile); err != nil {
+				return fmt.Errorf("multiboot modules: %w", err)
+			}
+		}
+	default:
+		if m.cfg.InitrdPath != "" {
+			if p.Initrd, err = os.ReadFile(m.cfg.InitrdPath); err != nil {
+				return fmt.Errorf("read initrd: %w", err)
+			}
+		}
+	}
+	if m.entry, err = boot.Load(m.mem, p); err != nil {
+		return fmt.Errorf("load %s kernel %s: %w", m.kind, m.cfg.KernelPath, err)
+	}
+	return nil
+}
+
+func (m *VM) createMachine() (err error) {
+	if m.kvm, err = m.sys.CreateVM(); err != nil {
+		return err
+	}
+	if err := m.kvm.SetTSSAddr(tssAddr); err != nil {
+		return err
+	}
+	if err := m.kvm.SetIdentityMapAddr(identityMapAddr); err != nil {
+		return err
+	}
+	if err := m.kvm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if err := m.kvm.CreatePIT2(); err != nil {
+		return err
+	}
+	for i, r := range m.mem.Regions() {
+		if err := m.kvm.SetUserMemoryRegion(uint32(i), r.GPA, r.Host); err != nil {
+			return fmt.Errorf("map guest RAM at %#x: %w", r.GPA, err)
+		}
+	}
+	if err := m.addDevices(); err != nil {
+		return err
+	}
+	cpuid, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < m.cfg.CPUs; i++ {
+		c, err := m.newVCPU(i, cpuid)
+		if err != nil {
+			return fmt.Errorf("vcpu %d: %w", i, err)
+		}
+		m.vcpus = append(m.vcpus, c)
+	}
+	return nil
+}
+
+func (m *VM) addDevices() error {
+	m.pio = bus.New("pio", m.logf)
+	m.mmio = bus.New("mmio", m.logf)
+	m.serial = serial.New(m.irq(com1IRQ), m.cfg.Console)
+	kbd := i8042.New(func() { m.stop(Exit{Reason: ExitReset}) })
+	for _, d := range []struct {
+		port, size uint64
+		dev        bus.Device
+	}{
+		{com1Port, 8, m.serial},
+		{debugExitPort, 4, debugexit.New(func(code int) { m.stop(Exit{Reason: ExitDebug, Code: code}) })},
+		{i8042DataPort, 1, kbd.Data()},
+		{i8042CmdPort, 1, kbd.Command()},
+		{rtcPort, 2, rtc.New(time.Now, m.mem.Size())},
+		{fwCfgPort, 2, fwcfg.New(fwcfg.Config{CPUs: m.cfg.CPUs, RAMSize: m.mem.Size(), Cmdline: m.cfg.Cmdline})},
+		{acpipm.PM1aEvtBlk, 8, acpipm.New(func() { m.stop(Exit{Reason: ExitPowerOff}) })},
+	} {
+		if err := m.pio.Register(d.port, d.size, d.dev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// irq returns the interrupt output of a device wired to ISA line n.
+func (m *VM) irq(n uint32) func(level bool) {
+	return func(level bool) {
+		if err := m.kvm.IRQLine(n, level); err != nil {
+			m.logf("irq %d: %v", n, err)
+		}
+	}
+}
+
+// SerialInput queues host input for the guest's COM1.
+func (m *VM) SerialInput(p []byte) { m.serial.Input(p) }
+
+// Kind is the format of the loaded kernel.
+func (m *VM) Kind() boot.Kind { return m.kind }
+
+// Run runs the guest until it powers off, resets, exits through
+// isa-debug-exit, triple-faults, fails, or ctx is cancelled. It returns how
+// the machine ended; err is set only for a failure of the VMM itself.
+func (m *VM) Run(ctx context.Context) (Exit, error) {
+	var wg sync.WaitGroup
+	for _, c := range m.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.run(m); err != nil {
+				m.stop(Exit{Reason: ExitError, Err: fmt.Errorf("vcpu %d: %w", c.ID, err)})
+			}
+		}()
+	}
+	select {
+	case <-m.done:
+	case <-ctx.Done():
+		m.stop(Exit{Reason: ExitStopped, Err: context.Cause(ctx)})
+	}
+	wg.Wait()
+	if m.exit.Reason == ExitError {
+		return m.exit, m.exit.Err
+	}
+	return m.exit, nil
+}
+
+// Stop ends the machine from outside, as if it had powered off.
+func (m *VM) Stop() { m.stop(Exit{Reason: ExitStopped}) }
+
+// stop records the first reason the machine ends and kicks every vCPU out of
+// the guest. Later calls are no-ops.
+func (m *VM) stop(e Exit) {
+	m.stopOnce.Do(func() {
+		m.exit = e
+		close(m.done)
+		for _, c := range m.vcpus {
+			c.kick()
+		}
+	})
+}
+
+func (m *VM) stopping() bool {
+	select {
+	case <-m.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Close releases the machine. It must not be called while Run is running.
+func (m *VM) Close() error {
+	var errs []error
+	for _, c := range m.vcpus {
+		errs = append(errs, c.Close())
+	}
+	if m.kvm != nil {
+		errs = append(errs, m.kvm.Close())
+	}
+	if m.sys != nil {
+		errs = append(errs, m.sys.Close())
+	}
+	if m.mem != nil {
+		errs = append(errs, m.mem.Close())
+	}
+	return errors.Join(errs...)
+}
