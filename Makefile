@@ -8,7 +8,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
 BUILD := build
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-KVMBOX := $(GO) run ./tests/kvmbox
+KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
 LINUX_CMDLINE := console=ttyS0 panic=-1 quiet
 
 .PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot clean

@@ -38,6 +38,11 @@ trampoline_end:
 	.text
 	.code32
 ap_entry32:
+	/* DS still holds its real-mode limit of 64 KiB, which KVM enforces:
+	 * load a flat data segment from the trampoline's GDT before touching
+	 * the kernel's memory above 1 MiB. */
+	movl $0x10, %eax
+	movw %ax, %ds
 	lgdt gdt_ptr
 	ljmp $0x08, $1f
 1:	movl $0x10, %eax

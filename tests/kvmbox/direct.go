@@ -16,6 +16,10 @@ import (
 // runDirect runs CMD on this machine, whose /dev/kvm works.
 func (b *box) runDirect(k *kernel) (int, error) {
 	o := b.opts
+	if o.hosts > 0 && !isRoot() && !o.hostsSet {
+		warnf("not root, so no network namespaces (the default --hosts 1 needs root when /dev/kvm is used directly)")
+		o.hosts = 0
+	}
 	env := b.cmdEnv(k, "direct")
 	if o.hosts > 0 {
 		if !isRoot() {

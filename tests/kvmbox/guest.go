@@ -35,13 +35,17 @@ const (
 // are. Under TCG every avoided probe counts: no i8042 probe, no timer
 // check, no mitigations; panic=-1 and QEMU's -no-reboot turn an init
 // that dies into QEMU exiting instead of a hang.
-func kernelCmdline(run, checkout string) string {
-	return strings.Join([]string{
+func kernelCmdline(run, checkout string, debug bool) string {
+	args := []string{
 		"console=ttyS0", "quiet", "loglevel=4", "panic=-1", "rdinit=/init",
 		"mitigations=off", "no_timer_check", "tsc=reliable", "i8042.noaux", "i8042.nokbd",
 		"i8042.nopnp", "random.trust_cpu=on",
 		"kvmbox.run=" + run, "kvmbox.checkout=" + checkout,
-	}, " ")
+	}
+	if debug {
+		args = append(args, "kvmbox.debug")
+	}
+	return strings.Join(args, " ")
 }
 
 func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
@@ -57,7 +61,7 @@ func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
 		"-serial", "file:" + filepath.Join(run, fileConsole),
 		"-kernel", vmlinux,
 		"-initrd", initrd,
-		"-append", kernelCmdline(run, b.root),
+		"-append", kernelCmdline(run, b.root, o.verbose),
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path=" + b.root + ",mount_tag=checkout,security_model=none,multidevs=remap",
 	}
@@ -218,6 +222,13 @@ loop:
 		keep = true
 		return exitSetup, fmt.Errorf("bad exit status %q from the guest", rcData)
 	}
+	if !o.verbose {
+		// A quiet boot prints nothing but the power-down line; anything
+		// else is the guest kernel warning about something (KVM included).
+		if msgs := consoleNews(filepath.Join(run, fileConsole), 40); msgs != "" {
+			logf("the guest kernel said:\n%s", msgs)
+		}
+	}
 	if !o.quiet {
 		if doneAt.IsZero() {
 			doneAt = time.Now()
@@ -292,4 +303,25 @@ func pruneRunDirs(cache string) {
 			os.RemoveAll(d)
 		}
 	}
+}
+
+// consoleNews returns the last n lines of the guest console other than the
+// expected power-down message.
+func consoleNews(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimRight(l, "\r")
+		if strings.TrimSpace(l) == "" || strings.HasSuffix(l, "reboot: Power down") {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("(%d lines before these)", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
 }

@@ -36,6 +36,10 @@ die() {
 	poweroff -f
 	sleep 10
 }
+# With kvmbox -v, say how far the boot got, and when (uptime in seconds).
+step() {
+	[ -z "$DEBUG" ] || echo "kvmbox-init: $(cut -d' ' -f1 /proc/uptime) s: $*"
+}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -43,18 +47,20 @@ for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	kvmbox.run=*) RUN="${arg#*=}" ;;
 	kvmbox.checkout=*) CHECKOUT="${arg#*=}" ;;
+	kvmbox.debug) DEBUG=1 ;;
 	esac
 done
 [ -n "$RUN" ] && [ -n "$CHECKOUT" ] || die "kvmbox.run= or kvmbox.checkout= missing from the kernel command line"
+step "init started"
 while read -r ko args; do
 	insmod "/lib/modules/$ko" $args || die "insmod $ko $args failed"
 done </lib/modules/order
 [ -c /dev/kvm ] || echo "kvmbox-init: warning: kvm_amd loaded but there is no /dev/kvm"
+step "modules loaded"
 
 R=/newroot
 o=trans=virtio,version=9p2000.L,msize=512000
 mount -t 9p -o "$o,ro,cache=loose" hostroot $R || die "mounting the host root over 9p failed"
-mount -t 9p -o "$o,cache=mmap" checkout "$R$CHECKOUT" || die "mounting the checkout $CHECKOUT over 9p failed"
 mount -t proc proc $R/proc || die "mount /proc"
 mount -t sysfs sysfs $R/sys || die "mount /sys"
 mount -t devtmpfs devtmpfs $R/dev || die "mount /dev"
@@ -65,6 +71,10 @@ mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
 mount -t tmpfs -o mode=0755 tmpfs $R/run || die "mount /run"
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || die "mount /tmp"
 mount -t tmpfs -o mode=1777 tmpfs $R/var/tmp 2>/dev/null
+# After the tmpfs mounts, so that a checkout under /tmp stays visible.
+mkdir -p "$R$CHECKOUT"
+mount -t 9p -o "$o,cache=mmap" checkout "$R$CHECKOUT" || die "mounting the checkout $CHECKOUT over 9p failed"
+step "file systems mounted"
 hostname kvmbox
 ip link set lo up
 if [ -f "$R$RUN/modules" ]; then
@@ -72,8 +82,13 @@ if [ -f "$R$RUN/modules" ]; then
 		insmod "$R$ko" $args || die "insmod $ko $args failed"
 	done <"$R$RUN/modules"
 fi
+# Quiet boot (loglevel=4: errors only), but from here on warnings reach
+# the console too, where kvmbox shows them: KVM warns at that level.
+echo 5 >/proc/sys/kernel/printk
+step "running $RUN/run.sh"
 chroot $R /bin/sh "$RUN/run.sh"
 echo $? >"$R$RUN/rc"
+step "CMD exited, powering off"
 poweroff -f
 sleep 10
 `

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // kernel is a Debian linux-image package unpacked into the cache.
@@ -56,6 +57,19 @@ func currentKernelPackage() (string, error) {
 // directory per package version, so a newer Debian kernel is fetched when
 // the metapackage moves on.
 func ensureKernel(cache, pkg string) (*kernel, error) {
+	current := filepath.Join(cache, "kernel", "current")
+	if pkg == "" {
+		// Asking apt costs more than a second on a busy machine; its
+		// answer changes only with a Debian point release, so reuse it
+		// for a while.
+		if st, err := os.Stat(current); err == nil && time.Since(st.ModTime()) < 12*time.Hour {
+			data, _ := os.ReadFile(current)
+			p := strings.TrimSpace(string(data))
+			if _, err := os.Stat(filepath.Join(cache, "kernel", p, ".complete")); err == nil {
+				pkg = p
+			}
+		}
+	}
 	if pkg == "" {
 		p, err := currentKernelPackage()
 		if err != nil && isRoot() {
@@ -73,6 +87,9 @@ func ensureKernel(cache, pkg string) (*kernel, error) {
 			return nil, fmt.Errorf("find kernel package: %w", err)
 		}
 		pkg = p
+		if err := os.WriteFile(current, []byte(pkg+"\n"), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	m := kernelPkgRE.FindStringSubmatch(pkg)
 	if m == nil || m[0] != pkg {

@@ -3,25 +3,42 @@
 // machines without /dev/kvm (see "Testing without /dev/kvm: the nested
 // sandbox" in DESIGN.md):
 //
+//	tests/kvmbox/kvmbox.sh [flags] -- CMD [ARGS...]
 //	go run ./tests/kvmbox [flags] -- CMD [ARGS...]
 //
-// If /dev/kvm is usable, CMD runs directly. Otherwise kvmbox boots Debian's
-// kernel under QEMU's TCG emulator with an AMD CPU model, loads kvm_amd
-// there, and runs CMD as root in that guest, whose root file system is the
-// host's (read-only over 9p) with the checkout mounted read-write at its own
-// path, fresh tmpfs on /tmp and /run, and the current directory kept. Any
-// host binary, such as a static Go test binary or qemu itself, runs there
-// unchanged. CMD's stdout and stderr come back live and kvmbox exits with
-// CMD's status.
+// kvmbox exits with CMD's status; "go run" does not pass that on (it exits
+// 1 for any failure), so scripts that check it use kvmbox.sh, which builds
+// kvmbox into build/kvmbox/kvmbox and execs it.
 //
-// CMD sees KVMBOX=1, SFVMM_LINUX_KERNEL (a Debian vmlinuz for guest kernel
-// tests), and with --hosts N the network namespaces SFVMM_HOSTS (host0 ...)
-// with addresses SFVMM_HOST_ADDRS (10.77.0.1 ...) on one bridge.
+// If /dev/kvm is usable, CMD runs directly (--nested overrides that).
+// Otherwise kvmbox boots Debian's kernel under QEMU's TCG emulator with an
+// AMD CPU model, loads kvm_amd there, and runs CMD as root in that guest.
+// The guest's root file system is the host's, read-only over 9p, with the
+// checkout mounted read-write at its own path, fresh tmpfs on /tmp, /run and
+// /var/tmp (the host's are not visible), and the current directory kept.
+// Host binaries such as static Go test binaries, ip(8) or qemu itself run
+// there unchanged; put them in the checkout (build/ is the place), not in
+// /tmp. CMD's stdin is /dev/null; its stdout and stderr come back live.
+// Kernel warnings the guest prints while CMD runs are shown afterwards.
 //
-// kvmbox fetches what it needs with apt (QEMU, busybox-static, iproute2,
-// the linux-image package) and caches the kernel and initramfs under
-// build/kvmbox. It is not a general VM runner or a security boundary: the
-// guest sees the host's files and runs as root.
+// CMD's environment is the caller's plus:
+//
+//	PATH                build/kvmbox/bin (sfvmm, built with CGO_ENABLED=0) first
+//	KVMBOX=1            and KVMBOX_MODE=direct or nested
+//	SFVMM_LINUX_KERNEL  a Debian vmlinuz (bzImage) for guest kernel tests
+//	SFVMM_HOSTS         with --hosts N: network namespaces host0 ... host{N-1}
+//	SFVMM_HOST_ADDRS    their addresses, 10.77.0.1 ... on one bridge
+//
+// In the sandbox GOCACHE points into build/kvmbox and TMPDIR is unset, as
+// the host's would be read-only or missing there.
+//
+// kvmbox fetches what it needs with apt (qemu-system-x86, busybox-static,
+// iproute2, xz-utils, iputils-ping, and the linux-image package that
+// linux-image-amd64 depends on, unpacked with dpkg -x) and caches the kernel
+// and initramfs under build/kvmbox. "kvmbox --print-kernel" only fetches
+// the kernel and prints SFVMM_LINUX_KERNEL. kvmbox is not a general VM
+// runner or a security boundary: the guest sees the host's files and runs
+// as root.
 package main
 
 import (
@@ -46,9 +63,11 @@ type options struct {
 	cpus        int
 	mem         string
 	hosts       int
+	hostsSet    bool // --hosts given explicitly
 	timeout     time.Duration
 	modules     []string
 	nested      bool // use the sandbox even if /dev/kvm works
+	direct      bool // use /dev/kvm even if it is not hardware-assisted
 	noBuild     bool
 	keep        bool
 	verbose     bool
@@ -77,6 +96,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "kill the sandbox after this long")
 	mods := fs.String("modules", "tun", "extra kernel modules to load in the sandbox, comma-separated")
 	fs.BoolVar(&o.nested, "nested", false, "use the QEMU sandbox even where /dev/kvm is usable")
+	fs.BoolVar(&o.direct, "direct", false, "run CMD directly on /dev/kvm even if it is not hardware-assisted")
 	fs.BoolVar(&o.noBuild, "no-build", false, "do not rebuild sfvmm before running CMD")
 	fs.BoolVar(&o.keep, "keep", false, "keep the run directory (console log, outputs) after success")
 	fs.BoolVar(&o.verbose, "v", false, "show the guest console and QEMU's messages")
@@ -86,7 +106,10 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	o.cmd = fs.Args()
+	fs.Visit(func(f *flag.Flag) { o.hostsSet = o.hostsSet || f.Name == "hosts" })
+	if fs.NArg() > 0 {
+		o.cmd = fs.Args()
+	}
 	for _, m := range strings.Split(*mods, ",") {
 		if m = strings.TrimSpace(m); m != "" {
 			o.modules = append(o.modules, m)
@@ -183,6 +206,8 @@ func run(o *options) (int, error) {
 	direct, why := kvmUsable()
 	if o.nested {
 		direct = false
+	} else if o.direct {
+		direct = true
 	}
 	if direct {
 		k, err := ensureKernel(b.cache, o.kernelPkg)

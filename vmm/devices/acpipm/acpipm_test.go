@@ -100,6 +100,9 @@ func TestSaveRestore(t *testing.T) {
 func FuzzACPIPM(f *testing.F) {
 	f.Add([]byte{7, 4, 0x00, 0x34, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > devtest.MaxFuzzInput {
+			return
+		}
 		d := New(func() {})
 		devtest.Drive(d, Size, b)
 		devtest.RoundTrip(t, d, New(nil))

@@ -115,6 +115,9 @@ func FuzzDevices(f *testing.F) {
 		8, 0, 0, 0, 0, 0, 0, // snapshot
 	})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > devtest.MaxFuzzInput {
+			return
+		}
 		newMachine(t).run(t, b)
 	})
 }

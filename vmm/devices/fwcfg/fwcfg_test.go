@@ -169,6 +169,9 @@ func TestSaveRestore(t *testing.T) {
 func FuzzFwCfg(f *testing.F) {
 	f.Add([]byte{3, 0, 0x19, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > devtest.MaxFuzzInput {
+			return
+		}
 		d := New(cfg)
 		devtest.Drive(d, Size, b)
 		devtest.RoundTrip(t, d, New(cfg))

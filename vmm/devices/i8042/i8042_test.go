@@ -237,6 +237,9 @@ func TestSaveRestore(t *testing.T) {
 func FuzzI8042(f *testing.F) {
 	f.Add([]byte{1, 0, 0xd1, 0, 0, 0, 1, 0, 0x00, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > devtest.MaxFuzzInput {
+			return
+		}
 		d := New(func() {})
 		half := len(b) / 2
 		devtest.Drive(d.Command(), 1, b[:half])

@@ -482,6 +482,9 @@ func TestWidths(t *testing.T) {
 func FuzzUART(f *testing.F) {
 	f.Add([]byte{1, 2, 0xc1, 0, 0, 0, 1, 1, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > devtest.MaxFuzzInput {
+			return
+		}
 		u := New(func(bool) {}, io.Discard)
 		u.Input(b)
 		devtest.Drive(u, Size, b)

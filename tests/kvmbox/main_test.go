@@ -1,0 +1,56 @@
+package main
+
+import (
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseArgs(t *testing.T) {
+	tests := []struct {
+		args    []string
+		want    options // only the compared fields
+		wantErr string
+	}{
+		{args: []string{"--", "sh", "-c", "exit 7"},
+			want: options{cpus: 2, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, cmd: []string{"sh", "-c", "exit 7"}}},
+		{args: []string{"--hosts", "2", "--cpus=1", "--mem", "4096M", "--timeout", "90s", "--modules", "tun, vhost_net", "--", "go", "version"},
+			want: options{cpus: 1, mem: "4096M", hosts: 2, hostsSet: true, timeout: 90 * time.Second, modules: []string{"tun", "vhost_net"}, cmd: []string{"go", "version"}}},
+		// Without "--" the command starts at the first non-flag argument,
+		// and its own flags stay its own.
+		{args: []string{"-q", "ls", "-l"},
+			want: options{cpus: 2, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, quiet: true, cmd: []string{"ls", "-l"}}},
+		{args: []string{"--modules=", "--hosts=0", "--", "true"},
+			want: options{cpus: 2, mem: "3G", hostsSet: true, timeout: 20 * time.Minute, cmd: []string{"true"}}},
+		{args: []string{"--print-kernel"},
+			want: options{cpus: 2, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, printKernel: true}},
+		{args: []string{"--print-kernel", "--", "ls"}, wantErr: "takes no command"},
+		{args: []string{}, wantErr: "no command"},
+		{args: []string{"--"}, wantErr: "no command"},
+		{args: []string{"--hosts", "-1", "--", "true"}, wantErr: "--hosts -1"},
+		{args: []string{"--hosts", "201", "--", "true"}, wantErr: "--hosts 201"},
+		{args: []string{"--cpus", "0", "--", "true"}, wantErr: "--cpus 0"},
+		{args: []string{"--mem", "lots", "--", "true"}, wantErr: "--mem"},
+		{args: []string{"--timeout", "0s", "--", "true"}, wantErr: "--timeout"},
+		{args: []string{"--bogus", "--", "true"}, wantErr: "not defined"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			got, err := parseArgs(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(*got, tt.want) {
+				t.Fatalf("got  %+v\nwant %+v", *got, tt.want)
+			}
+		})
+	}
+}
