@@ -9,7 +9,7 @@ GO ?= go
 BUILD := build
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
-LINUX_CMDLINE := console=ttyS0 panic=-1 quiet
+LINUX_CMDLINE := console=ttyS0 reboot=k panic=-1 pci=off quiet
 
 .PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot clean
 

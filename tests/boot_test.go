@@ -95,7 +95,7 @@ func linuxKernel(t *testing.T) (kernel, initrd string) {
 }
 
 // LinuxCmdline is the command line sfvmm's Linux tests and demo use.
-const linuxCmdline = "console=ttyS0 panic=-1 quiet"
+const linuxCmdline = vmm.DefaultLinuxCmdline + " quiet"
 
 func TestLinuxBoot(t *testing.T) {
 	kernel, initrd := linuxKernel(t)

@@ -15,7 +15,8 @@ import (
 // vcpu is one KVM vCPU, run by one goroutine locked to its OS thread.
 type vcpu struct {
 	*kvm.VCPU
-	tid atomic.Int32 // the OS thread in KVM_RUN, 0 before it starts
+	cpuid []kvm.CPUIDEntry // as set, kept for snapshots
+	tid   atomic.Int32     // the OS thread in KVM_RUN, 0 before it starts
 }
 
 // LAPIC local vector table registers and delivery modes (SDM vol. 3, 11.5.1).
@@ -26,13 +27,13 @@ const (
 	lapicModeNMI    = 4 << 8
 )
 
-func (m *VM) newVCPU(id int, supported []kvm.CPUIDEntry) (*vcpu, error) {
+func (m *VM) newVCPU(id int, cpuid []kvm.CPUIDEntry) (*vcpu, error) {
 	kc, err := m.kvm.CreateVCPU(id)
 	if err != nil {
 		return nil, err
 	}
-	c := &vcpu{VCPU: kc}
-	if err := c.SetCPUID2(cpuidFor(supported, id, m.cfg.CPUs)); err != nil {
+	c := &vcpu{VCPU: kc, cpuid: cpuid}
+	if err := c.SetCPUID2(cpuid); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -46,14 +47,6 @@ func (m *VM) newVCPU(id int, supported []kvm.CPUIDEntry) (*vcpu, error) {
 	if err != nil {
 		c.Close()
 		return nil, err
-	}
-	// Only the bootstrap processor starts at the kernel entry; KVM keeps the
-	// others waiting for INIT/SIPI from the guest.
-	if id == 0 {
-		if err := c.setEntry(m.entry); err != nil {
-			c.Close()
-			return nil, err
-		}
 	}
 	return c, nil
 }
@@ -110,12 +103,18 @@ func (c *vcpu) run(m *VM) error {
 	// discards it, so no other goroutine inherits a thread KVM knows.
 	c.tid.Store(int32(unix.Gettid()))
 	rd := c.RunData()
-	for !m.stopping() {
+	for {
 		if err := c.Run(); err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
+			if !errors.Is(err, unix.EINTR) {
+				return err
 			}
-			return err
+			// A kick (stop, pause) or a stray signal. KVM_RUN has
+			// completed any pending I/O before returning EINTR, so
+			// the vCPU's state is consistent here.
+			if !m.park(c) {
+				return nil
+			}
+			continue
 		}
 		switch r := rd.ExitReason(); r {
 		case kvm.ExitIO:
@@ -160,7 +159,6 @@ func (c *vcpu) run(m *VM) error {
 			return fmt.Errorf("%s (exit reason %d)", c.describe("unexpected KVM exit"), r)
 		}
 	}
-	return nil
 }
 
 // describe names what happened with the vCPU's instruction pointer and mode,

@@ -59,6 +59,12 @@ const (
 	identityMapAddr = 0xfffbc000
 )
 
+// DefaultLinuxCmdline is what a Linux kernel gets when no command line is
+// given: the console on COM1, reboot through the i8042 (which ends the VM),
+// and no PCI probing, since the machine has no PCI bus (Firecracker's
+// defaults, for the same reasons).
+const DefaultLinuxCmdline = "console=ttyS0 reboot=k panic=-1 pci=off"
+
 // MaxCPUs is the most vCPUs sfvmm starts: APIC IDs are 8 bits and the MP
 // table and MADT give the IOAPIC the ID after the last CPU.
 const MaxCPUs = 254
@@ -68,19 +74,39 @@ type VM struct {
 	cfg  Config
 	logf func(format string, args ...any)
 
-	mem    *memory.Memory
-	kind   boot.Kind
-	entry  *boot.Entry
-	sys    *kvm.System
-	kvm    *kvm.VM
-	vcpus  []*vcpu
-	pio    *bus.Bus
-	mmio   *bus.Bus
-	serial *serial.UART
+	mem   *memory.Memory
+	kind  boot.Kind
+	entry *boot.Entry
+	sys   *kvm.System
+	kvm   *kvm.VM
+	vcpus []*vcpu
+	pio   *bus.Bus
+	mmio  *bus.Bus
+
+	devs devices
+
+	// mu guards the run state below; cond signals its changes to parked
+	// vCPUs and to Pause waiting for them.
+	mu      sync.Mutex
+	cond    *sync.Cond
+	paused  bool // a pause is requested or in force
+	parked  int  // vCPUs parked because of it
+	running int  // vCPU goroutines not yet returned
+	started time.Time
 
 	stopOnce sync.Once
 	done     chan struct{} // closed by stop
 	exit     Exit          // written once, before done is closed
+}
+
+// devices are the machine's emulated devices, kept for saving their state.
+type devices struct {
+	serial    *serial.UART
+	debugExit *debugexit.Device
+	i8042     *i8042.Device
+	rtc       *rtc.RTC
+	fwcfg     *fwcfg.FwCfg
+	acpipm    *acpipm.Device
 }
 
 // New validates cfg, loads the kernel into fresh guest memory and creates
@@ -89,13 +115,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
-	m := &VM{cfg: cfg, logf: cfg.Logf, done: make(chan struct{})}
-	if m.logf == nil {
-		m.logf = func(string, ...any) {}
-	}
-	if m.cfg.Console == nil {
-		m.cfg.Console = io.Discard
-	}
+	m := newVM(cfg)
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -117,6 +137,18 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+func newVM(cfg Config) *VM {
+	m := &VM{cfg: cfg, logf: cfg.Logf, done: make(chan struct{})}
+	m.cond = sync.NewCond(&m.mu)
+	if m.logf == nil {
+		m.logf = func(string, ...any) {}
+	}
+	if m.cfg.Console == nil {
+		m.cfg.Console = io.Discard
+	}
+	return m
 }
 
 func validate(cfg Config) error {
@@ -163,6 +195,10 @@ func (m *VM) loadKernel() error {
 			}
 		}
 	default:
+		if m.cfg.Cmdline == "" && m.kind == boot.BzImage {
+			m.cfg.Cmdline = DefaultLinuxCmdline
+			p.Cmdline = m.cfg.Cmdline
+		}
 		if m.cfg.InitrdPath != "" {
 			if p.Initrd, err = os.ReadFile(m.cfg.InitrdPath); err != nil {
 				return fmt.Errorf("read initrd: %w", err)
@@ -175,7 +211,34 @@ func (m *VM) loadKernel() error {
 	return nil
 }
 
-func (m *VM) createMachine() (err error) {
+func (m *VM) createMachine() error {
+	if err := m.createVM(); err != nil {
+		return err
+	}
+	cpuid, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < m.cfg.CPUs; i++ {
+		c, err := m.newVCPU(i, cpuidFor(cpuid, i, m.cfg.CPUs))
+		if err != nil {
+			return fmt.Errorf("vcpu %d: %w", i, err)
+		}
+		m.vcpus = append(m.vcpus, c)
+		// Only the bootstrap processor starts at the kernel entry; KVM
+		// keeps the others waiting for INIT/SIPI from the guest.
+		if i == 0 {
+			if err := c.setEntry(m.entry); err != nil {
+				return fmt.Errorf("vcpu 0: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// createVM creates the KVM VM with its in-kernel devices, guest RAM and the
+// emulated devices: everything but the vCPUs.
+func (m *VM) createVM() (err error) {
 	if m.kvm, err = m.sys.CreateVM(); err != nil {
 		return err
 	}
@@ -196,39 +259,30 @@ func (m *VM) createMachine() (err error) {
 			return fmt.Errorf("map guest RAM at %#x: %w", r.GPA, err)
 		}
 	}
-	if err := m.addDevices(); err != nil {
-		return err
-	}
-	cpuid, err := m.sys.SupportedCPUID()
-	if err != nil {
-		return err
-	}
-	for i := 0; i < m.cfg.CPUs; i++ {
-		c, err := m.newVCPU(i, cpuid)
-		if err != nil {
-			return fmt.Errorf("vcpu %d: %w", i, err)
-		}
-		m.vcpus = append(m.vcpus, c)
-	}
-	return nil
+	return m.addDevices()
 }
 
 func (m *VM) addDevices() error {
 	m.pio = bus.New("pio", m.logf)
 	m.mmio = bus.New("mmio", m.logf)
-	m.serial = serial.New(m.irq(com1IRQ), m.cfg.Console)
-	kbd := i8042.New(func() { m.stop(Exit{Reason: ExitReset}) })
+	d := &m.devs
+	d.serial = serial.New(m.irq(com1IRQ), m.cfg.Console)
+	d.debugExit = debugexit.New(func(code int) { m.stop(Exit{Reason: ExitDebug, Code: code}) })
+	d.i8042 = i8042.New(func() { m.stop(Exit{Reason: ExitReset}) })
+	d.rtc = rtc.New(time.Now, m.mem.Size())
+	d.fwcfg = fwcfg.New(fwcfg.Config{CPUs: m.cfg.CPUs, RAMSize: m.mem.Size(), Cmdline: m.cfg.Cmdline})
+	d.acpipm = acpipm.New(func() { m.stop(Exit{Reason: ExitPowerOff}) })
 	for _, d := range []struct {
 		port, size uint64
 		dev        bus.Device
 	}{
-		{com1Port, 8, m.serial},
-		{debugExitPort, 4, debugexit.New(func(code int) { m.stop(Exit{Reason: ExitDebug, Code: code}) })},
-		{i8042DataPort, 1, kbd.Data()},
-		{i8042CmdPort, 1, kbd.Command()},
-		{rtcPort, 2, rtc.New(time.Now, m.mem.Size())},
-		{fwCfgPort, 2, fwcfg.New(fwcfg.Config{CPUs: m.cfg.CPUs, RAMSize: m.mem.Size(), Cmdline: m.cfg.Cmdline})},
-		{acpipm.PM1aEvtBlk, 8, acpipm.New(func() { m.stop(Exit{Reason: ExitPowerOff}) })},
+		{com1Port, 8, d.serial},
+		{debugExitPort, 4, d.debugExit},
+		{i8042DataPort, 1, d.i8042.Data()},
+		{i8042CmdPort, 1, d.i8042.Command()},
+		{rtcPort, 2, d.rtc},
+		{fwCfgPort, 2, d.fwcfg},
+		{acpipm.PM1aEvtBlk, 8, d.acpipm},
 	} {
 		if err := m.pio.Register(d.port, d.size, d.dev); err != nil {
 			return err
@@ -247,7 +301,7 @@ func (m *VM) irq(n uint32) func(level bool) {
 }
 
 // SerialInput queues host input for the guest's COM1.
-func (m *VM) SerialInput(p []byte) { m.serial.Input(p) }
+func (m *VM) SerialInput(p []byte) { m.devs.serial.Input(p) }
 
 // Kind is the format of the loaded kernel.
 func (m *VM) Kind() boot.Kind { return m.kind }
@@ -257,11 +311,20 @@ func (m *VM) Kind() boot.Kind { return m.kind }
 // the machine ended; err is set only for a failure of the VMM itself.
 func (m *VM) Run(ctx context.Context) (Exit, error) {
 	var wg sync.WaitGroup
+	m.mu.Lock()
+	m.started = time.Now()
+	m.running = len(m.vcpus)
+	m.mu.Unlock()
 	for _, c := range m.vcpus {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := c.run(m); err != nil {
+			err := c.run(m)
+			m.mu.Lock()
+			m.running--
+			m.cond.Broadcast()
+			m.mu.Unlock()
+			if err != nil {
 				m.stop(Exit{Reason: ExitError, Err: fmt.Errorf("vcpu %d: %w", c.ID, err)})
 			}
 		}()
@@ -285,12 +348,89 @@ func (m *VM) Stop() { m.stop(Exit{Reason: ExitStopped}) }
 // the guest. Later calls are no-ops.
 func (m *VM) stop(e Exit) {
 	m.stopOnce.Do(func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
 		m.exit = e
 		close(m.done)
 		for _, c := range m.vcpus {
 			c.kick()
 		}
+		m.cond.Broadcast() // wake parked vCPUs so they see the stop
 	})
+}
+
+// Pause stops every vCPU outside KVM_RUN, with any pending port-I/O or
+// MMIO completed, so that their state can be read. A machine that has not
+// started running is already paused.
+func (m *VM) Pause(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopping() {
+		return ErrStopped
+	}
+	if !m.paused {
+		m.paused = true
+		for _, c := range m.vcpus {
+			c.kick()
+		}
+	}
+	// Wake this wait when ctx ends, so a vCPU that never parks cannot
+	// hang the caller.
+	stopWake := context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		m.cond.Broadcast()
+		m.mu.Unlock()
+	})
+	defer stopWake()
+	for m.parked < m.running && !m.stopping() {
+		if err := ctx.Err(); err != nil {
+			m.paused = false
+			m.cond.Broadcast()
+			return fmt.Errorf("pause: vCPUs did not stop: %w", err)
+		}
+		m.cond.Wait()
+	}
+	if m.stopping() {
+		return ErrStopped
+	}
+	return nil
+}
+
+// Resume lets paused vCPUs run again.
+func (m *VM) Resume(context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopping() {
+		return ErrStopped
+	}
+	m.paused = false
+	m.cond.Broadcast()
+	return nil
+}
+
+// ErrStopped is returned for operations on a machine that has ended.
+var ErrStopped = errors.New("the machine has stopped")
+
+// park is called by a vCPU that left KVM_RUN because of a kick. It blocks
+// while a pause is in force and reports whether the vCPU should go on.
+func (m *VM) park(c *vcpu) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.paused && !m.stopping() {
+		m.parked++
+		m.cond.Broadcast()
+		for m.paused && !m.stopping() {
+			m.cond.Wait()
+		}
+		m.parked--
+	}
+	if m.stopping() {
+		return false
+	}
+	// Cleared under mu: stop sets it again under mu, so a stop cannot be
+	// lost between this and the next KVM_RUN.
+	c.RunData().SetImmediateExit(false)
+	return true
 }
 
 func (m *VM) stopping() bool {
@@ -318,4 +458,14 @@ func (m *VM) Close() error {
 		errs = append(errs, m.mem.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// DescribeVCPUs says where each vCPU is (instruction pointer, mode): what a
+// person wants to see when a guest hangs. Call it while paused or after Run.
+func (m *VM) DescribeVCPUs() string {
+	var b strings.Builder
+	for _, c := range m.vcpus {
+		b.WriteString(c.describe("vcpu state") + "\n")
+	}
+	return b.String()
 }

@@ -20,6 +20,12 @@ func TestLayouts(t *testing.T) {
 		{"kvm_userspace_memory_region", unsafe.Sizeof(UserspaceMemoryRegion{}), 32},
 		{"kvm_lapic_state", unsafe.Sizeof(LAPIC{}), 1024},
 		{"kvm_msr_entry", unsafe.Sizeof(MSREntry{}), 16},
+		{"kvm_vcpu_events", unsafe.Sizeof(VCPUEvents{}), 64},
+		{"kvm_debugregs", unsafe.Sizeof(DebugRegs{}), 128},
+		{"kvm_xcrs", unsafe.Sizeof(XCRs{}), 392},
+		{"kvm_irqchip", unsafe.Sizeof(IRQChip{}), 520},
+		{"kvm_pit_state2", unsafe.Sizeof(PITState2{}), 112},
+		{"kvm_clock_data", unsafe.Sizeof(ClockData{}), 48},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("sizeof %s = %d, want %d", tc.name, tc.got, tc.want)
@@ -41,6 +47,16 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_GET_LAPIC", reqGetLAPIC, 0x8400ae8e},
 		{"KVM_IRQ_LINE", reqIRQLine, 0x4008ae61},
 		{"KVM_CREATE_PIT2", reqCreatePIT2, 0x4040ae77},
+		{"KVM_GET_VCPU_EVENTS", reqGetVCPUEvents, 0x8040ae9f},
+		{"KVM_SET_VCPU_EVENTS", reqSetVCPUEvents, 0x4040aea0},
+		{"KVM_GET_PIT2", reqGetPIT2, 0x8070ae9f},
+		{"KVM_GET_IRQCHIP", reqGetIRQChip, 0xc208ae62},
+		{"KVM_SET_IRQCHIP", reqSetIRQChip, 0x8208ae63},
+		{"KVM_GET_XSAVE", reqGetXSave, 0x9000aea4},
+		{"KVM_GET_XCRS", reqGetXCRs, 0x8188aea6},
+		{"KVM_GET_CLOCK", reqGetClock, 0x8030ae7c},
+		{"KVM_GET_DEBUGREGS", reqGetDebugRegs, 0x8080aea1},
+		{"KVM_GET_MSRS", reqGetMSRs, 0xc008ae88},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %#x, want %#x", tc.name, tc.got, tc.want)

@@ -89,7 +89,7 @@ func Boot(t testing.TB, o Options) Result {
 		t.Fatalf("run %s: %v\nserial output:\n%s", o.Kernel, err, r.Serial)
 	}
 	if exit.Reason == vmm.ExitStopped {
-		t.Fatalf("%s did not end within %v\nserial output:\n%s", o.Kernel, o.Timeout, r.Serial)
+		t.Fatalf("%s did not end within %v\n%sserial output:\n%s", o.Kernel, o.Timeout, vm.DescribeVCPUs(), r.Serial)
 	}
 	return r
 }

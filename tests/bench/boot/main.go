@@ -97,7 +97,8 @@ func run(root string, n, nLinux int) error {
 	}
 	qemu := []string{"-enable-kvm", "-cpu", "host", "-nographic", "-no-reboot",
 		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"}
-	const linuxCmd = `console=ttyS0 panic=-1 quiet sfvmm.run="echo answer=$((6*7))"`
+	// The same command line for both: sfvmm's default plus quiet.
+	const linuxCmd = `console=ttyS0 reboot=k panic=-1 pci=off quiet sfvmm.run="echo answer=$((6*7))"`
 
 	sfHello, err := median(n, "hello from sfvmm", 1, "sfvmm", "run", "--stats", "--kernel", hello)
 	if err != nil {

@@ -274,8 +274,10 @@ const (
 
 // buildMADT describes the local APICs (APIC ID = processor UID = vCPU
 // index), the IOAPIC (ID cpus, GSIs 0-23), the ISA overrides every PC has
-// (IRQ0 on GSI2; the SCI level-triggered, active high, as the acpipm device
-// drives it) and LINT1 as NMI on every CPU.
+// (the SCI level-triggered, active high, as the acpipm device drives it) and
+// LINT1 as NMI on every CPU. ISA IRQ0 stays on GSI 0 (no override): KVM's
+// default interrupt routing delivers its in-kernel PIT to IOAPIC pin 0, so a
+// PC-style IRQ0→GSI2 override would leave Linux's timer silent.
 func buildMADT(cpus int) []byte {
 	t := make([]byte, 44, 44+8*cpus+12+2*10+6)
 	le.PutUint32(t[36:], LAPICAddr)
@@ -289,7 +291,6 @@ func buildMADT(cpus int) []byte {
 	le.PutUint32(io[4:], IOAPICAddr)
 	le.PutUint32(io[8:], 0) // GSI base
 	t = append(t, io...)
-	t = append(t, override(0, 2, 0)...)
 	t = append(t, override(SCIIRQ, SCIIRQ, isoActiveHigh|isoLevel)...)
 	// Local APIC NMI: all processors (UID 0xff), default flags, LINT1.
 	t = append(t, madtLocalAPICNM, 6, 0xff, 0, 0, 1)

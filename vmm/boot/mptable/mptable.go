@@ -89,18 +89,11 @@ func Build(base uint64, cpus int) ([]byte, error) {
 	io := []byte{entryIOAPIC, ioapicID, ioapicVersion, 1 /* enabled */, 0, 0, 0, 0}
 	le.PutUint32(io[4:], IOAPICAddr)
 	add(io)
-	// ISA IRQs reach the IOAPIC pin of the same number, except that the
-	// PIT's IRQ0 is wired to pin 2; IRQ2 (the PIC cascade) then has no pin
-	// of its own and is left out, as on every PC that overrides IRQ0.
+	// ISA IRQs reach the IOAPIC pin of the same number, IRQ0 too: KVM's
+	// default interrupt routing delivers its in-kernel PIT to pin 0 (a
+	// PC's IRQ0→pin 2 wiring would need KVM_SET_GSI_ROUTING).
 	for irq := byte(0); irq < 16; irq++ {
-		pin := irq
-		switch irq {
-		case 0:
-			pin = 2
-		case 2:
-			continue
-		}
-		add([]byte{entryIOIntr, intINT, 0, 0 /* conforming polarity and trigger */, isaBus, irq, ioapicID, pin})
+		add([]byte{entryIOIntr, intINT, 0, 0 /* conforming polarity and trigger */, isaBus, irq, ioapicID, irq})
 	}
 	// The PIC's output on LINT0 (virtual wire mode) and NMI on LINT1.
 	add([]byte{entryLocalIntr, intExtINT, 0, 0, isaBus, 0, allLAPICs, 0})

@@ -84,7 +84,7 @@ func TestBuild(t *testing.T) {
 		if got := int(le.Uint16(cfg[34:])); got != entries {
 			t.Errorf("entry count %d, counted %d", got, entries)
 		}
-		want := fmt.Sprintf("bus0:ISA    ioapic%d:1:0xfec00000 irq0>2 irq1>1 irq3>3 irq4>4 irq5>5 irq6>6 irq7>7 irq8>8 irq9>9 irq10>10 irq11>11 irq12>12 irq13>13 irq14>14 irq15>15 lint0:type3:apic0xff lint1:type1:apic0xff", cpus)
+		want := fmt.Sprintf("bus0:ISA    ioapic%d:1:0xfec00000 irq0>0 irq1>1 irq2>2 irq3>3 irq4>4 irq5>5 irq6>6 irq7>7 irq8>8 irq9>9 irq10>10 irq11>11 irq12>12 irq13>13 irq14>14 irq15>15 lint0:type3:apic0xff lint1:type1:apic0xff", cpus)
 		if got := strings.Join(other, " "); got != want {
 			t.Errorf("entries:\n got %s\nwant %s", got, want)
 		}
