@@ -408,6 +408,32 @@ func (m *VM) Resume(context.Context) error {
 	return nil
 }
 
+// RunState is "running", "paused" (also before Run) or "stopped".
+func (m *VM) RunState() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.stopping():
+		return "stopped"
+	case m.paused || m.started.IsZero():
+		return "paused"
+	}
+	return "running"
+}
+
+// Uptime is the time since Run started.
+func (m *VM) Uptime() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started.IsZero() {
+		return 0
+	}
+	return time.Since(m.started)
+}
+
+// Config returns the machine's configuration.
+func (m *VM) Config() Config { return m.cfg }
+
 // ErrStopped is returned for operations on a machine that has ended.
 var ErrStopped = errors.New("the machine has stopped")
 

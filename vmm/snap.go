@@ -1,0 +1,121 @@
+package vmm
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/sfvmm/sfvmm/vmm/memory"
+	"github.com/sfvmm/sfvmm/vmm/snapshot"
+)
+
+// SnapshotOptions says how to take a snapshot.
+type SnapshotOptions struct {
+	StayPaused bool // leave the guest paused afterwards
+	Overwrite  bool // replace an existing snapshot directory
+}
+
+// SnapshotInfo reports what a snapshot wrote and what it cost the guest.
+type SnapshotInfo struct {
+	Dir             string
+	DescriptorBytes int
+	MemoryBytes     uint64 // guest memory written (populated, non-zero pages)
+	Pages           uint64
+	Paused          time.Duration // how long the guest was stopped for it
+	Write           time.Duration // of which writing the files
+}
+
+// Snapshot pauses the guest, writes its state and populated memory to dir
+// atomically, and resumes it unless opts.StayPaused. A guest that was
+// already paused stays paused.
+func (m *VM) Snapshot(ctx context.Context, dir string, opts SnapshotOptions) (SnapshotInfo, error) {
+	wasPaused := m.RunState() == "paused"
+	start := time.Now()
+	state, err := m.SaveState(ctx)
+	if err != nil {
+		if !wasPaused {
+			m.Resume(ctx)
+		}
+		return SnapshotInfo{}, err
+	}
+	info, err := m.writeSnapshot(dir, state, opts)
+	info.Paused = time.Since(start)
+	if !opts.StayPaused && !wasPaused {
+		if rerr := m.Resume(ctx); err == nil {
+			err = rerr
+		}
+	}
+	return info, err
+}
+
+func (m *VM) writeSnapshot(dir string, state *MachineState, opts SnapshotOptions) (SnapshotInfo, error) {
+	start := time.Now()
+	regions, bitmaps, err := m.populated()
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	h := snapshot.Header{CPUs: uint32(m.cfg.CPUs), MemBytes: m.mem.Size(), CreatedUnixNano: time.Now().UnixNano()}
+	wi, err := snapshot.Write(dir, h, state, regions, bitmaps, snapshot.WriteOptions{Overwrite: opts.Overwrite})
+	if err != nil {
+		return SnapshotInfo{}, fmt.Errorf("snapshot %s: %w", dir, err)
+	}
+	return SnapshotInfo{
+		Dir: dir, DescriptorBytes: wi.DescriptorBytes, MemoryBytes: wi.MemoryBytes,
+		Pages: wi.Pages, Write: time.Since(start),
+	}, nil
+}
+
+// populated returns guest RAM as snapshot regions with a bitmap of the
+// pages present in host memory (touched by guest or loader); pages never
+// touched read as zero and are left out.
+func (m *VM) populated() ([]snapshot.Region, []*snapshot.Bitmap, error) {
+	var regions []snapshot.Region
+	var bitmaps []*snapshot.Bitmap
+	for _, r := range m.mem.Regions() {
+		vec := make([]byte, r.Size/memory.PageSize)
+		if err := mincore(r.Host, vec); err != nil {
+			return nil, nil, fmt.Errorf("mincore guest RAM at %#x: %w", r.GPA, err)
+		}
+		bm := snapshot.NewBitmap(uint64(len(vec)))
+		for i, v := range vec {
+			if v&1 != 0 {
+				bm.Set(uint64(i))
+			}
+		}
+		regions = append(regions, snapshot.Region{GPA: r.GPA, Host: r.Host})
+		bitmaps = append(bitmaps, bm)
+	}
+	return regions, bitmaps, nil
+}
+
+// RestoreDir rebuilds a machine from the snapshot in dir, paused: Run
+// continues the guest where the snapshot was taken.
+func RestoreDir(dir string, rc RestoreConfig) (*VM, error) {
+	var state MachineState
+	h, err := snapshot.Read(dir, &state)
+	if err != nil {
+		return nil, err
+	}
+	if h.CPUs != state.Config.CPUs || h.MemBytes != state.Config.MemBytes {
+		return nil, fmt.Errorf("snapshot %s: header (%d vCPUs, %d bytes) disagrees with state (%d vCPUs, %d bytes)",
+			dir, h.CPUs, h.MemBytes, state.Config.CPUs, state.Config.MemBytes)
+	}
+	return Restore(&state, func(mem *memory.Memory) error {
+		var regions []snapshot.Region
+		for _, r := range mem.Regions() {
+			regions = append(regions, snapshot.Region{GPA: r.GPA, Host: r.Host})
+		}
+		return snapshot.Load(dir, h, regions)
+	}, rc)
+}
+
+// ReadSnapshot decodes the snapshot in dir without restoring it, for
+// `sfvmm describe`.
+func ReadSnapshot(dir string) (snapshot.Header, *MachineState, error) {
+	var state MachineState
+	h, err := snapshot.Read(dir, &state)
+	if err != nil {
+		return h, nil, err
+	}
+	return h, &state, nil
+}
