@@ -2,10 +2,13 @@ package vmm
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sfvmm/sfvmm/vmm/kvm"
 	"github.com/sfvmm/sfvmm/vmm/memory"
 )
 
@@ -36,4 +39,48 @@ func mincore(b []byte, vec []byte) error {
 		return e
 	}
 	return nil
+}
+
+// ExitStats summarises the vCPUs' exits to the VMM: the cost a guest's
+// device accesses put on it. Call it after Run has returned.
+func (m *VM) ExitStats() string {
+	reasons := map[uint32]uint64{}
+	ports := map[uint16]uint64{}
+	var eintr uint64
+	for _, c := range m.vcpus {
+		for r, n := range c.exits {
+			reasons[r] += n
+		}
+		for p, n := range c.ioPorts {
+			ports[p] += n
+		}
+		eintr += c.eintr
+	}
+	type kv struct {
+		port uint16
+		n    uint64
+	}
+	var top []kv
+	for p, n := range ports {
+		top = append(top, kv{p, n})
+	}
+	sort.Slice(top, func(i, j int) bool { return top[i].n > top[j].n })
+	var b strings.Builder
+	fmt.Fprintf(&b, "exits: io=%d mmio=%d hlt=%d interrupted=%d other=%d; busiest ports:",
+		reasons[kvm.ExitIO], reasons[kvm.ExitMMIO], reasons[kvm.ExitHLT], eintr,
+		sum(reasons)-reasons[kvm.ExitIO]-reasons[kvm.ExitMMIO]-reasons[kvm.ExitHLT])
+	for i, t := range top {
+		if i == 8 {
+			break
+		}
+		fmt.Fprintf(&b, " %#x=%d", t.port, t.n)
+	}
+	return b.String()
+}
+
+func sum(m map[uint32]uint64) (n uint64) {
+	for _, v := range m {
+		n += v
+	}
+	return n
 }

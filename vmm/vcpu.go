@@ -17,6 +17,12 @@ type vcpu struct {
 	*kvm.VCPU
 	cpuid []kvm.CPUIDEntry // as set, kept for snapshots
 	tid   atomic.Int32     // the OS thread in KVM_RUN, 0 before it starts
+
+	// Exit counts, written by the vCPU's goroutine only and read after Run.
+	exits   map[uint32]uint64 // by KVM exit reason
+	ioPorts map[uint16]uint64 // port-I/O exits by port
+	mmio    uint64
+	eintr   uint64
 }
 
 // LAPIC local vector table registers and delivery modes (SDM vol. 3, 11.5.1).
@@ -32,7 +38,7 @@ func (m *VM) newVCPU(id int, cpuid []kvm.CPUIDEntry) (*vcpu, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &vcpu{VCPU: kc, cpuid: cpuid}
+	c := &vcpu{VCPU: kc, cpuid: cpuid, exits: map[uint32]uint64{}, ioPorts: map[uint16]uint64{}}
 	if err := c.SetCPUID2(cpuid); err != nil {
 		c.Close()
 		return nil, err
@@ -108,6 +114,7 @@ func (c *vcpu) run(m *VM) error {
 			if !errors.Is(err, unix.EINTR) {
 				return err
 			}
+			c.eintr++
 			// A kick (stop, pause) or a stray signal. KVM_RUN has
 			// completed any pending I/O before returning EINTR, so
 			// the vCPU's state is consistent here.
@@ -116,9 +123,12 @@ func (c *vcpu) run(m *VM) error {
 			}
 			continue
 		}
-		switch r := rd.ExitReason(); r {
+		r := rd.ExitReason()
+		c.exits[r]++
+		switch r {
 		case kvm.ExitIO:
 			dir, size, port, count, data, ok := rd.IO()
+			c.ioPorts[port]++
 			if !ok {
 				return fmt.Errorf("port I/O exit with a data window outside kvm_run (port %#x)", port)
 			}

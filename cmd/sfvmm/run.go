@@ -8,11 +8,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/sfvmm/sfvmm/vmm"
+	"github.com/sfvmm/sfvmm/vmm/api"
 )
 
 // runCmd implements `sfvmm run` and returns the process exit code: the
@@ -27,6 +29,7 @@ func runCmd(args []string) int {
 	memory := fs.String("memory", "128M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	stats := fs.Bool("stats", false, "print memory statistics at exit (peak RSS, guest RAM touched)")
+	apiSock := fs.String("api-sock", "", "serve the control API (HTTP/JSON) on this Unix socket")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -57,19 +60,47 @@ func runCmd(args []string) int {
 		return vmm.StatusError
 	}
 	defer vm.Close()
+	return runVM(vm, runOptions{apiSock: *apiSock, quiet: *quiet, stats: *stats}, logf)
+}
 
+// runOptions are the flags `run` and `restore` share.
+type runOptions struct {
+	apiSock string
+	quiet   bool
+	stats   bool
+	paused  bool // start paused (restore --paused)
+}
+
+// runVM runs a built machine to its end with the console on stdin/stdout,
+// the control API on o.apiSock, and SIGINT/SIGTERM stopping it, and returns
+// the process exit code.
+func runVM(vm *vmm.VM, o runOptions, logf func(string, ...any)) int {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	var stoppedBy syscall.Signal
+	var stoppedBy atomic.Int32
 	go func() {
 		if s, ok := <-sigs; ok {
-			stoppedBy = s.(syscall.Signal)
+			stoppedBy.Store(int32(s.(syscall.Signal)))
 			cancel(fmt.Errorf("received %v", s))
 		}
 	}()
+	if o.paused {
+		if err := vm.Pause(ctx); err != nil {
+			logf("error: %v", err)
+			return vmm.StatusError
+		}
+	}
+	if o.apiSock != "" {
+		srv, err := api.Serve(ctx, o.apiSock, machine{vm}, logf)
+		if err != nil {
+			logf("error: %v", err)
+			return vmm.StatusError
+		}
+		defer srv.Close()
+	}
 
 	restore := forwardStdin(vm, logf, func() { cancel(errors.New("console escape Ctrl-A x")) })
 	exit, err := vm.Run(ctx)
@@ -78,14 +109,14 @@ func runCmd(args []string) int {
 		logf("error: %v", err)
 		return vmm.StatusError
 	}
-	if !*quiet || exit.Reason == vmm.ExitTripleFault {
+	if !o.quiet || exit.Reason == vmm.ExitTripleFault {
 		logf("guest ended: %v", exit)
 	}
-	if *stats {
+	if o.stats {
 		printStats(vm, logf)
 	}
-	if exit.Reason == vmm.ExitStopped && stoppedBy != 0 {
-		return 128 + int(stoppedBy)
+	if sig := stoppedBy.Load(); exit.Reason == vmm.ExitStopped && sig != 0 {
+		return 128 + int(sig)
 	}
 	return exit.Status()
 }
@@ -167,4 +198,5 @@ func printStats(vm *vmm.VM, logf func(string, ...any)) {
 	}
 	peak := uint64(ru.Maxrss) << 10
 	logf("stats: peak_rss_kib=%d guest_resident_kib=%d vmm_overhead_kib=%d", peak>>10, guest>>10, (peak-min(peak, guest))>>10)
+	logf("stats: %s", vm.ExitStats())
 }

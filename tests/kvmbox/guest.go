@@ -83,6 +83,17 @@ func (b *box) runScript(run string, env []string) string {
 		p("%s <<'EOF' || { echo %s >&2; exit %d; }", cmd, shellQuote("kvmbox: --hosts network setup failed: "+cmd), exitSetup)
 		p("%s\nEOF", strings.Join(batch.lines, "\n"))
 	}
+	// The checkout's 9p mount (cache=mmap) pages a binary in over 9p on
+	// every start, which under TCG costs about a second per process; a
+	// copy in the guest's tmpfs starts like any local binary.
+	const localBin = "/run/kvmbox-bin"
+	p("mkdir -p %s; cp %s %s/ 2>/dev/null", localBin, shellQuote(filepath.Join(b.binDir, "sfvmm")), localBin)
+	env = append([]string(nil), env...)
+	for i, kv := range env {
+		if rest, ok := strings.CutPrefix(kv, "PATH="); ok {
+			env[i] = "PATH=" + localBin + ":" + rest
+		}
+	}
 	p("cd %s || exit %d", shellQuote(b.cwd), exitSetup)
 	p("exec env -i %s %s", shellJoin(env), shellJoin(b.opts.cmd))
 	return s.String()

@@ -41,15 +41,21 @@ type Result struct {
 	Exit   vmm.Exit
 }
 
-// syncBuffer is a bytes.Buffer safe for the UART writer and the test.
+// syncBuffer is a bytes.Buffer safe for the UART writer and the test; it
+// wakes WaitFor callers on every write.
 type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
+	mu      sync.Mutex // guards b and changed
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
 }
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{changed: make(chan struct{})} }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	close(s.changed)
+	s.changed = make(chan struct{})
 	return s.b.Write(p)
 }
 
@@ -59,9 +65,46 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// waitFor blocks until the buffer contains want or ctx ends.
+func (s *syncBuffer) waitFor(ctx context.Context, want string) bool {
+	for {
+		s.mu.Lock()
+		found := strings.Contains(s.b.String(), want)
+		ch := s.changed
+		s.mu.Unlock()
+		if found {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
 // Boot runs the guest to its end and returns the result. It fails the test
 // if the machine cannot be built, the VMM fails, or the timeout passes.
 func Boot(t testing.TB, o Options) Result {
+	t.Helper()
+	return Start(t, o).Wait(t)
+}
+
+// Running is a guest started by Start or Restore.
+type Running struct {
+	VM      *vmm.VM
+	name    string
+	serial  *syncBuffer
+	timeout time.Duration
+	done    chan struct{} // closed when Run returns
+	exit    vmm.Exit
+	err     error
+	cancel  context.CancelFunc
+}
+
+// Start boots the guest and returns at once; the test ends it with Wait or
+// Stop. It is stopped and released when the test ends in any case.
+func Start(t testing.TB, o Options) *Running {
 	t.Helper()
 	if o.CPUs == 0 {
 		o.CPUs = 1
@@ -69,29 +112,94 @@ func Boot(t testing.TB, o Options) Result {
 	if o.Memory == 0 {
 		o.Memory = 128 << 20
 	}
-	if o.Timeout == 0 {
-		o.Timeout = 2 * time.Minute
-	}
-	var serial syncBuffer
+	serial := newSyncBuffer()
 	vm, err := vmm.New(vmm.Config{
 		KernelPath: o.Kernel, InitrdPath: o.Initrd, Cmdline: o.Cmdline,
-		CPUs: o.CPUs, MemBytes: o.Memory, Console: &serial, Logf: t.Logf,
+		CPUs: o.CPUs, MemBytes: o.Memory, Console: serial, Logf: t.Logf,
 	})
 	if err != nil {
 		t.Fatalf("boot %s: %v", o.Kernel, err)
 	}
-	defer vm.Close()
-	ctx, cancel := context.WithTimeoutCause(context.Background(), o.Timeout, errors.New("vmtest timeout"))
-	defer cancel()
-	exit, err := vm.Run(ctx)
-	r := Result{Serial: serial.String(), Exit: exit}
+	return run(t, vm, o.Kernel, serial, o.Timeout)
+}
+
+// Restore continues the guest saved in snapshot directory dir.
+func Restore(t testing.TB, dir string, timeout time.Duration) *Running {
+	t.Helper()
+	serial := newSyncBuffer()
+	vm, err := vmm.RestoreDir(dir, vmm.RestoreConfig{Console: serial, Logf: t.Logf})
 	if err != nil {
-		t.Fatalf("run %s: %v\nserial output:\n%s", o.Kernel, err, r.Serial)
+		t.Fatalf("restore %s: %v", dir, err)
 	}
-	if exit.Reason == vmm.ExitStopped {
-		t.Fatalf("%s did not end within %v\n%sserial output:\n%s", o.Kernel, o.Timeout, vm.DescribeVCPUs(), r.Serial)
+	return run(t, vm, "restored "+dir, serial, timeout)
+}
+
+func run(t testing.TB, vm *vmm.VM, name string, serial *syncBuffer, timeout time.Duration) *Running {
+	if timeout == 0 {
+		timeout = 2 * time.Minute
 	}
+	ctx, cancel := context.WithTimeoutCause(context.Background(), timeout, errors.New("vmtest timeout"))
+	r := &Running{VM: vm, name: name, serial: serial, timeout: timeout, done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(r.done)
+		r.exit, r.err = vm.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		r.cancel()
+		<-r.done
+		vm.Close()
+	})
 	return r
+}
+
+// Serial is what the guest has printed so far.
+func (r *Running) Serial() string { return r.serial.String() }
+
+// WaitFor waits until the guest has printed want and fails the test if it
+// ends or the timeout passes first.
+func (r *Running) WaitFor(t testing.TB, want string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if !r.serial.waitFor(ctx, want) {
+		t.Fatalf("%s: %q never appeared (guest ended: %v)\nserial output:\n%s", r.name, want, r.ended(), r.Serial())
+	}
+}
+
+func (r *Running) ended() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop ends the guest from the host.
+func (r *Running) Stop() {
+	r.cancel()
+	<-r.done
+}
+
+// Wait waits for the guest to end by itself and returns the result.
+func (r *Running) Wait(t testing.TB) Result {
+	t.Helper()
+	<-r.done
+	res := Result{Serial: r.Serial(), Exit: r.exit}
+	if r.err != nil {
+		t.Fatalf("run %s: %v\nserial output:\n%s", r.name, r.err, res.Serial)
+	}
+	if r.exit.Reason == vmm.ExitStopped {
+		t.Fatalf("%s did not end within %v\n%sserial output:\n%s", r.name, r.timeout, r.VM.DescribeVCPUs(), res.Serial)
+	}
+	return res
 }
 
 // Contains fails the test unless the serial output contains each of want.

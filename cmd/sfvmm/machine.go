@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/sfvmm/sfvmm/vmm"
+	"github.com/sfvmm/sfvmm/vmm/api"
+)
+
+// machine serves a VM through the control API.
+type machine struct{ vm *vmm.VM }
+
+func conflict(err error) error {
+	if errors.Is(err, vmm.ErrStopped) {
+		return fmt.Errorf("%w: %v", api.ErrConflict, err)
+	}
+	return err
+}
+
+func (m machine) Pause(ctx context.Context) error  { return conflict(m.vm.Pause(ctx)) }
+func (m machine) Resume(ctx context.Context) error { return conflict(m.vm.Resume(ctx)) }
+
+func (m machine) Snapshot(ctx context.Context, req api.SnapshotRequest) (api.SnapshotInfo, error) {
+	i, err := m.vm.Snapshot(ctx, req.Dir, vmm.SnapshotOptions{StayPaused: req.StayPaused, Overwrite: req.Overwrite})
+	if err != nil {
+		return api.SnapshotInfo{}, conflict(err)
+	}
+	return api.SnapshotInfo{
+		Dir: i.Dir, DescriptorBytes: int64(i.DescriptorBytes), MemoryBytes: int64(i.MemoryBytes),
+		Pages: i.Pages, PausedNanos: i.Paused.Nanoseconds(), WriteNanos: i.Write.Nanoseconds(),
+	}, nil
+}
+
+func (m machine) Status() api.Status {
+	c := m.vm.Config()
+	return api.Status{
+		State: m.vm.RunState(), CPUs: c.CPUs, MemBytes: c.MemBytes, Kernel: c.KernelPath,
+		UptimeNanos: m.vm.Uptime().Nanoseconds(), PID: os.Getpid(),
+	}
+}

@@ -1,0 +1,161 @@
+//go:build kvm
+
+package tests
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sfvmm/sfvmm/vmm"
+	"github.com/sfvmm/sfvmm/vmm/kvm"
+	"github.com/sfvmm/sfvmm/vmm/vmtest"
+)
+
+// snapshotAfter starts kernel, waits for marker, snapshots it into a fresh
+// directory leaving it paused, stops it and returns the directory and what
+// the guest had printed up to the snapshot.
+func snapshotAfter(t *testing.T, o vmtest.Options, marker string) (dir, before string) {
+	t.Helper()
+	r := vmtest.Start(t, o)
+	r.WaitFor(t, marker)
+	dir = filepath.Join(t.TempDir(), "snap")
+	info, err := r.VM.Snapshot(context.Background(), dir, vmm.SnapshotOptions{StayPaused: true})
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	t.Logf("snapshot: descriptor %d bytes, %d pages, paused %v", info.DescriptorBytes, info.Pages, info.Paused)
+	before = r.Serial() // the guest is paused: nothing more is printed
+	r.Stop()
+	return dir, before
+}
+
+var countRE = regexp.MustCompile(`count (\d+)\r?\n`)
+
+// checkConsecutive asserts that the "count N" lines of out are 1, 2, 3, ...
+// with no gap and no repeat, and returns the last N.
+func checkConsecutive(t *testing.T, out string) int {
+	t.Helper()
+	want := 1
+	for _, m := range countRE.FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.Atoi(m[1])
+		if n != want {
+			t.Fatalf("count %d follows count %d: a gap or repeat across the snapshot\n%s", n, want-1, out)
+		}
+		want++
+	}
+	return want - 1
+}
+
+func TestSnapshotCounterContinues(t *testing.T) {
+	dir, before := snapshotAfter(t, vmtest.Options{
+		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=400 period=100000",
+	}, "count 150\n")
+	last := checkConsecutive(t, before)
+	r := vmtest.Restore(t, dir, 2*time.Minute).Wait(t)
+	r.Status(t, 1)
+	if got := checkConsecutive(t, before+r.Serial); got != 400 {
+		t.Errorf("counted to %d across the restore, want 400 (snapshot after %d)", got, last)
+	}
+	if r.Serial == "" || countRE.FindString(r.Serial) == "" {
+		t.Errorf("the restored guest printed no count: %q", r.Serial)
+	}
+}
+
+func TestSnapshotKeepsFPUState(t *testing.T) {
+	dir, _ := snapshotAfter(t, vmtest.Options{
+		Kernel: vmtest.Kernel(t, "fpu"), Cmdline: "max=60",
+	}, "fpu: check 20 ok")
+	r := vmtest.Restore(t, dir, 2*time.Minute).Wait(t)
+	r.Contains(t, "fpu: check 30 ok", "fpu: done 60 checks ok")
+	r.Status(t, 1)
+}
+
+func TestSnapshotTimersKeepTicking(t *testing.T) {
+	dir, _ := snapshotAfter(t, vmtest.Options{
+		Kernel: vmtest.Kernel(t, "timer"), Cmdline: "ticks=1500",
+	}, "timer: pit=500 ")
+	r := vmtest.Restore(t, dir, 2*time.Minute).Wait(t)
+	r.Contains(t, "timer: done pit=")
+	r.Status(t, 1)
+}
+
+// Snapshot → restore → snapshot gives the same descriptor, clocks aside.
+func TestSnapshotRestoreSnapshotEqual(t *testing.T) {
+	dir1, _ := snapshotAfter(t, vmtest.Options{
+		Kernel: vmtest.Kernel(t, "timer"), Cmdline: "ticks=100000", CPUs: 2,
+	}, "timer: pit=200 ")
+	vm, err := vmm.RestoreDir(dir1, vmm.RestoreConfig{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	dir2 := filepath.Join(t.TempDir(), "snap2")
+	if _, err := vm.Snapshot(context.Background(), dir2, vmm.SnapshotOptions{StayPaused: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, s1, err := vmm.ReadSnapshot(dir1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, s2, err := vmm.ReadSnapshot(dir2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clearClocks(s1)
+	clearClocks(s2)
+	if !reflect.DeepEqual(s1, s2) {
+		for _, d := range diffStates(s1, s2) {
+			t.Error(d)
+		}
+	}
+}
+
+// Guest-visible clocks that run on while a snapshot sits on disk.
+const (
+	msrTSC       = 0x10
+	lapicCurrent = 0x390 // the LAPIC timer's current count
+)
+
+func clearClocks(s *vmm.MachineState) {
+	s.VM.Clock = kvm.ClockData{}
+	for i := range s.VM.PIT.Channels {
+		s.VM.PIT.Channels[i].CountLoadTime = 0
+	}
+	for i := range s.VCPUs {
+		v := &s.VCPUs[i]
+		for j := range v.MSRs {
+			if v.MSRs[j].Index == msrTSC {
+				v.MSRs[j].Data = 0
+			}
+		}
+		copy(v.LAPIC.Regs[lapicCurrent:lapicCurrent+4], []byte{0, 0, 0, 0})
+	}
+}
+
+// diffStates names the top-level fields of two states that differ.
+func diffStates(a, b *vmm.MachineState) []string {
+	var out []string
+	for i := range a.VCPUs {
+		va, vb := reflect.ValueOf(a.VCPUs[i]), reflect.ValueOf(b.VCPUs[i])
+		for f := 0; f < va.NumField(); f++ {
+			if !reflect.DeepEqual(va.Field(f).Interface(), vb.Field(f).Interface()) {
+				out = append(out, fmt.Sprintf("vcpu %d: %s differs", i, va.Type().Field(f).Name))
+			}
+		}
+	}
+	for _, f := range []struct {
+		name string
+		a, b any
+	}{{"vm", a.VM, b.VM}, {"devices", a.Devices, b.Devices}, {"config", a.Config, b.Config}} {
+		if !reflect.DeepEqual(f.a, f.b) {
+			out = append(out, fmt.Sprintf("%s differs:\n%+v\n%+v", f.name, f.a, f.b))
+		}
+	}
+	return out
+}
