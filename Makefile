@@ -66,7 +66,7 @@ fuzz:
 
 kvmtest:
 	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(BUILD)/test/kvm.test ./tests
-	set -o pipefail; cd tests && $(KVMBOX) -- ../$(BUILD)/test/kvm.test -test.v=test2json -test.timeout 25m \
+	set -o pipefail; cd tests && $(KVMBOX) --hosts 2 -- ../$(BUILD)/test/kvm.test -test.v=test2json -test.timeout 25m \
 		| tee ../$(BUILD)/test/kvm.log; status=$$?; \
 	$(GO) tool test2json -p github.com/sfvmm/sfvmm/tests < ../$(BUILD)/test/kvm.log > ../$(BUILD)/test/kvm.json; \
 	exit $$status

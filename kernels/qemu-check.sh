@@ -43,6 +43,19 @@ run 0 '^triple: faulting now$' -kernel "$B/triple.elf"
 # QEMU cannot load an ELF64 kernel; lmboot.elf plays sfvmm's long-mode loader.
 run 1 '^long mode: ok$' -kernel "$B/lmboot.elf" -device loader,file="$B/longmode.elf"
 
+# The kernels for snapshot/restore tests.
+run 1 '^count 500$' -kernel "$B/counter.elf" -append 'max=500'
+run 1 '^timer: done pit=[0-9]* lapic=[0-9]*$' -kernel "$B/timer.elf" -append 'ticks=300'
+run 1 '^timer: done pit=[0-9]* lapic=[0-9]*$' -kernel "$B/timer.elf" -append 'ticks=300 poll=1'
+# fpu.elf reads its command line from fw_cfg; QEMU fills the cmdline item
+# only for Linux, so it also looks for the file opt/sfvmm/cmdline.
+for cpu in qemu64:0 max:1; do
+	run 1 "^fpu: done 5 checks ok avx=${cpu#*:}$" -cpu "${cpu%:*}" -kernel "$B/lmboot.elf" \
+		-device loader,file="$B/fpu.elf" -fw_cfg name=opt/sfvmm/cmdline,string='max=5'
+done
+run 3 '^fpu: CORRUPT xmm3 got ' -cpu max -kernel "$B/lmboot.elf" \
+	-device loader,file="$B/fpu.elf" -fw_cfg name=opt/sfvmm/cmdline,string='max=5 corrupt=2'
+
 # With LINUX=path/to/vmlinuz (e.g. from `apt-get download linux-image-6.1.0-NN-amd64`
 # and `dpkg -x`), also boot Linux with the initramfs from `make initramfs`.
 if [ -n "${LINUX:-}" ]; then

@@ -55,7 +55,7 @@ func checkConsecutive(t *testing.T, out string) int {
 func TestSnapshotCounterContinues(t *testing.T) {
 	dir, before := snapshotAfter(t, vmtest.Options{
 		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=400 period=100000",
-	}, "count 150\n")
+	}, "count 150\r\n")
 	last := checkConsecutive(t, before)
 	r := vmtest.Restore(t, dir, 2*time.Minute).Wait(t)
 	r.Status(t, 1)
@@ -79,7 +79,7 @@ func TestSnapshotKeepsFPUState(t *testing.T) {
 func TestSnapshotTimersKeepTicking(t *testing.T) {
 	dir, _ := snapshotAfter(t, vmtest.Options{
 		Kernel: vmtest.Kernel(t, "timer"), Cmdline: "ticks=1500",
-	}, "timer: pit=500 ")
+	}, "timer: pit=4")
 	r := vmtest.Restore(t, dir, 2*time.Minute).Wait(t)
 	r.Contains(t, "timer: done pit=")
 	r.Status(t, 1)
@@ -89,7 +89,7 @@ func TestSnapshotTimersKeepTicking(t *testing.T) {
 func TestSnapshotRestoreSnapshotEqual(t *testing.T) {
 	dir1, _ := snapshotAfter(t, vmtest.Options{
 		Kernel: vmtest.Kernel(t, "timer"), Cmdline: "ticks=100000", CPUs: 2,
-	}, "timer: pit=200 ")
+	}, "timer: pit=2")
 	vm, err := vmm.RestoreDir(dir1, vmm.RestoreConfig{Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
@@ -146,6 +146,18 @@ func diffStates(a, b *vmm.MachineState) []string {
 		for f := 0; f < va.NumField(); f++ {
 			if !reflect.DeepEqual(va.Field(f).Interface(), vb.Field(f).Interface()) {
 				out = append(out, fmt.Sprintf("vcpu %d: %s differs", i, va.Type().Field(f).Name))
+			}
+		}
+		ma, mb := map[uint32]uint64{}, map[uint32]uint64{}
+		for _, m := range a.VCPUs[i].MSRs {
+			ma[m.Index] = m.Data
+		}
+		for _, m := range b.VCPUs[i].MSRs {
+			mb[m.Index] = m.Data
+		}
+		for idx, v := range ma {
+			if w, ok := mb[idx]; !ok || w != v {
+				out = append(out, fmt.Sprintf("vcpu %d: MSR %#x was %#x, after restore %#x (present %v)", i, idx, v, w, ok))
 			}
 		}
 	}

@@ -75,7 +75,7 @@ func (m *VM) SaveState(ctx context.Context) (*MachineState, error) {
 	s := &MachineState{Config: MachineConfig{
 		CPUs: uint32(m.cfg.CPUs), MemBytes: m.mem.Size(), Kernel: m.cfg.KernelPath, Cmdline: m.cfg.Cmdline,
 	}}
-	msrs, err := m.sys.MSRIndexList()
+	msrs, err := saveableMSRs(m.sys)
 	if err != nil {
 		return nil, err
 	}
@@ -94,6 +94,26 @@ func (m *VM) SaveState(ctx context.Context) (*MachineState, error) {
 		return nil, fmt.Errorf("save devices: %w", err)
 	}
 	return s, nil
+}
+
+// Hyper-V's synthetic MSRs, which KVM lists as saveable but a guest can
+// only use when shown Hyper-V's CPUID leaves; sfvmm shows KVM's, so these
+// hold nothing of the guest's and are left out.
+const hypervMSRFirst, hypervMSRLast = 0x40000000, 0x400001ff
+
+// saveableMSRs is KVM's MSR index list less the MSRs no sfvmm guest uses.
+func saveableMSRs(sys *kvm.System) ([]uint32, error) {
+	all, err := sys.MSRIndexList()
+	if err != nil {
+		return nil, err
+	}
+	var out []uint32
+	for _, i := range all {
+		if i < hypervMSRFirst || i > hypervMSRLast {
+			out = append(out, i)
+		}
+	}
+	return out, nil
 }
 
 // save reads the vCPU's state. MP_STATE comes first: reading it makes KVM

@@ -54,10 +54,15 @@ void halt(void) __attribute__((noreturn));
 #define FW_CFG_SIGNATURE 0x0000
 #define FW_CFG_RAM_SIZE 0x0003
 #define FW_CFG_NB_CPUS 0x0005
+#define FW_CFG_CMDLINE_SIZE 0x0014
+#define FW_CFG_CMDLINE_DATA 0x0015
+#define FW_CFG_FILE_DIR 0x0019
 bool fwcfg_present(void);
 void fwcfg_read(uint16_t key, void *buf, uint32_t len);
 bool fwcfg_ram_size(uint64_t *size);
 bool fwcfg_cpus(uint32_t *n);
+bool fwcfg_cmdline(char *buf, uint32_t size); /* NUL-terminated, cut to size-1 */
+bool fwcfg_file(const char *name, char *buf, uint32_t size); /* likewise */
 
 /* multiboot.c: the parts of the multiboot v1 boot information we use. */
 #define MULTIBOOT_BOOTLOADER_MAGIC 0x2BADB002
@@ -74,6 +79,10 @@ void boot_parse(uint32_t magic, uint32_t mbi, struct boot *b);
 bool cmdline_get(const char *cmdline, const char *key, const char **val, size_t *len);
 bool parse_u64(const char *s, size_t len, uint64_t *v);  /* decimal or 0x hex */
 bool parse_size(const char *s, size_t len, uint64_t *v); /* with K/M/G suffix */
+
+/* delay.c: busy waits. */
+void spin_loops(uint64_t n);                       /* n dec/jnz iterations */
+void tsc_wait_until(uint64_t *t, uint64_t ticks); /* until *t + ticks; then *t += ticks */
 
 /* string helpers */
 size_t kstrlen(const char *s);

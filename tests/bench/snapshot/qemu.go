@@ -97,7 +97,11 @@ func benchQEMU(b *bench, memMiB int) (r qemuResult, err error) {
 		return r, fmt.Errorf("qemu live save: %w", err)
 	}
 	r.liveWall = time.Since(start)
-	r.ticks.resumed = -1 // the source of a migration does not run on
+	// The guest ran during the pre-copy; the state is from its end. The
+	// source is stopped now: what it printed is all in the pipe, give the
+	// bench a moment to read it.
+	time.Sleep(500 * time.Millisecond)
+	r.ticks.after = lastTick(vm, vm.mark()) + 1
 	if r.liveFile, _, err = fileSizes(liveFile); err != nil {
 		return r, err
 	}

@@ -72,8 +72,9 @@ func benchSfvmm(b *bench, memMiB int) (r sfvmmResult, err error) {
 	}
 	r.descBytes, r.memBytes, r.pages = info.DescriptorBytes, info.MemoryBytes, info.Pages
 	r.paused, r.write = time.Duration(info.PausedNanos), time.Duration(info.WriteNanos)
-	// StayPaused was false: the original must keep running.
-	if r.ticks.resumed, err = nextTick(vm, vm.mark(), 60*time.Second, "guest running on after the snapshot"); err != nil {
+	// StayPaused was false: the original must keep running. The state was
+	// saved before it printed its first tick after the snapshot.
+	if r.ticks.after, err = nextTick(vm, vm.mark(), 60*time.Second, "guest running on after the snapshot"); err != nil {
 		return r, err
 	}
 	if err := vm.kill(); err != nil {

@@ -1,0 +1,136 @@
+//go:build kvm
+
+package tests
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// proc is an sfvmm (or other) process a test drives through its stdin and
+// watches through its combined output.
+type proc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{} // closed when the process has exited
+
+	mu      sync.Mutex // guards out and changed
+	out     bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	close(p.changed)
+	p.changed = make(chan struct{})
+	return p.out.Write(b)
+}
+
+func (p *proc) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// sfvmmPath is the sfvmm binary kvmbox puts on PATH.
+func sfvmmPath(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("sfvmm")
+	if err != nil {
+		t.Fatal("sfvmm is not on PATH: run the KVM tests through tests/kvmbox (make test)")
+	}
+	return p
+}
+
+// start runs name with args; the process is killed when the test ends.
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(name, args...), done: make(chan struct{}), changed: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	var err error
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// waitFor waits until the output contains want, and fails the test if the
+// process exits or the timeout passes first.
+func (p *proc) waitFor(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		p.mu.Lock()
+		found := strings.Contains(p.out.String(), want)
+		ch := p.changed
+		p.mu.Unlock()
+		if found {
+			return
+		}
+		select {
+		case <-ch:
+		case <-p.done:
+			if strings.Contains(p.Output(), want) {
+				return
+			}
+			t.Fatalf("%s exited before printing %q:\n%s", p.cmd.Path, want, p.Output())
+		case <-deadline:
+			t.Fatalf("%s did not print %q within %v:\n%s", p.cmd.Path, want, timeout, p.Output())
+		}
+	}
+}
+
+// type sends a line to the process's stdin (the guest's console).
+func (p *proc) typeLine(t *testing.T, line string) {
+	t.Helper()
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		t.Fatalf("write to %s: %v", p.cmd.Path, err)
+	}
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("%s still running after %v:\n%s", p.cmd.Path, timeout, p.Output())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// run runs a command to completion within timeout and returns its output
+// and exit code.
+func run(t *testing.T, timeout time.Duration, name string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return string(out), ee.ExitCode()
+	case err != nil:
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out), 0
+}
