@@ -9,6 +9,7 @@ const (
 	leafTopologyV2   = 0x1f
 	leafHypervisor   = 0x40000000
 	ecxHypervisor    = 1 << 31
+	ecxTSCDeadline   = 1 << 24
 	ebxAPICIDShift   = 24
 	ebxLogicalShift  = 16
 	edxHTT           = 1 << 28
@@ -18,9 +19,14 @@ const (
 )
 
 // cpuidFor returns the CPUID table of vCPU id: what KVM supports, with
-// the vCPU's APIC ID, the vCPU count, and the hypervisor bit that lets the
-// guest find KVM's paravirtual leaves (kvmclock).
-func cpuidFor(supported []kvm.CPUIDEntry, id, cpus int) []kvm.CPUIDEntry {
+// the vCPU's APIC ID, the vCPU count, the hypervisor bit that lets the
+// guest find KVM's paravirtual leaves (kvmclock), and the TSC-deadline timer
+// where the in-kernel LAPIC emulates it (KVM_GET_SUPPORTED_CPUID leaves that
+// bit out because it depends on the irqchip; QEMU sets it the same way).
+// Without it Linux must calibrate the LAPIC timer against the PIT, which a
+// loaded host can make fail ("APIC timer disabled due to verification
+// failure"), and falls back to slower timer paths.
+func cpuidFor(supported []kvm.CPUIDEntry, id, cpus int, tscDeadline bool) []kvm.CPUIDEntry {
 	out := make([]kvm.CPUIDEntry, len(supported))
 	copy(out, supported)
 	for i := range out {
@@ -29,6 +35,9 @@ func cpuidFor(supported []kvm.CPUIDEntry, id, cpus int) []kvm.CPUIDEntry {
 		case leafFeatures:
 			e.EBX = e.EBX&0x0000ffff | uint32(id)<<ebxAPICIDShift | uint32(cpus)<<ebxLogicalShift
 			e.ECX |= ecxHypervisor
+			if tscDeadline {
+				e.ECX |= ecxTSCDeadline
+			}
 			if cpus > 1 {
 				e.EDX |= edxHTT
 			}

@@ -96,7 +96,7 @@ var featureRegs = []struct {
 	reg         string
 	ignore      uint32 // bits sfvmm sets itself
 }{
-	{0x1, 0, "ecx", ecxHypervisor},
+	{0x1, 0, "ecx", ecxHypervisor | ecxTSCDeadline},
 	{0x1, 0, "edx", edxHTT},
 	{0x7, 0, "ebx", 0},
 	{0x7, 0, "ecx", 0},

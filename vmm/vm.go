@@ -220,7 +220,7 @@ func (m *VM) createMachine() error {
 		return err
 	}
 	for i := 0; i < m.cfg.CPUs; i++ {
-		c, err := m.newVCPU(i, cpuidFor(cpuid, i, m.cfg.CPUs))
+		c, err := m.newVCPU(i, cpuidFor(cpuid, i, m.cfg.CPUs, m.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0))
 		if err != nil {
 			return fmt.Errorf("vcpu %d: %w", i, err)
 		}

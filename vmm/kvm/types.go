@@ -99,11 +99,12 @@ const (
 
 // Extensions queried with CheckExtension.
 const (
-	CapIRQChip       = 0
-	CapUserMemory    = 3
-	CapNrVCPUs       = 9
-	CapMaxVCPUs      = 66
-	CapImmediateExit = 136
+	CapIRQChip          = 0
+	CapUserMemory       = 3
+	CapNrVCPUs          = 9
+	CapMaxVCPUs         = 66
+	CapImmediateExit    = 136
+	CapTSCDeadlineTimer = 72
 )
 
 // MP states.
