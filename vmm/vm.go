@@ -177,32 +177,60 @@ func validate(cfg Config) error {
 }
 
 func (m *VM) loadKernel() error {
-	kernel, err := os.ReadFile(m.cfg.KernelPath)
+	f, err := os.Open(m.cfg.KernelPath)
 	if err != nil {
 		return fmt.Errorf("read kernel: %w", err)
 	}
-	if m.kind, err = boot.Detect(kernel); err != nil {
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("read kernel: %w", err)
+	}
+	head := make([]byte, min(st.Size(), boot.HeaderBytes))
+	if _, err := io.ReadFull(f, head); err != nil {
+		return fmt.Errorf("read kernel: %w", err)
+	}
+	if m.kind, err = boot.Detect(head); err != nil {
 		return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
 	}
-	p := boot.Params{Kernel: kernel, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs}
+	p := boot.Params{Kernel: head, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs}
 	switch m.kind {
-	case boot.Multiboot:
-		// QEMU hands a multiboot kernel its own file name first.
-		p.Cmdline = strings.TrimSpace(m.cfg.KernelPath + " " + m.cfg.Cmdline)
-		if m.cfg.InitrdPath != "" {
-			if p.Modules, err = boot.ParseModules(m.cfg.InitrdPath, os.ReadFile); err != nil {
-				return fmt.Errorf("multiboot modules: %w", err)
-			}
-		}
-	default:
-		if m.cfg.Cmdline == "" && m.kind == boot.BzImage {
+	case boot.BzImage:
+		// Kernel and initrd go from their files straight into guest RAM:
+		// neither passes through the VMM's heap, which would otherwise
+		// add their size to sfvmm's peak RSS.
+		p.KernelFile, p.KernelSize = f, st.Size()
+		if m.cfg.Cmdline == "" {
 			m.cfg.Cmdline = DefaultLinuxCmdline
 			p.Cmdline = m.cfg.Cmdline
 		}
 		if m.cfg.InitrdPath != "" {
-			if p.Initrd, err = os.ReadFile(m.cfg.InitrdPath); err != nil {
+			initrd, err := os.Open(m.cfg.InitrdPath)
+			if err != nil {
 				return fmt.Errorf("read initrd: %w", err)
 			}
+			defer initrd.Close()
+			ist, err := initrd.Stat()
+			if err != nil {
+				return fmt.Errorf("read initrd: %w", err)
+			}
+			p.InitrdFile, p.InitrdSize = initrd, ist.Size()
+		}
+	default:
+		// Multiboot and ELF images are small and parsed whole.
+		if p.Kernel, err = os.ReadFile(m.cfg.KernelPath); err != nil {
+			return fmt.Errorf("read kernel: %w", err)
+		}
+		if m.kind == boot.Multiboot {
+			// QEMU hands a multiboot kernel its own file name first.
+			p.Cmdline = strings.TrimSpace(m.cfg.KernelPath + " " + m.cfg.Cmdline)
+			if m.cfg.InitrdPath != "" {
+				if p.Modules, err = boot.ParseModules(m.cfg.InitrdPath, os.ReadFile); err != nil {
+					return fmt.Errorf("multiboot modules: %w", err)
+				}
+			}
+		} else if m.cfg.InitrdPath != "" {
+			return fmt.Errorf("--initrd: an %s kernel takes no initrd", m.kind)
 		}
 	}
 	if m.entry, err = boot.Load(m.mem, p); err != nil {

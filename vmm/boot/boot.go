@@ -30,6 +30,7 @@ package boot
 import (
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/sfvmm/sfvmm/vmm/boot/acpi"
 	"github.com/sfvmm/sfvmm/vmm/boot/mptable"
@@ -91,7 +92,15 @@ type Module struct {
 
 // Params describe what to boot.
 type Params struct {
-	Kernel []byte // the image file's bytes
+	Kernel []byte // the image file's bytes (with KernelFile: at least its first HeaderBytes)
+	// KernelFile, when set, holds the whole image and KernelSize its
+	// length: a bzImage's kernel is then read from it straight into guest
+	// RAM instead of passing through the VMM's own memory.
+	KernelFile io.ReaderAt
+	KernelSize int64
+	// InitrdFile and InitrdSize likewise stand in for Initrd.
+	InitrdFile io.ReaderAt
+	InitrdSize int64
 	// Cmdline is the bzImage command line, or the multiboot info's
 	// cmdline (which, as with QEMU, starts with the kernel's file name:
 	// the VMM prepends it). ELF64 kernels get no boot information.
@@ -103,6 +112,11 @@ type Params struct {
 
 // Segment is the hidden descriptor state of a segment register, as the VMM
 // loads it into KVM's sregs. Limit is in bytes (0xffffffff with G set).
+// HeaderBytes is how much of an image Detect and the loaders read before
+// they know its format: with KernelFile, Kernel must hold this much (or the
+// whole image if it is shorter).
+const HeaderBytes = 64 << 10
+
 type Segment struct {
 	Base     uint64
 	Limit    uint32

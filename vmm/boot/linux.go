@@ -3,6 +3,7 @@ package boot
 import (
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/sfvmm/sfvmm/vmm/memory"
 )
@@ -78,9 +79,13 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	if len(img) < setupLen {
 		return nil, fmt.Errorf("bzimage: truncated: %d bytes, shorter than its %d setup sectors", len(img), setupSects)
 	}
-	kernel := img[setupLen:]
-	if sys := uint64(le.Uint32(img[hdrSysSize:])) * 16; uint64(len(kernel)) < sys {
-		return nil, fmt.Errorf("bzimage: truncated: the header says the kernel is %d bytes, the file holds %d", sys, len(kernel))
+	size := int64(len(img))
+	if p.KernelFile != nil {
+		size = p.KernelSize
+	}
+	kernelLen := uint64(size) - uint64(setupLen)
+	if sys := uint64(le.Uint32(img[hdrSysSize:])) * 16; kernelLen < sys {
+		return nil, fmt.Errorf("bzimage: truncated: the header says the kernel is %d bytes, the file holds %d", sys, kernelLen)
 	}
 	hdrEnd := min(hdrMagic+int(img[hdrJump+1]), bpHdrEnd)
 	if hdrEnd < hdrMinLen {
@@ -91,7 +96,7 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	// kernel_alignment, pref_address) and needs init_size bytes from there
 	// (head_64.S); with KASLR it picks somewhere higher still.
 	low := lowEnd(mem)
-	kernelEnd := kernelAddr + uint64(len(kernel))
+	kernelEnd := kernelAddr + kernelLen
 	runStart := le.Uint64(img[hdrPrefAddress:])
 	if img[hdrRelocatable] != 0 {
 		if align := uint64(le.Uint32(img[hdrKernelAlign:])); align != 0 && align&(align-1) == 0 {
@@ -101,9 +106,9 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	runEnd := runStart + uint64(le.Uint32(img[hdrInitSize:]))
 	if runStart >= 1<<32 || runEnd > low || kernelEnd > low {
 		return nil, fmt.Errorf("bzimage: kernel needs RAM up to %#x (%d bytes loaded at %#x, init_size to %#x); RAM below 4 GiB ends at %#x",
-			max(kernelEnd, runEnd), len(kernel), kernelAddr, runEnd, low)
+			max(kernelEnd, runEnd), kernelLen, kernelAddr, runEnd, low)
 	}
-	if _, err := mem.WriteAt(kernel, kernelAddr); err != nil {
+	if err := place(mem, kernelAddr, img, p.KernelFile, int64(setupLen), int64(kernelLen)); err != nil {
 		return nil, fmt.Errorf("bzimage: write kernel: %w", err)
 	}
 
@@ -123,16 +128,20 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	}
 	le.PutUint32(zp[hdrCmdLinePtr:], cmdlineAddr)
 
-	if len(p.Initrd) > 0 {
-		addr, err := placeInitrd(uint64(len(p.Initrd)), uint64(le.Uint32(img[hdrInitrdAddrMax:])), max(kernelEnd, runEnd), low)
+	initrdLen := int64(len(p.Initrd))
+	if p.InitrdFile != nil {
+		initrdLen = p.InitrdSize
+	}
+	if initrdLen > 0 {
+		addr, err := placeInitrd(uint64(initrdLen), uint64(le.Uint32(img[hdrInitrdAddrMax:])), max(kernelEnd, runEnd), low)
 		if err != nil {
 			return nil, fmt.Errorf("bzimage: %w", err)
 		}
-		if _, err := mem.WriteAt(p.Initrd, int64(addr)); err != nil {
+		if err := place(mem, addr, p.Initrd, p.InitrdFile, 0, initrdLen); err != nil {
 			return nil, fmt.Errorf("bzimage: write initrd: %w", err)
 		}
 		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))
-		le.PutUint32(zp[hdrRamdiskSize:], uint32(len(p.Initrd)))
+		le.PutUint32(zp[hdrRamdiskSize:], uint32(initrdLen))
 	}
 
 	m := memoryMap(mem)
@@ -169,4 +178,21 @@ func placeInitrd(size, addrMax, kernelEnd, low uint64) (uint64, error) {
 		return 0, fmt.Errorf("initrd of %d bytes does not fit between the kernel (ends at %#x) and %#x", size, kernelEnd, top)
 	}
 	return (top - size) &^ (memory.PageSize - 1), nil
+}
+
+// place copies n bytes from offset off of an image into guest RAM at gpa:
+// from f straight into guest memory when set, else from b.
+func place(mem *memory.Memory, gpa uint64, b []byte, f io.ReaderAt, off, n int64) error {
+	dst, err := mem.Slice(gpa, uint64(n))
+	if err != nil {
+		return err
+	}
+	if f == nil {
+		copy(dst, b[off:off+n])
+		return nil
+	}
+	if _, err := f.ReadAt(dst, off); err != nil {
+		return fmt.Errorf("read image: %w", err)
+	}
+	return nil
 }
