@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
 LINUX_CMDLINE := console=ttyS0 reboot=k panic=-1 pci=off quiet
 
-.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot clean
+.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot clean
 
 all: sfvmm kernels
 
@@ -71,11 +71,17 @@ kvmtest:
 	$(GO) tool test2json -p github.com/sfvmm/sfvmm/tests < ../$(BUILD)/test/kvm.log > ../$(BUILD)/test/kvm.json; \
 	exit $$status
 
-bench: bench-boot
+bench: bench-boot bench-snapshot
 
 bench-boot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/boot ./tests/bench/boot
 	$(KVMBOX) -- $(BUILD)/bench/boot -root $(CURDIR)
+
+# Snapshot size, pause and restore against QEMU's migrate to a file and
+# -incoming, for Linux guests of several sizes (takes several minutes).
+bench-snapshot: deps kernels sfvmm
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/snapshot ./tests/bench/snapshot
+	$(KVMBOX) --mem 6G --timeout 60m -- $(BUILD)/bench/snapshot -root $(CURDIR) $(BENCH_SNAPSHOT_FLAGS)
 
 clean:
 	rm -rf $(BUILD)

@@ -101,11 +101,19 @@ func RestoreDir(dir string, rc RestoreConfig) (*VM, error) {
 			dir, h.CPUs, h.MemBytes, state.Config.CPUs, state.Config.MemBytes)
 	}
 	return Restore(&state, func(mem *memory.Memory) error {
-		var regions []snapshot.Region
-		for _, r := range mem.Regions() {
-			regions = append(regions, snapshot.Region{GPA: r.GPA, Host: r.Host})
+		for i, r := range mem.Regions() {
+			if i >= len(h.Memory) || h.Memory[i].GPA != r.GPA || h.Memory[i].Size != r.Size {
+				return fmt.Errorf("snapshot %s: memory layout does not match %s of RAM", dir, FormatSize(mem.Size()))
+			}
 		}
-		return snapshot.Load(dir, h, regions)
+		// Map the memory file copy-on-write instead of reading it: the
+		// guest starts at once and its pages arrive as it touches them.
+		f, offs, err := snapshot.OpenMemory(dir, h)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return mem.MapFile(f, offs)
 	}, rc)
 }
 

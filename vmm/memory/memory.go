@@ -9,6 +9,8 @@ package memory
 import (
 	"errors"
 	"fmt"
+	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -135,4 +137,31 @@ func (m *Memory) Close() error {
 	}
 	m.regions = nil
 	return errors.Join(errs...)
+}
+
+// MapFile replaces the contents of every region with a copy-on-write
+// (MAP_PRIVATE) mapping of f, region i starting at offset offs[i]: the
+// guest sees the file and its writes stay private. Holes in a sparse file
+// read as zeros. f may be closed afterwards; it must not be truncated or
+// rewritten in place while the guest runs (a truncated file makes guest
+// accesses beyond its end fail).
+func (m *Memory) MapFile(f *os.File, offs []int64) error {
+	if len(offs) != len(m.regions) {
+		return fmt.Errorf("map file: %d offsets for %d regions", len(offs), len(m.regions))
+	}
+	for i, r := range m.regions {
+		if offs[i]%PageSize != 0 {
+			return fmt.Errorf("map file: region %d offset %d is not page aligned", i, offs[i])
+		}
+		addr := uintptr(unsafe.Pointer(&r.Host[0]))
+		got, _, e := unix.Syscall6(unix.SYS_MMAP, addr, uintptr(r.Size), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_NORESERVE, f.Fd(), uintptr(offs[i]))
+		if e != 0 {
+			return fmt.Errorf("map file over guest RAM at %#x: %w", r.GPA, e)
+		}
+		if got != addr {
+			return fmt.Errorf("map file over guest RAM at %#x: mapped at %#x instead", r.GPA, got)
+		}
+	}
+	return nil
 }

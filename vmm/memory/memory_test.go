@@ -2,6 +2,7 @@ package memory
 
 import (
 	"errors"
+	"os"
 	"testing"
 )
 
@@ -64,5 +65,40 @@ func TestRefusesBadSizes(t *testing.T) {
 			m.Close()
 			t.Errorf("New(%d) succeeded", s)
 		}
+	}
+}
+
+func TestMapFile(t *testing.T) {
+	m, err := New(4 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	f, err := os.CreateTemp(t.TempDir(), "mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("from the file"), 2*PageSize+PageSize+7); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(2*PageSize + 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.MapFile(f, []int64{2 * PageSize}); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 13)
+	if _, err := m.ReadAt(b, PageSize+7); err != nil || string(b) != "from the file" {
+		t.Errorf("guest reads %q, %v", b, err)
+	}
+	if _, err := m.WriteAt([]byte("guest"), PageSize+7); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(b, 2*PageSize+PageSize+7); err != nil || string(b) != "from the file" {
+		t.Errorf("a guest write reached the file: %q, %v", b, err)
+	}
+	if err := m.MapFile(f, []int64{1}); err == nil {
+		t.Error("an unaligned offset was accepted")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 )
 
 // Region is one RAM region of a running or restoring VM: its guest-physical
@@ -133,4 +134,27 @@ func checkMemoryFile(f *os.File, need int64) error {
 		return fmt.Errorf("%w: memory file is %d bytes, descriptor needs %d", ErrCorrupt, st.Size(), need)
 	}
 	return nil
+}
+
+// OpenMemory opens the memory file of the snapshot in dir for mapping: it
+// checks the file is as long as header h says and returns it with the file
+// offset of each of h.Memory's regions. A restorer that maps the file
+// copy-on-write (MAP_PRIVATE) starts the guest without reading its memory
+// first; pages come from the page cache as the guest touches them.
+func OpenMemory(dir string, h Header) (*os.File, []int64, error) {
+	var offs []int64
+	var size int64
+	for _, r := range h.Memory {
+		offs = append(offs, size)
+		size += int64(r.Size)
+	}
+	f, err := os.Open(filepath.Join(dir, MemoryFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("open memory: %w", err)
+	}
+	if err := checkMemoryFile(f, size); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("open memory: %w", err)
+	}
+	return f, offs, nil
 }

@@ -1,0 +1,434 @@
+package memtap
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/sfvmm/sfvmm/memtap/internal/helper"
+	"github.com/sfvmm/sfvmm/memtap/server"
+	"github.com/sfvmm/sfvmm/memtap/uffd"
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"golang.org/x/sys/unix"
+)
+
+// Key is a clone family's shared secret (wire.Key).
+type Key = wire.Key
+
+// PageSet is a set of pages of one RAM region, as runs (the VMM's
+// snapshot.Bitmap is one).
+type PageSet interface {
+	Len() uint64
+	Runs(fn func(start, n uint64))
+}
+
+// Region is one RAM region of the child, matching the parent's region of
+// the same index.
+type Region struct {
+	// Host is the child's mapping of the region: fresh private anonymous
+	// memory, page aligned, a whole number of pages, never touched.
+	Host []byte
+	// Populated says which pages the parent had at the fork; the others
+	// are zero-filled locally. Nil means every page.
+	Populated PageSet
+}
+
+// Config says what to fill and from where.
+type Config struct {
+	Regions []Region
+	// Network and Address reach the memory server ("tcp", "host:port";
+	// "unix", path).
+	Network, Address string
+	Key              Key
+	// Window is the pages fetched per fault, from the faulting one on
+	// (default 16). MaxWindow caps it as it grows on sequential faults
+	// (default and maximum wire.MaxBatch, 256). Window 1 and MaxWindow 1
+	// turn prefetch off.
+	Window, MaxWindow int
+	// Timeout bounds connecting and the server's answer to each request
+	// (default 5 s).
+	Timeout time.Duration
+	// KillAfter is how long the helper waits for the VMM to take a fatal
+	// error before it kills the VMM (default 2 s).
+	KillAfter time.Duration
+	// HelperPath is the binary to run as the helper; empty means the
+	// running executable, which must call Main.
+	HelperPath string
+}
+
+// Buckets is the number of fault-latency histogram buckets.
+const Buckets = 24
+
+// Stats are a client's counters.
+type Stats struct {
+	Faults          uint64 // fault messages handled
+	PagesFetched    uint64 // pages received from the server with data
+	PagesZeroFilled uint64 // pages filled with UFFDIO_ZEROPAGE: never populated, or zero at the fork
+	PagesPrefetched uint64 // pages with data installed before anything faulted on them
+	Requests        uint64 // requests sent to the server
+	BytesReceived   uint64 // bytes read from the server, handshake included
+	// FaultLatency[i] counts faults served in [2^(i-1), 2^i) µs, from the
+	// helper's reading of the fault to the page being installed (bucket
+	// 0: under 1 µs; the last bucket has everything above).
+	FaultLatency [Buckets]uint64
+}
+
+// Add adds t to s, for totals over several clients.
+func (s *Stats) Add(t Stats) {
+	s.Faults += t.Faults
+	s.PagesFetched += t.PagesFetched
+	s.PagesZeroFilled += t.PagesZeroFilled
+	s.PagesPrefetched += t.PagesPrefetched
+	s.Requests += t.Requests
+	s.BytesReceived += t.BytesReceived
+	for i := range s.FaultLatency {
+		s.FaultLatency[i] += t.FaultLatency[i]
+	}
+}
+
+// Percentile returns the upper bound of the histogram bucket holding the
+// p-th percentile (0 < p <= 100) of fault latencies, or 0 with no faults.
+func (s *Stats) Percentile(p float64) time.Duration {
+	var total uint64
+	for _, n := range s.FaultLatency {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	want := uint64(float64(total)*p/100 + 0.5)
+	var seen uint64
+	for i, n := range s.FaultLatency {
+		seen += n
+		if seen >= want && n > 0 {
+			return time.Duration(1<<i) * time.Microsecond
+		}
+	}
+	return time.Duration(1<<(Buckets-1)) * time.Microsecond
+}
+
+// bucket is the histogram bucket of a latency.
+func bucket(d time.Duration) int {
+	return min(bits.Len64(uint64(d/time.Microsecond)), Buckets-1)
+}
+
+// counters is the shared-memory layout of Stats, written by the helper.
+type counters struct {
+	faults, fetched, zeroFilled, prefetched, requests, bytes atomic.Uint64
+	hist                                                     [Buckets]atomic.Uint64
+}
+
+const sharedSize = 4096
+
+func (c *counters) stats() Stats {
+	s := Stats{
+		Faults: c.faults.Load(), PagesFetched: c.fetched.Load(), PagesZeroFilled: c.zeroFilled.Load(),
+		PagesPrefetched: c.prefetched.Load(), Requests: c.requests.Load(), BytesReceived: c.bytes.Load(),
+	}
+	for i := range s.FaultLatency {
+		s.FaultLatency[i] = c.hist[i].Load()
+	}
+	return s
+}
+
+func countersAt(mem []byte) *counters { return (*counters)(unsafe.Pointer(&mem[0])) }
+
+// Client is memtap serving one child's RAM.
+type Client struct {
+	proc    *helper.Proc
+	u       *uffd.FD // the VMM's reference: faults stay pending if the helper dies
+	regions []Region
+
+	shared []byte                   // counters, shared with the helper; unmapped by Close
+	c      atomic.Pointer[counters] // in shared, or the last figures after Close
+
+	done    chan struct{} // closed on a fatal error or the helper's exit
+	err     error         // why; set before done is closed
+	closing atomic.Bool
+	mu      sync.Mutex // serialises Fence and Close
+	fenced  bool       // guarded by mu
+}
+
+// Messages between the VMM and the client helper.
+type (
+	helperConfig struct {
+		Regions          []regionSpec
+		Network, Address string
+		Key              Key
+		Window, Max      int
+		Timeout, Kill    time.Duration
+		VMM              int // pid, killed if it does not acknowledge a fatal error
+	}
+	regionSpec struct {
+		Base  uint64
+		Pages uint64
+		All   bool
+		Runs  []helper.Run
+	}
+	// note goes from the helper to the VMM.
+	note struct {
+		Ready bool
+		Fatal string
+	}
+	// ackMsg goes from the VMM to the helper once it has a fatal error.
+	ackMsg struct{}
+)
+
+// Start registers the child's RAM for missing-page faults, starts the
+// helper that serves them and returns once it has connected to the memory
+// server and authenticated. From then on the VM may run.
+func Start(cfg Config) (*Client, error) {
+	if cfg.Window <= 0 {
+		cfg.Window = 16
+	}
+	if cfg.MaxWindow <= 0 {
+		cfg.MaxWindow = wire.MaxBatch
+	}
+	cfg.MaxWindow = min(cfg.MaxWindow, wire.MaxBatch)
+	cfg.Window = min(cfg.Window, cfg.MaxWindow)
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.KillAfter <= 0 {
+		cfg.KillAfter = 2 * time.Second
+	}
+	if len(cfg.Regions) == 0 || len(cfg.Regions) > wire.MaxRegions {
+		return nil, fmt.Errorf("start memtap: %d regions", len(cfg.Regions))
+	}
+	hc := helperConfig{
+		Network: cfg.Network, Address: cfg.Address, Key: cfg.Key, Window: cfg.Window, Max: cfg.MaxWindow,
+		Timeout: cfg.Timeout, Kill: cfg.KillAfter, VMM: os.Getpid(),
+	}
+	for i, r := range cfg.Regions {
+		if len(r.Host) == 0 || len(r.Host)%uffd.PageSize != 0 || uintptr(unsafe.Pointer(&r.Host[0]))%uffd.PageSize != 0 {
+			return nil, fmt.Errorf("start memtap: region %d is not whole pages", i)
+		}
+		pages := uint64(len(r.Host) / uffd.PageSize)
+		if pages > wire.MaxRegionPages {
+			return nil, fmt.Errorf("start memtap: region %d of %d pages is too large", i, pages)
+		}
+		spec := regionSpec{Base: uint64(uintptr(unsafe.Pointer(&r.Host[0]))), Pages: pages, All: r.Populated == nil}
+		if r.Populated != nil {
+			if r.Populated.Len() != pages {
+				return nil, fmt.Errorf("start memtap: region %d: populated set of %d pages for %d", i, r.Populated.Len(), pages)
+			}
+			r.Populated.Runs(func(start, n uint64) { spec.Runs = append(spec.Runs, helper.Run{Start: start, N: n}) })
+		}
+		hc.Regions = append(hc.Regions, spec)
+	}
+
+	u, err := uffd.New(unix.O_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("start memtap: %w", err)
+	}
+	c := &Client{u: u, regions: cfg.Regions, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			c.release()
+		}
+	}()
+	if _, err := u.API(0); err != nil {
+		return nil, fmt.Errorf("start memtap: %w", err)
+	}
+	for i, r := range hc.Regions {
+		ioctls, err := u.Register(uintptr(r.Base), uintptr(r.Pages*uffd.PageSize), uffd.ModeMissing)
+		if err != nil {
+			return nil, fmt.Errorf("start memtap: region %d: %w", i, err)
+		}
+		if want := uint64(uffd.IoctlCopy | uffd.IoctlZeropage | uffd.IoctlWake); ioctls&want != want {
+			return nil, fmt.Errorf("start memtap: region %d: kernel offers ioctls %#x, want %#x", i, ioctls, want)
+		}
+	}
+	shared, sf, err := helper.Shared(sharedSize)
+	if err != nil {
+		return nil, fmt.Errorf("start memtap: %w", err)
+	}
+	c.shared = shared
+	c.c.Store(countersAt(shared))
+	ufile, err := dupFile(u.Fd(), "userfaultfd")
+	if err != nil {
+		sf.Close()
+		return nil, fmt.Errorf("start memtap: %w", err)
+	}
+	c.proc, err = helper.Spawn(cfg.HelperPath, "client", sf, ufile)
+	sf.Close()
+	ufile.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start memtap: %w", err)
+	}
+	if err := c.proc.Ctl.Send(hc); err != nil {
+		return nil, fmt.Errorf("start memtap: %w", err)
+	}
+	// The helper answers Ready or Fatal within its connect timeout; the
+	// extra second covers its start.
+	ready := make(chan error, 1)
+	go func() {
+		var n note
+		if _, err := c.proc.Ctl.Recv(&n); err != nil {
+			ready <- fmt.Errorf("memtap helper: %w", err)
+			return
+		}
+		if !n.Ready {
+			ready <- errors.New(n.Fatal)
+			return
+		}
+		ready <- nil
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return nil, fmt.Errorf("start memtap: %w", err)
+		}
+	case <-time.After(cfg.Timeout + time.Second):
+		return nil, fmt.Errorf("start memtap: no answer from the helper in %v", cfg.Timeout+time.Second)
+	}
+	ok = true
+	go c.watch(c.proc)
+	return c, nil
+}
+
+func dupFile(fd int, name string) (*os.File, error) {
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(d), name), nil
+}
+
+// watch waits for the helper's fatal error or exit and reports it.
+func (c *Client) watch(proc *helper.Proc) {
+	var n note
+	_, err := proc.Ctl.Recv(&n)
+	switch {
+	case err == nil && n.Fatal != "":
+		// Acknowledge first: the helper kills this process if we are too
+		// slow to take the error.
+		proc.Ctl.Send(ackMsg{})
+		c.err = fmt.Errorf("memtap: %s", n.Fatal)
+	case c.closing.Load():
+		c.err = errors.New("memtap: closed")
+	case err != nil:
+		c.err = fmt.Errorf("memtap: helper exited: %w", err)
+	default:
+		c.err = errors.New("memtap: unexpected message from the helper")
+	}
+	close(c.done)
+}
+
+// Done is closed when the client has failed (or was closed). Guest RAM
+// pages not yet filled will then never be filled: the VMM must end the
+// child (see the package comment).
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err says why Done was closed, or nil while it is open.
+func (c *Client) Err() error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats { return c.c.Load().stats() }
+
+// Fence revokes all access to the child's RAM and wakes every thread
+// blocked on a missing page. Call it after a failure, to tear the child
+// down: a vCPU's KVM_RUN then fails with EFAULT, and a Go access to guest
+// RAM panics (a fault; see runtime/debug.SetPanicOnFault). Nothing is ever
+// read from a page that was not filled.
+func (c *Client) Fence() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fenced || c.u == nil {
+		return nil
+	}
+	c.fenced = true
+	var errs []error
+	for _, r := range c.regions {
+		if err := unix.Mprotect(r.Host, unix.PROT_NONE); err != nil {
+			errs = append(errs, fmt.Errorf("fence: mprotect: %w", err))
+		}
+	}
+	for _, r := range c.regions {
+		if err := c.u.Wake(uintptr(unsafe.Pointer(&r.Host[0])), uintptr(len(r.Host))); err != nil {
+			errs = append(errs, fmt.Errorf("fence: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the helper and unregisters the child's RAM. Call it only when
+// the VM no longer runs (or after Fence): a page not yet filled reads as
+// zero once the RAM is unregistered.
+func (c *Client) Close() error {
+	c.closing.Store(true)
+	err := c.release()
+	<-c.done
+	return err
+}
+
+func (c *Client) release() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	if c.proc != nil {
+		errs = append(errs, c.proc.Stop(5*time.Second))
+		c.proc = nil
+	}
+	if c.u != nil {
+		if !c.fenced {
+			for _, r := range c.regions {
+				c.u.Unregister(uintptr(unsafe.Pointer(&r.Host[0])), uintptr(len(r.Host)))
+			}
+		}
+		errs = append(errs, c.u.Close())
+		c.u = nil
+	}
+	if c.shared != nil {
+		last := &counters{}
+		last.restore(c.c.Load().stats())
+		c.c.Store(last)
+		unix.Munmap(c.shared)
+		c.shared = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close memtap: %w", err)
+	}
+	return nil
+}
+
+func (c *counters) restore(s Stats) {
+	c.faults.Store(s.Faults)
+	c.fetched.Store(s.PagesFetched)
+	c.zeroFilled.Store(s.PagesZeroFilled)
+	c.prefetched.Store(s.PagesPrefetched)
+	c.requests.Store(s.Requests)
+	c.bytes.Store(s.BytesReceived)
+	for i := range c.hist {
+		c.hist[i].Store(s.FaultLatency[i])
+	}
+}
+
+// Main runs a memtap helper (the client's fault handler or the memory
+// server) when this process was started as one, and then exits; otherwise
+// it returns at once. The VMM's main, and TestMain of any test that starts
+// memtap or a memory server, must call it before anything else.
+func Main() {
+	server.HelperMain()
+	if helper.Role() != "client" {
+		return
+	}
+	if err := runHelper(); err != nil {
+		fmt.Fprintf(os.Stderr, "memtap helper: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}

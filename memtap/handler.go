@@ -1,0 +1,576 @@
+package memtap
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/sfvmm/sfvmm/memtap/internal/helper"
+	"github.com/sfvmm/sfvmm/memtap/uffd"
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the helper process's side: the fault loop. It runs in one
+// goroutine, so its state needs no locks; it never maps the VMM's RAM.
+
+// runHelper is the client helper's body: set up, connect, serve faults
+// until the VMM closes the control socket or the server fails.
+func runHelper() error {
+	ctl, fds, err := helper.Attach(2)
+	if err != nil {
+		return err
+	}
+	shared, err := helper.MapShared(fds[0], sharedSize)
+	unix.Close(fds[0])
+	if err != nil {
+		return err
+	}
+	u := uffd.FromFd(fds[1])
+	if err := unix.SetNonblock(u.Fd(), true); err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	var cfg helperConfig
+	if _, err := ctl.Recv(&cfg); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	h, err := newHandler(cfg, u, countersAt(shared))
+	if err == nil {
+		err = h.connect()
+	}
+	if err != nil {
+		return ctl.Send(note{Fatal: err.Error()})
+	}
+	if err := ctl.Send(note{Ready: true}); err != nil {
+		return err
+	}
+
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return err
+	}
+	acked := make(chan struct{}, 1)
+	go func() {
+		for {
+			var a ackMsg
+			if _, err := ctl.Recv(&a); err != nil {
+				unix.Write(p[1], []byte{0}) // the VMM closed us, or died
+				return
+			}
+			acked <- struct{}{}
+		}
+	}()
+	err = h.loop(p[0])
+	if err == nil {
+		return nil
+	}
+	if ctl.Send(note{Fatal: err.Error()}) == nil {
+		select {
+		case <-acked:
+		case <-time.After(cfg.Kill):
+			// The VMM cannot take the error: likely every one of its Ps
+			// is held by a thread blocked on guest RAM. End it, so that
+			// the child never hangs.
+			fmt.Fprintf(os.Stderr, "memtap: %v; the VMM did not take the error within %v: killing it\n", err, cfg.Kill)
+			unix.Kill(cfg.VMM, unix.SIGKILL)
+		}
+	}
+	// Keep the userfaultfd until the VMM is done: it fences or exits.
+	pfd := []unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(pfd, -1); !errors.Is(err, unix.EINTR) {
+			return nil
+		}
+	}
+}
+
+// Page states.
+const (
+	missing   = 0
+	requested = 1 // asked of the server; the answer will fill it
+	present   = 2
+)
+
+type hregion struct {
+	base  uintptr // in the VMM
+	pages uint64
+	pop   *helper.Bitmap
+	state []uint8
+
+	window int    // current fetch window, pages
+	next   uint64 // first page after the last window asked for: a fault there is sequential
+	ahead  uint64 // first page of the read-ahead window, if any
+}
+
+type inflight struct {
+	q    wire.Request
+	sent time.Time
+}
+
+// lookahead is how far a read may go past the start of a response whose
+// size is not known yet: a single-page reply, whole.
+const lookahead = wire.ResponseSize + wire.MaxBatch + uffd.PageSize
+
+// rbSize holds the largest response plus a lookahead's worth of the next.
+const rbSize = wire.ResponseSize + wire.MaxBatch + wire.MaxBatch*uffd.PageSize + lookahead
+
+type handler struct {
+	cfg     helperConfig
+	u       *uffd.FD
+	c       *counters
+	regions []hregion
+	addr    string // for messages
+
+	sock     int        // the server connection, non-blocking
+	out      []byte     // requests not yet written
+	queue    []inflight // requests in order; the server answers in order
+	tag      uint32
+	progress time.Time // when the server last sent anything
+
+	// waiting holds, for pages asked of the server, the times faults on
+	// them were read (key region<<40 | page).
+	waiting map[uint64][]time.Time
+
+	// The receive buffer: rb[rp:rh] holds bytes read and not yet parsed.
+	// Responses are parsed in place and their data pages installed from
+	// it, so that a single-page reply costs one read(2). A read never
+	// goes more than lookahead bytes past the start of a response whose
+	// size is unknown, nor past the end of one whose size is known, so
+	// what is left after a response is short and cheap to move down.
+	rb     []byte
+	rp, rh int
+	resp   *wire.Response // the response being parsed, once its header is in
+	total  int            // its size, once its flags are in; else 0
+}
+
+func newHandler(cfg helperConfig, u *uffd.FD, c *counters) (*handler, error) {
+	h := &handler{cfg: cfg, u: u, c: c, addr: cfg.Network + ":" + cfg.Address, waiting: make(map[uint64][]time.Time)}
+	for i, r := range cfg.Regions {
+		pop, err := helper.NewBitmap(r.Pages, r.Runs, r.All)
+		if err != nil {
+			return nil, fmt.Errorf("region %d: %w", i, err)
+		}
+		h.regions = append(h.regions, hregion{
+			base: uintptr(r.Base), pages: r.Pages, pop: pop, state: make([]uint8, r.Pages),
+			window: cfg.Window, next: ^uint64(0), ahead: ^uint64(0),
+		})
+	}
+	rb, err := unix.Mmap(-1, 0, rbSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("receive buffer: %w", err)
+	}
+	h.rb = rb
+	return h, nil
+}
+
+// connect dials the server, runs the handshake and keeps the raw socket.
+func (h *handler) connect() error {
+	d := net.Dialer{Timeout: h.cfg.Timeout}
+	conn, err := d.Dial(h.cfg.Network, h.cfg.Address)
+	if err != nil {
+		return fmt.Errorf("connect to memory server: %w", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(h.cfg.Timeout))
+	hello, err := wire.ReadHello(conn)
+	if err != nil {
+		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+	}
+	h.c.bytes.Add(uint64(len(hello.Encode())))
+	if len(hello.Regions) != len(h.regions) {
+		return fmt.Errorf("memory server %s: image has %d regions, guest RAM %d", h.addr, len(hello.Regions), len(h.regions))
+	}
+	for i, n := range hello.Regions {
+		if n != h.regions[i].pages {
+			return fmt.Errorf("memory server %s: image region %d has %d pages, guest RAM %d", h.addr, i, n, h.regions[i].pages)
+		}
+	}
+	nonce, err := wire.NewNonce()
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Write(wire.Auth{Nonce: nonce, MAC: wire.ClientMAC(h.cfg.Key, hello.Nonce, nonce)}.Encode()); err != nil {
+		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+	}
+	b := make([]byte, wire.WelcomeSize)
+	if _, err := io.ReadFull(conn, b); err != nil {
+		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+	}
+	h.c.bytes.Add(wire.WelcomeSize)
+	w, err := wire.DecodeWelcome(b)
+	switch {
+	case err != nil:
+		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+	case w.Status == wire.WelcomeRefused:
+		return fmt.Errorf("memory server %s refused the key", h.addr)
+	case w.MAC != wire.ServerMAC(h.cfg.Key, hello.Nonce, nonce):
+		return fmt.Errorf("memory server %s does not hold the family key", h.addr)
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("memory server %s: connection has no descriptor", h.addr)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var derr error
+	rc.Control(func(fd uintptr) { h.sock, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	if derr != nil {
+		return fmt.Errorf("memory server %s: %w", h.addr, derr)
+	}
+	unix.SetsockoptInt(h.sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	return unix.SetNonblock(h.sock, true)
+}
+
+// loop serves faults until stop becomes readable (nil) or the server fails
+// (the error).
+func (h *handler) loop(stop int) error {
+	pfd := []unix.PollFd{
+		{Fd: int32(h.u.Fd()), Events: unix.POLLIN},
+		{Fd: int32(h.sock), Events: unix.POLLIN},
+		{Fd: int32(stop), Events: unix.POLLIN},
+	}
+	msgs := make([]uffd.Msg, 64)
+	for {
+		timeout := -1
+		if len(h.queue) > 0 {
+			since := h.queue[0].sent
+			if h.progress.After(since) {
+				since = h.progress
+			}
+			left := time.Until(since.Add(h.cfg.Timeout))
+			if left <= 0 {
+				return fmt.Errorf("memory server %s: no answer in %v", h.addr, h.cfg.Timeout)
+			}
+			timeout = int(left/time.Millisecond) + 1
+		}
+		pfd[1].Events = unix.POLLIN
+		if len(h.out) > 0 {
+			pfd[1].Events |= unix.POLLOUT
+		}
+		if _, err := unix.Poll(pfd, timeout); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return fmt.Errorf("poll: %w", err)
+		}
+		if pfd[2].Revents != 0 {
+			return nil
+		}
+		if pfd[1].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0 {
+			if err := h.receive(); err != nil {
+				return err
+			}
+		}
+		if pfd[1].Revents&unix.POLLOUT != 0 {
+			if err := h.flush(); err != nil {
+				return err
+			}
+		}
+		if pfd[0].Revents&unix.POLLIN != 0 {
+			for {
+				n, err := h.u.Read(msgs)
+				if errors.Is(err, unix.EAGAIN) {
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("read userfaultfd: %w", err)
+				}
+				now := time.Now()
+				for _, m := range msgs[:n] {
+					if m.Event != uffd.EventPagefault {
+						continue
+					}
+					if err := h.fault(uintptr(m.Address)&^(uffd.PageSize-1), now); err != nil {
+						return err
+					}
+				}
+				if err := h.flush(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (h *handler) locate(a uintptr) (int, uint64, bool) {
+	for i, r := range h.regions {
+		if a >= r.base && uint64(a-r.base)/uffd.PageSize < r.pages {
+			return i, uint64(a-r.base) / uffd.PageSize, true
+		}
+	}
+	return 0, 0, false
+}
+
+func (h *handler) served(since time.Time) {
+	h.c.hist[bucket(time.Since(since))].Add(1)
+}
+
+// fault handles a fault on the page at a, read at now.
+func (h *handler) fault(a uintptr, now time.Time) error {
+	ri, p, ok := h.locate(a)
+	if !ok {
+		return fmt.Errorf("fault at %#x outside guest RAM", a)
+	}
+	h.c.faults.Add(1)
+	r := &h.regions[ri]
+	switch r.state[p] {
+	case present:
+		// Filled while the fault was queued; the filling woke it, or
+		// this does.
+		h.served(now)
+		if err := h.u.Wake(a, uffd.PageSize); err != nil {
+			return err
+		}
+	case requested:
+		key := uint64(ri)<<40 | p
+		h.waiting[key] = append(h.waiting[key], now)
+		// A fault in the read-ahead: the reader caught up; stay ahead.
+		if p >= r.ahead && p < r.next && r.window > 1 {
+			h.readAhead(ri, p)
+		}
+	case missing:
+		if !r.pop.Get(p) {
+			// Never populated: zero, with the rest of its run.
+			end := p + 1
+			for end < r.pages && end-p < wire.MaxBatch && !r.pop.Get(end) && r.state[end] == missing {
+				end++
+			}
+			for q := p; q < end; q++ {
+				r.state[q] = present
+			}
+			// Counters first: the install wakes the faulting thread,
+			// which may read them at once.
+			h.c.zeroFilled.Add(end - p)
+			h.served(now)
+			_, _, err := h.u.ZeroPage(a, uintptr(end-p)*uffd.PageSize, 0)
+			return err
+		}
+		seq := p == r.next
+		if seq {
+			r.window = min(2*r.window, h.cfg.Max)
+		} else {
+			r.window = h.cfg.Window
+		}
+		end := h.request(ri, p, r.window)
+		key := uint64(ri)<<40 | p
+		h.waiting[key] = append(h.waiting[key], now)
+		r.ahead, r.next = ^uint64(0), end
+		if seq && r.window > 1 {
+			r.ahead = end
+			h.readAhead(ri, p)
+		}
+	}
+	return nil
+}
+
+// aheadWindows is how many windows a sequential reader is kept ahead of:
+// more than one, so that the server sends the next while memtap installs
+// the last.
+const aheadWindows = 2
+
+// readAhead asks for windows after r.next until aheadWindows of them lie
+// ahead of page p, the reader's position.
+func (h *handler) readAhead(ri int, p uint64) {
+	r := &h.regions[ri]
+	for r.next < r.pages && r.next-p < uint64(aheadWindows*r.window) {
+		end := h.request(ri, r.next, r.window)
+		if end == r.next {
+			return // the next page is there already
+		}
+		r.next = end
+	}
+}
+
+// request asks for up to w missing pages from p on (stopping at the first
+// page that is not missing, and then taking missing pages below p to make
+// up the window) and returns the page after the last one asked.
+func (h *handler) request(ri int, p uint64, w int) uint64 {
+	r := &h.regions[ri]
+	end := p
+	for end < r.pages && end-p < uint64(w) && r.state[end] == missing {
+		r.state[end] = requested
+		end++
+	}
+	if end == p {
+		return p
+	}
+	// Short of a window forward (the pages above are there already, as
+	// in a descending scan): fill it with the missing pages below.
+	first := p
+	for first > 0 && end-first < uint64(w) && r.state[first-1] == missing {
+		first--
+		r.state[first] = requested
+	}
+	h.tag++
+	q := wire.Request{Region: uint32(ri), First: first, Count: uint32(end - first), Tag: h.tag}
+	h.out = q.Append(h.out)
+	h.queue = append(h.queue, inflight{q: q, sent: time.Now()})
+	h.c.requests.Add(1)
+	return end
+}
+
+func (h *handler) flush() error {
+	for len(h.out) > 0 {
+		n, err := unix.Write(h.sock, h.out)
+		if errors.Is(err, unix.EAGAIN) {
+			return nil
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("memory server %s: send: %w", h.addr, err)
+		}
+		h.out = h.out[n:]
+	}
+	h.out = h.out[:0]
+	return nil
+}
+
+// receive reads what the server has sent and installs every complete
+// response.
+func (h *handler) receive() error {
+	for {
+		if err := h.parse(); err != nil {
+			return err
+		}
+		limit := h.rp + lookahead
+		if h.total > 0 {
+			limit = h.rp + h.total
+		}
+		if h.rh >= limit {
+			continue // parse has what it needs
+		}
+		n, err := unix.Read(h.sock, h.rb[h.rh:limit])
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return fmt.Errorf("memory server %s: receive: %w", h.addr, err)
+		case n == 0:
+			return fmt.Errorf("memory server %s closed the connection", h.addr)
+		}
+		h.rh += n
+		h.c.bytes.Add(uint64(n))
+		h.progress = time.Now()
+	}
+}
+
+// parse consumes the complete responses in rb[rp:rh].
+func (h *handler) parse() error {
+	for {
+		buf := h.rb[h.rp:h.rh]
+		if h.resp == nil {
+			if len(buf) < wire.ResponseSize {
+				break
+			}
+			resp, err := wire.DecodeResponse(buf[:wire.ResponseSize])
+			if err != nil {
+				return fmt.Errorf("memory server %s: %w", h.addr, err)
+			}
+			if len(h.queue) == 0 {
+				return fmt.Errorf("memory server %s: reply to no request", h.addr)
+			}
+			q := h.queue[0].q
+			if resp.Status == wire.StatusBadRequest {
+				return fmt.Errorf("memory server %s refused request for region %d pages [%d, +%d)", h.addr, q.Region, q.First, q.Count)
+			}
+			if resp.Tag != q.Tag || resp.Region != q.Region || resp.First != q.First || resp.Count != q.Count {
+				return fmt.Errorf("memory server %s: reply %+v does not match request %+v", h.addr, resp, q)
+			}
+			h.resp = &resp
+		}
+		count := int(h.resp.Count)
+		if h.total == 0 {
+			if len(buf) < wire.ResponseSize+count {
+				break
+			}
+			n, err := wire.DataPages(buf[wire.ResponseSize : wire.ResponseSize+count])
+			if err != nil {
+				return fmt.Errorf("memory server %s: %w", h.addr, err)
+			}
+			h.total = wire.ResponseSize + count + n*uffd.PageSize
+		}
+		if len(buf) < h.total {
+			break
+		}
+		if err := h.complete(buf[wire.ResponseSize:wire.ResponseSize+count], buf[wire.ResponseSize+count:h.total]); err != nil {
+			return err
+		}
+		h.rp += h.total
+		h.resp, h.total = nil, 0
+	}
+	// Move what is left (at most a lookahead) to the front.
+	if h.rp > 0 {
+		h.rh = copy(h.rb, h.rb[h.rp:h.rh])
+		h.rp = 0
+	}
+	return nil
+}
+
+// complete installs the current response's pages, data with UFFDIO_COPY
+// and the rest with UFFDIO_ZEROPAGE, a run at a time; each wakes the
+// faults waiting in its run.
+func (h *handler) complete(flags, data []byte) error {
+	q := h.queue[0].q
+	h.queue = h.queue[1:]
+	r := &h.regions[q.Region]
+	// Counters first: the installs wake the faulting threads, which may
+	// read them at once. Fault latency is measured to the install.
+	var fetched, prefetched uint64
+	for i, f := range flags {
+		p := q.First + uint64(i)
+		r.state[p] = present
+		if f == wire.PageData {
+			fetched++
+		}
+		key := uint64(q.Region)<<40 | p
+		if ts, ok := h.waiting[key]; ok {
+			for _, t := range ts {
+				h.served(t)
+			}
+			delete(h.waiting, key)
+		} else if f == wire.PageData {
+			prefetched++
+		}
+	}
+	h.c.fetched.Add(fetched)
+	h.c.zeroFilled.Add(uint64(len(flags)) - fetched)
+	h.c.prefetched.Add(prefetched)
+	// Data pages follow in order, so a run of data flags is a contiguous
+	// run of data.
+	var src uintptr
+	if len(data) > 0 {
+		src = uintptr(unsafe.Pointer(&data[0]))
+	}
+	for i := 0; i < len(flags); {
+		isData := flags[i] == wire.PageData
+		j := i + 1
+		for j < len(flags) && (flags[j] == wire.PageData) == isData {
+			j++
+		}
+		dst := r.base + uintptr(q.First+uint64(i))*uffd.PageSize
+		n := uintptr(j-i) * uffd.PageSize
+		var err error
+		if isData {
+			_, _, err = h.u.Copy(dst, src, n, 0)
+			src += n
+		} else {
+			_, _, err = h.u.ZeroPage(dst, n, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("install pages: %w", err)
+		}
+		i = j
+	}
+	return nil
+}

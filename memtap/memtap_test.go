@@ -1,0 +1,871 @@
+package memtap_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/sfvmm/sfvmm/memtap"
+	"github.com/sfvmm/sfvmm/memtap/server"
+	"github.com/sfvmm/sfvmm/memtap/uffd"
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"golang.org/x/sys/unix"
+)
+
+const pageSize = 4096
+
+func TestMain(m *testing.M) {
+	memtap.Main()
+	if mode := os.Getenv(childEnv); mode != "" {
+		os.Exit(childMain(mode))
+	}
+	os.Exit(m.Run())
+}
+
+// pageSet is a PageSet of booleans.
+type pageSet []bool
+
+func (s pageSet) Len() uint64 { return uint64(len(s)) }
+
+func (s pageSet) Runs(fn func(start, n uint64)) {
+	for i := 0; i < len(s); {
+		if !s[i] {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && s[j] {
+			j++
+		}
+		fn(uint64(i), uint64(j-i))
+		i = j
+	}
+}
+
+// Page kinds of the test image: page i of a region is
+const (
+	kindData   = iota // a pattern unique to (region, page, seed)
+	kindZero          // populated, all zero
+	kindAbsent        // never populated
+)
+
+func kind(i int) int {
+	switch {
+	case i%8 == 7:
+		return kindAbsent
+	case i%16 == 3:
+		return kindZero
+	}
+	return kindData
+}
+
+// pattern writes the pre-fork content of page i of region r into p.
+func pattern(p []byte, r, i int) {
+	if kind(i) != kindData {
+		clear(p)
+		return
+	}
+	for k := range p {
+		p[k] = byte(r*31 + i*7 + k)
+	}
+	binary.LittleEndian.PutUint64(p, uint64(r)<<32|uint64(i)|1<<63)
+}
+
+func mapRAM(t testing.TB, pages int) []byte {
+	t.Helper()
+	b, err := unix.Mmap(-1, 0, pages*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		t.Fatalf("mmap: %v", err)
+	}
+	t.Cleanup(func() { unix.Munmap(b) })
+	return b
+}
+
+// parent is a frozen parent being served.
+type parent struct {
+	ram    [][]byte
+	pop    []pageSet
+	srv    *server.Server
+	image  *server.Image
+	key    wire.Key
+	tcp    string
+	unix   string
+	counts struct{ data, zero, absent int }
+}
+
+var regionPages = []int{1024, 64}
+
+// newParent fills parent RAM, freezes it and serves it on TCP and Unix
+// sockets. The parent then overwrites every page, populated or not.
+func newParent(t *testing.T) *parent {
+	t.Helper()
+	p := &parent{}
+	for r, n := range regionPages {
+		ram := mapRAM(t, n)
+		pop := make(pageSet, n)
+		for i := range n {
+			if kind(i) == kindAbsent {
+				continue
+			}
+			pop[i] = true
+			pattern(ram[i*pageSize:(i+1)*pageSize], r, i)
+			if kind(i) == kindZero {
+				ram[i*pageSize] = 0 // populate it
+				p.counts.zero++
+			} else {
+				p.counts.data++
+			}
+		}
+		p.ram = append(p.ram, ram)
+		p.pop = append(p.pop, pop)
+	}
+	for _, n := range regionPages {
+		for i := range n {
+			if kind(i) == kindAbsent {
+				p.counts.absent++
+			}
+		}
+	}
+	var err error
+	p.srv, err = server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.srv.Close() })
+	var regions []server.Region
+	for r := range p.ram {
+		regions = append(regions, server.Region{Host: p.ram[r], Populated: p.pop[r]})
+	}
+	if p.image, err = p.srv.Freeze(regions); err != nil {
+		t.Fatal(err)
+	}
+	if p.key, err = wire.NewKey(); err != nil {
+		t.Fatal(err)
+	}
+	lt, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.tcp = lt.Addr().String()
+	if err := p.image.Serve(lt, p.key); err != nil {
+		t.Fatal(err)
+	}
+	p.unix = filepath.Join(t.TempDir(), "mem.sock")
+	lu, err := net.Listen("unix", p.unix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.image.Serve(lu, p.key); err != nil {
+		t.Fatal(err)
+	}
+	// The parent runs on and writes everything.
+	for _, ram := range p.ram {
+		for i := range ram {
+			ram[i] = 0xEE
+		}
+	}
+	return p
+}
+
+func (p *parent) config(network string, child [][]byte) memtap.Config {
+	cfg := memtap.Config{Network: network, Address: p.tcp, Key: p.key}
+	if network == "unix" {
+		cfg.Address = p.unix
+	}
+	for r := range child {
+		cfg.Regions = append(cfg.Regions, memtap.Region{Host: child[r], Populated: p.pop[r]})
+	}
+	return cfg
+}
+
+func newChildRAM(t testing.TB) [][]byte {
+	var ram [][]byte
+	for _, n := range regionPages {
+		ram = append(ram, mapRAM(t, n))
+	}
+	return ram
+}
+
+// verify checks every page of child RAM against the pre-fork image,
+// touching pages in order (or reverse order).
+func verify(t *testing.T, child [][]byte, reverse bool) {
+	t.Helper()
+	want := make([]byte, pageSize)
+	for r, ram := range child {
+		n := len(ram) / pageSize
+		for k := range n {
+			i := k
+			if reverse {
+				i = n - 1 - k
+			}
+			pattern(want, r, i)
+			if got := ram[i*pageSize : (i+1)*pageSize]; !bytes.Equal(got, want) {
+				t.Fatalf("region %d page %d: got %x..., want %x...", r, i, got[:16], want[:16])
+			}
+		}
+	}
+}
+
+func TestForkedMemory(t *testing.T) {
+	p := newParent(t)
+	saved := p.srv.Stats().PagesSaved
+	if want := uint64(p.counts.data + p.counts.zero); saved != want {
+		t.Errorf("server saved %d pages before the parent's writes, want the %d populated ones", saved, want)
+	}
+	tests := []struct {
+		name      string
+		network   string
+		window    int
+		maxWindow int
+		reverse   bool
+	}{
+		{"tcp no prefetch", "tcp", 1, 1, false},
+		{"tcp prefetch", "tcp", 16, 256, false},
+		{"unix prefetch", "unix", 16, 256, false},
+		{"unix prefetch reverse", "unix", 32, 32, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			child := newChildRAM(t)
+			cfg := p.config(tt.network, child)
+			cfg.Window, cfg.MaxWindow = tt.window, tt.maxWindow
+			c, err := memtap.Start(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			verify(t, child, tt.reverse)
+			s := c.Stats()
+			t.Logf("stats: %+v", s)
+			// Every data page comes over the wire exactly once; zero and
+			// absent pages never do.
+			if s.PagesFetched != uint64(p.counts.data) {
+				t.Errorf("fetched %d pages, want the %d data pages", s.PagesFetched, p.counts.data)
+			}
+			if s.PagesZeroFilled != uint64(p.counts.zero+p.counts.absent) {
+				t.Errorf("zero-filled %d pages, want %d zero + %d absent", s.PagesZeroFilled, p.counts.zero, p.counts.absent)
+			}
+			maxBytes := uint64(p.counts.data)*pageSize + s.Requests*(wire.ResponseSize+wire.MaxBatch) + 1024
+			if s.BytesReceived < uint64(p.counts.data)*pageSize || s.BytesReceived > maxBytes {
+				t.Errorf("received %d bytes for %d data pages", s.BytesReceived, p.counts.data)
+			}
+			var hist uint64
+			for _, n := range s.FaultLatency {
+				hist += n
+			}
+			if hist != s.Faults || s.Faults == 0 {
+				t.Errorf("histogram holds %d faults of %d", hist, s.Faults)
+			}
+			if tt.maxWindow == 1 && s.PagesPrefetched != 0 {
+				t.Errorf("prefetched %d pages with prefetch off", s.PagesPrefetched)
+			}
+			if tt.maxWindow > 1 && (s.PagesPrefetched == 0 || s.Faults*4 > uint64(p.counts.data)) {
+				t.Errorf("prefetch: %d faults, %d pages prefetched for %d data pages", s.Faults, s.PagesPrefetched, p.counts.data)
+			}
+		})
+	}
+}
+
+func TestUnpopulatedNotFetched(t *testing.T) {
+	p := newParent(t)
+	child := newChildRAM(t)
+	c, err := memtap.Start(p.config("tcp", child))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Touch only never-populated pages: nothing may be asked of the server.
+	for r, ram := range child {
+		for i := 7; i < len(ram)/pageSize; i += 8 {
+			if ram[i*pageSize] != 0 || ram[(i+1)*pageSize-1] != 0 {
+				t.Fatalf("region %d page %d is not zero", r, i)
+			}
+		}
+	}
+	s := c.Stats()
+	if s.Requests != 0 || s.PagesFetched != 0 || s.PagesZeroFilled != uint64(p.counts.absent) {
+		t.Errorf("touching %d absent pages: %+v; want no requests and %d zero-filled", p.counts.absent, s, p.counts.absent)
+	}
+	if sent := p.srv.Stats().PagesSent; sent != 0 {
+		t.Errorf("server sent %d pages", sent)
+	}
+}
+
+func TestConcurrentClients(t *testing.T) {
+	p := newParent(t)
+	const n = 4
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for k := range n {
+		child := newChildRAM(t)
+		network := []string{"tcp", "unix"}[k%2]
+		c, err := memtap.Start(p.config(network, child))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := make([]byte, pageSize)
+			for r, ram := range child {
+				for i := range len(ram) / pageSize {
+					pattern(want, r, i)
+					if !bytes.Equal(ram[i*pageSize:(i+1)*pageSize], want) {
+						errs <- fmt.Errorf("client %d: region %d page %d differs", k, r, i)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if s := p.srv.Stats(); s.Clients != n || s.PagesSent != n*uint64(p.counts.data) {
+		t.Errorf("server: %+v; want %d clients and %d pages sent", s, n, n*p.counts.data)
+	}
+}
+
+func TestWrongKeyRefused(t *testing.T) {
+	p := newParent(t)
+	child := newChildRAM(t)
+	cfg := p.config("tcp", child)
+	cfg.Key[0] ^= 1
+	c, err := memtap.Start(cfg)
+	if err == nil {
+		c.Close()
+		t.Fatal("a client with the wrong key was accepted")
+	}
+	if !strings.Contains(err.Error(), "refused the key") {
+		t.Errorf("error %q does not say the key was refused", err)
+	}
+	if s := p.srv.Stats(); s.AuthFailures != 1 || s.Clients != 0 {
+		t.Errorf("server: %d auth failures, %d clients; want 1, 0", s.AuthFailures, s.Clients)
+	}
+	// The refusal leaves the RAM untouched and registrable again.
+	c, err = memtap.Start(p.config("tcp", child))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	verify(t, child, false)
+}
+
+// handshake connects to addr as a client holding key.
+func handshake(t *testing.T, network, addr string, key wire.Key) net.Conn {
+	t.Helper()
+	conn, err := net.Dial(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := wire.ReadHello(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce, _ := wire.NewNonce()
+	conn.Write(wire.Auth{Nonce: nonce, MAC: wire.ClientMAC(key, h.Nonce, nonce)}.Encode())
+	b := make([]byte, wire.WelcomeSize)
+	if _, err := io.ReadFull(conn, b); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := wire.DecodeWelcome(b); err != nil || w.Status != wire.WelcomeOK {
+		t.Fatalf("welcome: %+v, %v", w, err)
+	}
+	return conn
+}
+
+func TestMalformedRequestsRefused(t *testing.T) {
+	p := newParent(t)
+	tests := []struct {
+		name    string
+		payload []byte
+		reply   bool // a BadRequest reply comes before the close
+	}{
+		{"garbage", bytes.Repeat([]byte("garbage!"), 3), true},
+		{"page out of range", wire.Request{Region: 0, First: 1020, Count: 8}.Append(nil), true},
+		{"region out of range", wire.Request{Region: 2, First: 0, Count: 1}.Append(nil), true},
+		{"too many pages", wire.Request{Region: 0, First: 0, Count: wire.MaxBatch + 1}.Append(nil), true},
+		{"torn request", wire.Request{Count: 1}.Append(nil)[:10], false},
+	}
+	before := p.srv.Stats().BadRequests
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn := handshake(t, "tcp", p.tcp, p.key)
+			defer conn.Close()
+			conn.Write(tt.payload)
+			if !tt.reply {
+				conn.(*net.TCPConn).CloseWrite()
+			}
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			rest, err := io.ReadAll(conn)
+			if err != nil {
+				t.Fatalf("server did not close the connection: %v", err)
+			}
+			if tt.reply {
+				r, err := wire.DecodeResponse(rest)
+				if err != nil || r.Status != wire.StatusBadRequest {
+					t.Errorf("reply %x (%v), want a BadRequest response and nothing else", rest, err)
+				}
+			}
+		})
+	}
+	// Misbehaving clients did not hurt a well-behaved one.
+	child := newChildRAM(t)
+	c, err := memtap.Start(p.config("unix", child))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	verify(t, child, false)
+	if got := p.srv.Stats().BadRequests - before; got != uint64(len(tests)) {
+		t.Errorf("server counted %d bad requests, want %d", got, len(tests))
+	}
+}
+
+// hungServer accepts one client, completes the handshake for a one-region
+// image of pages pages, then reads requests and never answers.
+func hungServer(t *testing.T, key wire.Key, pages uint64) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		nonce, _ := wire.NewNonce()
+		conn.Write(wire.Hello{Nonce: nonce, Regions: []uint64{pages}}.Encode())
+		b := make([]byte, wire.AuthSize)
+		io.ReadFull(conn, b)
+		a, _ := wire.DecodeAuth(b)
+		conn.Write(wire.Welcome{MAC: wire.ServerMAC(key, nonce, a.Nonce)}.Encode())
+		io.Copy(io.Discard, conn)
+	}()
+	return l.Addr().String()
+}
+
+func TestServerLoss(t *testing.T) {
+	const timeout = time.Second
+	tests := []struct {
+		name string
+		// setup returns the config and a function that kills the server
+		// once the child has started faulting.
+		setup func(t *testing.T, child []byte) (memtap.Config, func())
+		want  string
+	}{
+		{"server closed", func(t *testing.T, child []byte) (memtap.Config, func()) {
+			p := newParent(t)
+			cfg := p.config("tcp", [][]byte{child, mapRAM(t, regionPages[1])})
+			return cfg, func() { p.srv.Close() }
+		}, "closed the connection"},
+		{"server hung", func(t *testing.T, child []byte) (memtap.Config, func()) {
+			key, _ := wire.NewKey()
+			addr := hungServer(t, key, uint64(regionPages[0]))
+			return memtap.Config{Network: "tcp", Address: addr, Key: key, Regions: []memtap.Region{{Host: child}}}, func() {}
+		}, "no answer"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			child := mapRAM(t, regionPages[0])
+			cfg, kill := tt.setup(t, child)
+			cfg.Timeout = timeout
+			c, err := memtap.Start(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// A toucher walks RAM with copy() (memmove, where the
+			// runtime cannot preempt it) until it is stopped by a fault.
+			released := make(chan any, 1)
+			go func() {
+				debug.SetPanicOnFault(true)
+				defer func() { released <- recover() }()
+				buf := make([]byte, pageSize)
+				for i := 0; ; i = (i + 37) % regionPages[0] {
+					copy(buf, child[i*pageSize:])
+				}
+			}()
+			time.Sleep(50 * time.Millisecond)
+			start := time.Now()
+			kill()
+			select {
+			case <-c.Done():
+			case <-time.After(timeout + 5*time.Second):
+				t.Fatal("no error from memtap in bounded time")
+			}
+			t.Logf("error after %v: %v", time.Since(start), c.Err())
+			if err := c.Err(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %v, want one saying %q", err, tt.want)
+			}
+			// The toucher is still blocked, never fed a wrong page; the
+			// fence releases it with a fault.
+			select {
+			case v := <-released:
+				t.Fatalf("toucher left before the fence: %v", v)
+			default:
+			}
+			if err := c.Fence(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case v := <-released:
+				// debug.SetPanicOnFault's panic carries the address.
+				f, ok := v.(interface{ Addr() uintptr })
+				if base := uintptr(unsafe.Pointer(&child[0])); !ok || f.Addr() < base || f.Addr() >= base+uintptr(len(child)) {
+					t.Errorf("toucher ended with %v, want a fault in guest RAM", v)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("fence did not release the blocked toucher")
+			}
+		})
+	}
+}
+
+// A child VMM in its own process (this test binary re-executed), for the
+// cases that must not share a process with the test: a fault storm that
+// would deadlock the test if memtap were wrong, and a VMM starved of Ps.
+const childEnv = "MEMTAP_TEST_CHILD"
+
+type childConfig struct {
+	Network, Address string
+	Key              wire.Key
+	Pages            []int
+	Populated        [][]bool
+	Timeout          time.Duration
+	KillAfter        time.Duration
+	Window           int
+}
+
+func runChild(t *testing.T, mode string, cc childConfig, limit time.Duration) (string, error, time.Duration) {
+	t.Helper()
+	b, _ := json.Marshal(cc)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), childEnv+"="+mode, "MEMTAP_TEST_CONFIG="+string(b))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.AfterFunc(limit, func() { cmd.Process.Kill() })
+	err := cmd.Wait()
+	timer.Stop()
+	return out.String(), err, time.Since(start)
+}
+
+func childMain(mode string) int {
+	var cc childConfig
+	if err := json.Unmarshal([]byte(os.Getenv("MEMTAP_TEST_CONFIG")), &cc); err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	switch mode {
+	case "parent-storm":
+		return parentStorm()
+	case "in-process":
+		return inProcessStorm()
+	}
+	cfg := memtap.Config{Network: cc.Network, Address: cc.Address, Key: cc.Key, Timeout: cc.Timeout,
+		KillAfter: cc.KillAfter, Window: cc.Window, MaxWindow: cc.Window}
+	var ram [][]byte
+	for r, n := range cc.Pages {
+		b, err := unix.Mmap(-1, 0, n*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			fmt.Println(err)
+			return 2
+		}
+		ram = append(ram, b)
+		cfg.Regions = append(cfg.Regions, memtap.Region{Host: b, Populated: pageSet(cc.Populated[r])})
+	}
+	switch mode {
+	case "storm":
+		runtime.GOMAXPROCS(2)
+	case "starve":
+		runtime.GOMAXPROCS(1)
+	}
+	c, err := memtap.Start(cfg)
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	switch mode {
+	case "storm":
+		// 16 goroutines copy from 16 different missing pages at once,
+		// in memmove, eight times GOMAXPROCS.
+		const g = 16
+		var ready, done sync.WaitGroup
+		ready.Add(g)
+		done.Add(g)
+		gate := make(chan struct{})
+		bad := make(chan string, g)
+		for k := range g {
+			go func() {
+				defer done.Done()
+				want := make([]byte, pageSize)
+				got := make([]byte, pageSize)
+				ready.Done()
+				<-gate
+				// Each goroutine owns pages k, k+g, ... of region 0.
+				for i := k; i < cc.Pages[0]; i += g {
+					copy(got, ram[0][i*pageSize:(i+1)*pageSize])
+					pattern(want, 0, i)
+					if !bytes.Equal(got, want) {
+						bad <- fmt.Sprintf("page %d differs", i)
+						return
+					}
+				}
+			}()
+		}
+		ready.Wait()
+		close(gate)
+		done.Wait()
+		close(bad)
+		for b := range bad {
+			fmt.Println(b)
+			return 1
+		}
+		s := c.Stats()
+		fmt.Printf("storm ok: %d faults, %d fetched\n", s.Faults, s.PagesFetched)
+		c.Close()
+		return 0
+	case "starve":
+		// The only P is held by a thread blocked in memmove on a page
+		// that never comes: this process cannot take memtap's error.
+		go func() {
+			buf := make([]byte, pageSize)
+			copy(buf, ram[0])
+		}()
+		select {
+		case <-c.Done():
+			fmt.Printf("child got the error: %v\n", c.Err())
+			return 3
+		case <-time.After(time.Minute):
+			fmt.Println("child still alive")
+			return 4
+		}
+	}
+	return 2
+}
+
+// parentStorm is a parent VMM whose Go code writes its frozen RAM from 16
+// goroutines at once under GOMAXPROCS=2: every write is a write-protect
+// fault whose handler must run while all Ps are held by blocked writers.
+// A client in the same process then reads the image back.
+func parentStorm() int {
+	runtime.GOMAXPROCS(2)
+	const pages, g = 2048, 16
+	ram, err := unix.Mmap(-1, 0, pages*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	for i := range pages {
+		if kind(i) != kindAbsent {
+			pattern(ram[i*pageSize:(i+1)*pageSize], 0, i)
+		}
+	}
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	defer srv.Close()
+	im, err := srv.Freeze([]server.Region{{Host: ram}}) // populated: found by mincore
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	var done sync.WaitGroup
+	gate := make(chan struct{})
+	for k := range g {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			junk := bytes.Repeat([]byte{0xEE}, pageSize)
+			<-gate
+			for i := k; i < pages; i += g {
+				copy(ram[i*pageSize:], junk)
+			}
+		}()
+	}
+	close(gate)
+	done.Wait()
+	populated := 0
+	for i := range pages {
+		if kind(i) != kindAbsent {
+			populated++
+		}
+	}
+	if s := srv.Stats(); s.PagesSaved != uint64(populated) {
+		fmt.Printf("saved %d pages, want %d\n", s.PagesSaved, populated)
+		return 1
+	}
+	dir, _ := os.MkdirTemp("", "memtap")
+	defer os.RemoveAll(dir)
+	l, err := net.Listen("unix", filepath.Join(dir, "s"))
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	key, _ := wire.NewKey()
+	if err := im.Serve(l, key); err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	child, _ := unix.Mmap(-1, 0, pages*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	c, err := memtap.Start(memtap.Config{Network: "unix", Address: filepath.Join(dir, "s"), Key: key, Regions: []memtap.Region{{Host: child}}})
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	defer c.Close()
+	want := make([]byte, pageSize)
+	for i := range pages {
+		pattern(want, 0, i)
+		if !bytes.Equal(child[i*pageSize:(i+1)*pageSize], want) {
+			fmt.Printf("page %d differs from the image\n", i)
+			return 1
+		}
+	}
+	fmt.Printf("parent storm ok: %+v\n", srv.Stats())
+	return 0
+}
+
+// inProcessStorm is the storm of the "storm" mode against a handler that
+// is a goroutine of the faulting process (LockOSThread'd, copying from a
+// local buffer): the design memtap avoids. It deadlocks.
+func inProcessStorm() int {
+	runtime.GOMAXPROCS(2)
+	const pages, g = 1024, 16
+	mem, err := unix.Mmap(-1, 0, pages*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	u, err := uffd.New(unix.O_CLOEXEC)
+	if err == nil {
+		_, err = u.API(0)
+	}
+	if err == nil {
+		_, err = u.Register(uintptr(unsafe.Pointer(&mem[0])), pages*pageSize, uffd.ModeMissing)
+	}
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	src := make([]byte, pageSize)
+	go func() {
+		runtime.LockOSThread()
+		msgs := make([]uffd.Msg, 16)
+		for {
+			n, err := u.Read(msgs)
+			if err != nil {
+				return
+			}
+			for _, m := range msgs[:n] {
+				u.Copy(uintptr(m.Address)&^(pageSize-1), uintptr(unsafe.Pointer(&src[0])), pageSize, 0)
+			}
+		}
+	}()
+	var done sync.WaitGroup
+	for k := range g {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			buf := make([]byte, pageSize)
+			for i := k; i < pages; i += g {
+				copy(buf, mem[i*pageSize:])
+			}
+		}()
+	}
+	done.Wait()
+	fmt.Println("in-process storm completed")
+	return 0
+}
+
+// TestGOMAXPROCSFaultStorm is the Go-runtime pitfall, adversarially, on
+// both sides: GOMAXPROCS=2 and 16 goroutines faulting at once inside
+// copy() (memmove, where the runtime cannot preempt them), in a child VMM
+// on missing pages (prefetch off, so that every page faults) and in a
+// parent on write-protected ones. Each runs in its own process with a
+// wall-clock limit, so that a deadlock fails the test instead of hanging it.
+func TestGOMAXPROCSFaultStorm(t *testing.T) {
+	p := newParent(t)
+	cc := childConfig{Network: "unix", Address: p.unix, Key: p.key, Pages: regionPages, Window: 1}
+	for _, pop := range p.pop {
+		cc.Populated = append(cc.Populated, pop)
+	}
+	tests := []struct{ mode, want string }{
+		{"storm", "storm ok"},
+		{"parent-storm", "parent storm ok"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode, func(t *testing.T) {
+			out, err, took := runChild(t, tt.mode, cc, 60*time.Second)
+			t.Logf("%s (%v): %s", tt.mode, took, out)
+			if err != nil || !strings.Contains(out, tt.want) {
+				t.Fatalf("%s under GOMAXPROCS=2: %v", tt.mode, err)
+			}
+		})
+	}
+	// The control: the same storm against an in-process handler hangs
+	// (it is killed at the limit), which is what makes the storm above
+	// adversarial. If it ever completes, the Go runtime has changed and
+	// this test no longer proves anything.
+	t.Run("in-process control", func(t *testing.T) {
+		out, err, took := runChild(t, "in-process", cc, 3*time.Second)
+		t.Logf("in-process handler (%v): %v %s", took, err, out)
+		if err == nil || strings.Contains(out, "completed") {
+			t.Errorf("the in-process handler survived the storm: the storm is not adversarial")
+		}
+	})
+}
+
+func TestStarvedVMMIsKilled(t *testing.T) {
+	key, _ := wire.NewKey()
+	addr := hungServer(t, key, 16)
+	cc := childConfig{Network: "tcp", Address: addr, Key: key, Pages: []int{16}, Populated: [][]bool{nil},
+		Timeout: time.Second, KillAfter: time.Second}
+	cc.Populated[0] = make([]bool, 16)
+	for i := range cc.Populated[0] {
+		cc.Populated[0][i] = true
+	}
+	out, err, took := runChild(t, "starve", cc, 30*time.Second)
+	t.Logf("child (%v): %s", took, out)
+	if !strings.Contains(out, "no answer") {
+		t.Errorf("the child's output does not give the reason")
+	}
+	var ee *exec.ExitError
+	switch {
+	case !errors.As(err, &ee):
+		t.Fatalf("child: %v", err)
+	case took > 10*time.Second:
+		t.Errorf("child took %v to end, want about Timeout+KillAfter = 2s", took)
+	case ee.ExitCode() == 3:
+		t.Logf("the child took the error itself")
+	case ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL:
+		t.Errorf("child ended with %v, want SIGKILL from the helper or exit 3", err)
+	}
+}

@@ -1,0 +1,219 @@
+package server
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	HelperMain()
+	os.Exit(m.Run())
+}
+
+const page = 4096
+
+// newRAM maps n pages; page i holds byte i+1 when i%4 == 0, zeroes when
+// i%4 == 1 (touched), and is never touched otherwise.
+func newRAM(t *testing.T, n int) []byte {
+	t.Helper()
+	b, err := unix.Mmap(-1, 0, n*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(b) })
+	for i := 0; i < n; i++ {
+		switch i % 4 {
+		case 0:
+			copy(b[i*page:(i+1)*page], bytes.Repeat([]byte{byte(i + 1)}, page))
+		case 1:
+			b[i*page] = 0
+		}
+	}
+	return b
+}
+
+// fetch asks the server at addr for count pages from first and returns the
+// flags and data pages.
+func fetch(t *testing.T, addr string, key wire.Key, first uint64, count uint32) ([]byte, [][]byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	h, err := wire.ReadHello(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce, _ := wire.NewNonce()
+	c.Write(wire.Auth{Nonce: nonce, MAC: wire.ClientMAC(key, h.Nonce, nonce)}.Encode())
+	b := make([]byte, wire.WelcomeSize)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatal(err)
+	}
+	c.Write(wire.Request{First: first, Count: count, Tag: 7}.Append(nil))
+	b = make([]byte, wire.ResponseSize)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatal(err)
+	}
+	r, err := wire.DecodeResponse(b)
+	if err != nil || r.Tag != 7 || r.Count != count {
+		t.Fatalf("response %+v, %v", r, err)
+	}
+	flags := make([]byte, count)
+	io.ReadFull(c, flags)
+	n, _ := wire.DataPages(flags)
+	var data [][]byte
+	for range n {
+		p := make([]byte, page)
+		if _, err := io.ReadFull(c, p); err != nil {
+			t.Fatal(err)
+		}
+		data = append(data, p)
+	}
+	return flags, data
+}
+
+func TestFreezeServesThePast(t *testing.T) {
+	ram := newRAM(t, 16)
+	s, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	im, err := s.Freeze([]Region{{Host: ram}}) // populated: by mincore
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Freeze([]Region{{Host: ram}}); err == nil {
+		t.Error("a second image was frozen over the first")
+	}
+	key, _ := wire.NewKey()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	if err := im.Serve(l, key); err != nil {
+		t.Fatal(err)
+	}
+	// The parent overwrites everything, populated or not.
+	for i := range ram {
+		ram[i] = 0xEE
+	}
+	flags, data := fetch(t, addr, key, 0, 16)
+	for i, f := range flags {
+		want := []byte{wire.PageData, wire.PageZero, wire.PageAbsent, wire.PageAbsent}[i%4]
+		if f != want {
+			t.Errorf("page %d: flag %d, want %d", i, f, want)
+		}
+	}
+	for k, d := range data {
+		if want := bytes.Repeat([]byte{byte(4*k + 1)}, page); !bytes.Equal(d, want) {
+			t.Errorf("data page %d holds %d, want %d", k, d[0], want[0])
+		}
+	}
+	st := s.Stats()
+	if st.PagesSaved != 8 || st.PagesSent != 4 || st.PagesEmpty != 12 || st.Requests != 1 {
+		t.Errorf("stats %+v: want 8 saved, 4 sent, 12 empty, 1 request", st)
+	}
+
+	// Closing the image lifts the protection: writes no longer fault, and
+	// a new image of the present can be frozen.
+	if err := im.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Stats().WriteFaults
+	for i := range ram {
+		ram[i] = 0x11
+	}
+	if got := s.Stats().WriteFaults; got != before {
+		t.Errorf("%d write faults after the image was closed", got-before)
+	}
+	im, err = s.Freeze([]Region{{Host: ram}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	l, _ = net.Listen("tcp", "127.0.0.1:0")
+	addr = l.Addr().String()
+	im.Serve(l, key)
+	ram[0] = 0x22
+	if _, data := fetch(t, addr, key, 0, 1); len(data) != 1 || data[0][0] != 0x11 {
+		t.Errorf("second image: page 0 = %v, want 0x11", data)
+	}
+}
+
+func TestHelperDeathReleasesParent(t *testing.T) {
+	ram := newRAM(t, 64)
+	s, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Freeze([]Region{{Host: ram}}); err != nil {
+		t.Fatal(err)
+	}
+	// Kill the helper; the kernel then drops the protection, and the
+	// parent's writes go through with no handler.
+	syscall.Kill(s.proc.Pid(), syscall.SIGKILL)
+	select {
+	case <-s.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the helper's death went unnoticed")
+	}
+	if s.Err() == nil {
+		t.Error("no error after the helper died")
+	}
+	wrote := make(chan struct{})
+	go func() {
+		for i := 0; i < len(ram); i += page {
+			ram[i] = 0x33
+		}
+		close(wrote)
+	}()
+	select {
+	case <-wrote:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the parent hangs on its own RAM after the helper died")
+	}
+	if _, err := s.Freeze([]Region{{Host: ram}}); err == nil {
+		t.Error("froze with a dead helper")
+	}
+}
+
+func TestFreezeRefusesBadRegions(t *testing.T) {
+	s, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ram := newRAM(t, 4)
+	tests := []struct {
+		name    string
+		regions []Region
+	}{
+		{"none", nil},
+		{"not whole pages", []Region{{Host: ram[:page+1]}}},
+		{"unaligned", []Region{{Host: ram[1 : page+1]}}},
+		{"populated set too short", []Region{{Host: ram, Populated: runs{n: 3}}}},
+		{"empty", []Region{{Host: make([]byte, 0)}}},
+	}
+	for _, tt := range tests {
+		if im, err := s.Freeze(tt.regions); err == nil {
+			im.Close()
+			t.Errorf("%s: frozen", tt.name)
+		}
+	}
+}
+
+type runs struct{ n uint64 }
+
+func (r runs) Len() uint64                   { return r.n }
+func (r runs) Runs(fn func(start, n uint64)) { fn(0, r.n) }

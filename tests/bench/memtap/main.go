@@ -1,0 +1,471 @@
+// Command memtap benchmarks memtap and the parent's memory server on the
+// host, without KVM, and prints a Markdown table:
+//
+//	go run ./tests/bench/memtap          (or: go build -o build/bench/memtap ./tests/bench/memtap && build/bench/memtap)
+//
+// It needs userfaultfd (root, or vm.unprivileged_userfaultfd=1) and about
+// 2.5 GiB of free memory, and runs in well under a minute. Plain memory
+// mappings stand for guest RAM; a goroutine reading them stands for the
+// guest. Each figure has its floor measured in the same run:
+//
+//   - Single-page fault service: a child touches pages of a frozen parent
+//     image in random order with prefetch off (Window 1), so that each
+//     touch is one fault served through memtap's helper and the memory
+//     server (over loopback TCP and over a Unix socket). The floor is an
+//     in-process userfaultfd handler (one LockOSThread'd goroutine, safe
+//     here because only one goroutine faults) that copies every page
+//     from a local buffer. Per-touch times, as the toucher sees them;
+//     target: memtap at most 2x the floor, median and p99.
+//   - Sequential scan: a child reads one byte of each page of a -scan MiB
+//     region, with memtap's default prefetch, against the same floor
+//     handler, which faults on every page. Target: at most 0.5x the floor
+//     per page. Pages fetched versus touched come from memtap's Stats.
+//   - Freeze: the parent's pause for freezing -small and -large MiB of
+//     populated RAM (write-protecting it and handing it to the server's
+//     helper), with transparent huge pages as sfvmm's guest RAM has them,
+//     and with 4 KiB pages. Median of -reps; target: at most 2x apart.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"time"
+	"unsafe"
+
+	"github.com/sfvmm/sfvmm/memtap"
+	"github.com/sfvmm/sfvmm/memtap/server"
+	"github.com/sfvmm/sfvmm/memtap/uffd"
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"golang.org/x/sys/unix"
+)
+
+const page = 4096
+
+type config struct {
+	faults, rounds      int // single-page touches per round, rounds
+	scanMiB, scanRounds int
+	small, large        int // MiB, freeze
+	reps                int
+}
+
+func main() {
+	memtap.Main()
+	var c config
+	flag.IntVar(&c.faults, "faults", 2000, "single-page faults per round")
+	flag.IntVar(&c.rounds, "rounds", 5, "rounds of single-page faults")
+	flag.IntVar(&c.scanMiB, "scan", 256, "sequential scan size, MiB")
+	flag.IntVar(&c.scanRounds, "scan-rounds", 2, "rounds of the sequential scan")
+	flag.IntVar(&c.small, "small", 64, "small freeze size, MiB")
+	flag.IntVar(&c.large, "large", 1024, "large freeze size, MiB")
+	flag.IntVar(&c.reps, "reps", 5, "freeze repetitions (median)")
+	flag.Parse()
+	// The floor's in-process handler needs a P while the toucher holds
+	// one, blocked in a fault.
+	if runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2)
+	}
+	if err := run(c); err != nil {
+		fmt.Fprintf(os.Stderr, "bench memtap: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(c config) error {
+	start := time.Now()
+
+	// The parent: an image of single-fault pages plus the scan region.
+	faultPages := c.faults
+	scanPages := c.scanMiB << 20 / page
+	small, err := mapRAM(faultPages, false)
+	if err != nil {
+		return err
+	}
+	big, err := mapRAM(scanPages, true)
+	if err != nil {
+		return err
+	}
+	for _, r := range [][]byte{small, big} {
+		for i := 0; i < len(r); i += page {
+			// Non-zero pages with distinct contents: nothing is skipped
+			// as zero.
+			*(*uint64)(unsafe.Pointer(&r[i])) = uint64(i) | 1<<63
+		}
+	}
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	im, err := srv.Freeze([]server.Region{{Host: small, Populated: all(faultPages)}, {Host: big, Populated: all(scanPages)}})
+	if err != nil {
+		return err
+	}
+	key, err := wire.NewKey()
+	if err != nil {
+		return err
+	}
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	tcpAddr := tl.Addr().String()
+	if err := im.Serve(tl, key); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "memtap-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "mem.sock")
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	if err := im.Serve(ul, key); err != nil {
+		return err
+	}
+	transports := []struct{ name, network, addr string }{{"TCP", "tcp", tcpAddr}, {"Unix", "unix", sock}}
+
+	// (a) Single-page fault service: rounds alternate floor and memtap,
+	// so that both see the same load on the machine.
+	var floor []time.Duration
+	mt := make([][]time.Duration, len(transports))
+	st := make([]memtap.Stats, len(transports))
+	for range c.rounds {
+		f, err := floorTouches(faultPages, true)
+		if err != nil {
+			return err
+		}
+		floor = append(floor, f...)
+		for k, tr := range transports {
+			ts, s, err := memtapTouches(tr.network, tr.addr, key, faultPages, scanPages, true, 1)
+			if err != nil {
+				return err
+			}
+			mt[k] = append(mt[k], ts...)
+			st[k].Add(s)
+		}
+	}
+	slices.Sort(floor)
+	fmt.Printf("memtap on the host (no KVM): %d CPUs, GOMAXPROCS %d, %s; load average %s\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), kernel(), loadavg())
+	fmt.Printf("Single-page fault service, %d random touches each, prefetch off; floor: in-process handler copying from a local buffer\n\n", len(floor))
+	fmt.Println("| transport | memtap median | floor median | ratio | memtap p99 | floor p99 | ratio | target | pages fetched / faults |")
+	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	for k, tr := range transports {
+		slices.Sort(mt[k])
+		m, p, fm, fp := pct(mt[k], 50), pct(mt[k], 99), pct(floor, 50), pct(floor, 99)
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | ≤ 2× | %d / %d |\n", tr.name, us(m), us(fm), ratio(m, fm), us(p), us(fp), ratio(p, fp),
+			st[k].PagesFetched, st[k].Faults)
+	}
+
+	// (b) Sequential scan.
+	var floorScan time.Duration
+	scan := make([]time.Duration, len(transports))
+	for k := range st {
+		st[k] = memtap.Stats{}
+	}
+	for range c.scanRounds {
+		f, err := floorTouches(scanPages, false)
+		if err != nil {
+			return err
+		}
+		floorScan += f[0]
+		for k, tr := range transports {
+			ts, s, err := memtapTouches(tr.network, tr.addr, key, faultPages, scanPages, false, 0)
+			if err != nil {
+				return err
+			}
+			scan[k] += ts[0]
+			st[k].Add(s)
+		}
+	}
+	touched := scanPages * c.scanRounds
+	floorPer := floorScan / time.Duration(touched)
+	fmt.Printf("\n%d MiB sequential scan (one byte per page), %d rounds, memtap's default prefetch; floor: the same handler, a fault per page\n\n", c.scanMiB, c.scanRounds)
+	fmt.Println("| transport | memtap per page | floor per page | ratio | target | pages fetched / touched | faults | requests |")
+	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- |")
+	for k, tr := range transports {
+		per := scan[k] / time.Duration(touched)
+		fmt.Printf("| %s | %s | %s | %s | ≤ 0.5× | %d / %d | %d | %d |\n", tr.name, ns(per), ns(floorPer), ratio(per, floorPer),
+			st[k].PagesFetched, touched, st[k].Faults, st[k].Requests)
+	}
+
+	// (c) Freeze.
+	srv.Close()
+	fmt.Printf("\nParent freeze (the pause), median of %d; write-protect alone: the userfaultfd part without the hand-off to the helper\n\n", c.reps)
+	fmt.Printf("| guest RAM pages | %d MiB | %d MiB | ratio | target | write-protect alone, %d / %d MiB |\n", c.small, c.large, c.small, c.large)
+	fmt.Println("| --- | --- | --- | --- | --- | --- |")
+	for _, thp := range []bool{true, false} {
+		a, wa, err := freezeTime(c.small, thp, c.reps)
+		if err != nil {
+			return err
+		}
+		b, wb, err := freezeTime(c.large, thp, c.reps)
+		if err != nil {
+			return err
+		}
+		kind := "2 MiB (THP, as sfvmm maps guest RAM)"
+		if !thp {
+			kind = "4 KiB"
+		}
+		fmt.Printf("| %s | %s | %s | %s | ≤ 2× | %s / %s |\n", kind, us(a), us(b), ratio(b, a), us(wa), us(wb))
+	}
+	fmt.Printf("\n(run took %v)\n", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// allPages is a PageSet of every page.
+type allPages uint64
+
+func all(n int) allPages                         { return allPages(n) }
+func (a allPages) Len() uint64                   { return uint64(a) }
+func (a allPages) Runs(fn func(start, n uint64)) { fn(0, uint64(a)) }
+func us(d time.Duration) string                  { return fmt.Sprintf("%.1f µs", float64(d)/1e3) }
+func ns(d time.Duration) string                  { return fmt.Sprintf("%d ns", d.Nanoseconds()) }
+func ratio(a, b time.Duration) string            { return fmt.Sprintf("%.2f×", float64(a)/float64(b)) }
+func pct(ts []time.Duration, p float64) time.Duration {
+	return ts[min(len(ts)-1, int(float64(len(ts))*p/100))]
+}
+
+func sum(ts []time.Duration) time.Duration {
+	var s time.Duration
+	for _, t := range ts {
+		s += t
+	}
+	return s
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil || len(b) < 14 {
+		return "?"
+	}
+	return string(b[:14])
+}
+
+func kernel() string {
+	var u unix.Utsname
+	unix.Uname(&u)
+	return "Linux " + unix.ByteSliceToString(u.Release[:])
+}
+
+func mapRAM(pages int, thp bool) ([]byte, error) {
+	b, err := unix.Mmap(-1, 0, pages*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("map %d pages: %w", pages, err)
+	}
+	advice := unix.MADV_NOHUGEPAGE
+	if thp {
+		advice = unix.MADV_HUGEPAGE
+	}
+	unix.Madvise(b, advice)
+	return b, nil
+}
+
+// sink keeps the compiler from dropping the loads of touch.
+var sink byte
+
+// touch reads one byte of each page of ram in order, timing each touch
+// (perTouch) or the whole pass (a single figure).
+func touch(ram []byte, order []int, perTouch bool) []time.Duration {
+	var s byte
+	defer func() { sink += s }()
+	if !perTouch {
+		t0 := time.Now()
+		for _, i := range order {
+			s += ram[i*page]
+		}
+		return []time.Duration{time.Since(t0)}
+	}
+	ts := make([]time.Duration, 0, len(order))
+	for _, i := range order {
+		t0 := time.Now()
+		s += ram[i*page]
+		ts = append(ts, time.Since(t0))
+	}
+	slices.Sort(ts)
+	return ts
+}
+
+func order(pages int, random bool) []int {
+	o := make([]int, pages)
+	for i := range o {
+		o[i] = i
+	}
+	if random {
+		r := rand.New(rand.NewPCG(1, 2))
+		r.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
+	}
+	return o
+}
+
+// floorTouches serves faults on a fresh region from a local buffer with an
+// in-process handler and times the touches.
+func floorTouches(pages int, random bool) ([]time.Duration, error) {
+	ram, err := mapRAM(pages, false)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Munmap(ram)
+	u, err := uffd.New(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	defer u.Close()
+	if _, err := u.API(0); err != nil {
+		return nil, err
+	}
+	base := uintptr(unsafe.Pointer(&ram[0]))
+	if _, err := u.Register(base, uintptr(len(ram)), uffd.ModeMissing); err != nil {
+		return nil, err
+	}
+	src := make([]byte, page)
+	for i := range src {
+		src[i] = byte(i) | 1
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		msgs := make([]uffd.Msg, 16)
+		pfd := []unix.PollFd{{Fd: int32(u.Fd()), Events: unix.POLLIN}}
+		for {
+			n, err := u.Read(msgs)
+			if err != nil {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				unix.Poll(pfd, 10)
+				continue
+			}
+			for _, m := range msgs[:n] {
+				u.Copy(uintptr(m.Address)&^(page-1), uintptr(unsafe.Pointer(&src[0])), page, 0)
+			}
+		}
+	}()
+	ts := touch(ram, order(pages, random), random)
+	close(stop)
+	<-done
+	return ts, nil
+}
+
+// memtapTouches starts memtap for a child of the benchmark image and times
+// touches of one of its regions (0: single-fault pages, 1: scan region).
+// window 1 turns prefetch off; 0 keeps memtap's defaults.
+func memtapTouches(network, addr string, key wire.Key, faultPages, scanPages int, single bool, window int) ([]time.Duration, memtap.Stats, error) {
+	r0, err := mapRAM(faultPages, false)
+	if err != nil {
+		return nil, memtap.Stats{}, err
+	}
+	defer unix.Munmap(r0)
+	r1, err := mapRAM(scanPages, false)
+	if err != nil {
+		return nil, memtap.Stats{}, err
+	}
+	defer unix.Munmap(r1)
+	cfg := memtap.Config{Network: network, Address: addr, Key: key, Window: window, MaxWindow: window,
+		Regions: []memtap.Region{{Host: r0, Populated: all(faultPages)}, {Host: r1, Populated: all(scanPages)}}}
+	c, err := memtap.Start(cfg)
+	if err != nil {
+		return nil, memtap.Stats{}, err
+	}
+	defer c.Close()
+	var ts []time.Duration
+	if single {
+		ts = touch(r0, order(faultPages, true), true)
+	} else {
+		ts = touch(r1, order(scanPages, false), false)
+	}
+	// Check what came: the image's first word of the last page touched.
+	last := r1[len(r1)-page:]
+	if single {
+		last = r0[len(r0)-page:]
+	}
+	if *(*uint64)(unsafe.Pointer(&last[0]))>>63 != 1 {
+		return nil, memtap.Stats{}, fmt.Errorf("%s: child page does not hold the parent's data", network)
+	}
+	if err := c.Err(); err != nil {
+		return nil, memtap.Stats{}, err
+	}
+	return ts, c.Stats(), nil
+}
+
+// freezeTime is the median time of Freeze for mib MiB of populated RAM, and
+// that of write-protecting it alone (open, register, protect).
+func freezeTime(mib int, thp bool, reps int) (time.Duration, time.Duration, error) {
+	pages := mib << 20 / page
+	ram, err := mapRAM(pages, thp)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unix.Munmap(ram)
+	for i := 0; i < len(ram); i += page {
+		ram[i] = 1
+	}
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer srv.Close()
+	var ts, wps []time.Duration
+	for range reps {
+		t0 := time.Now()
+		im, err := srv.Freeze([]server.Region{{Host: ram, Populated: all(pages)}})
+		d := time.Since(t0)
+		if err != nil {
+			return 0, 0, err
+		}
+		ts = append(ts, d)
+		// The parent writes a little while frozen, as it would.
+		for i := 0; i < len(ram); i += len(ram) / 16 {
+			ram[i]++
+		}
+		if err := im.Close(); err != nil {
+			return 0, 0, err
+		}
+		d, err = writeProtect(ram)
+		if err != nil {
+			return 0, 0, err
+		}
+		wps = append(wps, d)
+	}
+	slices.Sort(ts)
+	slices.Sort(wps)
+	return ts[len(ts)/2], wps[len(wps)/2], nil
+}
+
+// writeProtect times the userfaultfd part of a freeze on ram, then undoes it.
+func writeProtect(ram []byte) (time.Duration, error) {
+	base, n := uintptr(unsafe.Pointer(&ram[0])), uintptr(len(ram))
+	t0 := time.Now()
+	u, err := uffd.New(unix.O_CLOEXEC)
+	if err != nil {
+		return 0, err
+	}
+	defer u.Close()
+	if _, err := u.API(uffd.FeatureWP); err != nil {
+		return 0, err
+	}
+	if _, err := u.Register(base, n, uffd.ModeWP); err != nil {
+		return 0, err
+	}
+	if err := u.WriteProtect(base, n, true, false); err != nil {
+		return 0, err
+	}
+	d := time.Since(t0)
+	if err := u.WriteProtect(base, n, false, false); err != nil {
+		return 0, err
+	}
+	return d, u.Unregister(base, n)
+}
