@@ -110,3 +110,22 @@ func TestLinuxBoot(t *testing.T) {
 	}
 	r.Status(t, 0)
 }
+
+// The same kernel unpacked (vmlinux, as Firecracker boots it) starts
+// without the in-guest decompression.
+func TestLinuxBootVmlinux(t *testing.T) {
+	_, initrd := linuxKernel(t)
+	vmlinux := os.Getenv("SFVMM_LINUX_VMLINUX")
+	if vmlinux == "" {
+		t.Fatal("SFVMM_LINUX_VMLINUX is not set: run through `go run ./tests/kvmbox` or `make test`")
+	}
+	r := vmtest.Boot(t, vmtest.Options{
+		Kernel: vmlinux, Initrd: initrd, CPUs: 2, Memory: 256 << 20,
+		Cmdline: linuxCmdline + ` sfvmm.run="echo answer=$((6*7))"`,
+		Timeout: 5 * time.Minute,
+	})
+	r.Contains(t, "sfvmm-init: 2 cpus", "answer=42", "sfvmm-init: command exited 0")
+	if r.Exit.Reason != vmm.ExitPowerOff {
+		t.Errorf("exit %v, want a power-off", r.Exit)
+	}
+}

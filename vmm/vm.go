@@ -190,15 +190,15 @@ func (m *VM) loadKernel() error {
 	if _, err := io.ReadFull(f, head); err != nil {
 		return fmt.Errorf("read kernel: %w", err)
 	}
-	if m.kind, err = boot.Detect(head); err != nil {
+	if m.kind, err = boot.DetectFile(head, f, st.Size()); err != nil {
 		return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
 	}
 	p := boot.Params{Kernel: head, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs}
 	switch m.kind {
-	case boot.BzImage:
-		// Kernel and initrd go from their files straight into guest RAM:
-		// neither passes through the VMM's heap, which would otherwise
-		// add their size to sfvmm's peak RSS.
+	case boot.BzImage, boot.Vmlinux:
+		// Linux and its initrd go from their files straight into guest
+		// RAM: neither passes through the VMM's heap, which would
+		// otherwise add their size to sfvmm's peak RSS.
 		p.KernelFile, p.KernelSize = f, st.Size()
 		if m.cfg.Cmdline == "" {
 			m.cfg.Cmdline = DefaultLinuxCmdline
@@ -217,7 +217,7 @@ func (m *VM) loadKernel() error {
 			p.InitrdFile, p.InitrdSize = initrd, ist.Size()
 		}
 	default:
-		// Multiboot and ELF images are small and parsed whole.
+		// Multiboot and ELF64 test kernels are small and parsed whole.
 		if p.Kernel, err = os.ReadFile(m.cfg.KernelPath); err != nil {
 			return fmt.Errorf("read kernel: %w", err)
 		}

@@ -26,6 +26,7 @@
 //	PATH                build/kvmbox/bin (sfvmm, built with CGO_ENABLED=0) first
 //	KVMBOX=1            and KVMBOX_MODE=direct or nested
 //	SFVMM_LINUX_KERNEL  a Debian vmlinuz (bzImage) for guest kernel tests
+//	SFVMM_LINUX_VMLINUX the same kernel unpacked (ELF vmlinux)
 //	SFVMM_HOSTS         with --hosts N: network namespaces host0 ... host{N-1}
 //	SFVMM_HOST_ADDRS    their addresses, 10.77.0.1 ... on one bridge
 //
@@ -213,6 +214,8 @@ func run(o *options) (int, error) {
 		k, err := ensureKernel(b.cache, o.kernelPkg)
 		if err != nil {
 			warnf("no Debian kernel for SFVMM_LINUX_KERNEL: %v", err)
+		} else if _, err := k.ensureVmlinux(); err != nil {
+			warnf("no unpacked kernel for SFVMM_LINUX_VMLINUX: %v", err)
 		}
 		unlock()
 		return b.runDirect(k)
@@ -244,7 +247,7 @@ func run(o *options) (int, error) {
 // in the caller's session, plus sfvmm's on PATH and the sandbox variables.
 func (b *box) cmdEnv(k *kernel, mode string, drop ...string) []string {
 	skip := map[string]bool{"PATH": true, "PWD": true, "OLDPWD": true, "KVMBOX": true, "KVMBOX_MODE": true,
-		"SFVMM_HOSTS": true, "SFVMM_HOST_ADDRS": true, "SFVMM_LINUX_KERNEL": true}
+		"SFVMM_HOSTS": true, "SFVMM_HOST_ADDRS": true, "SFVMM_LINUX_KERNEL": true, "SFVMM_LINUX_VMLINUX": true}
 	for _, d := range drop {
 		skip[d] = true
 	}
@@ -262,6 +265,14 @@ func (b *box) cmdEnv(k *kernel, mode string, drop ...string) []string {
 	env = append(env, "PATH="+b.binDir+":"+path, "PWD="+b.cwd, "KVMBOX=1", "KVMBOX_MODE="+mode)
 	if k != nil {
 		env = append(env, "SFVMM_LINUX_KERNEL="+k.Vmlinuz)
+		if v := filepath.Join(k.Dir, "vmlinux"); fileExists(v) {
+			env = append(env, "SFVMM_LINUX_VMLINUX="+v)
+		}
 	}
 	return append(env, hostsEnv(b.opts.hosts)...)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

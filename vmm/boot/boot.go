@@ -28,6 +28,7 @@
 package boot
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +68,9 @@ const (
 	Multiboot
 	// ELF64 is an x86-64 ELF executable without a multiboot header.
 	ELF64
+	// Vmlinux is an uncompressed Linux kernel (ELF64 with "Linux" notes),
+	// started like a bzImage but without the in-guest decompression.
+	Vmlinux
 )
 
 func (k Kind) String() string {
@@ -77,6 +81,8 @@ func (k Kind) String() string {
 		return "multiboot"
 	case ELF64:
 		return "ELF64"
+	case Vmlinux:
+		return "vmlinux"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
@@ -146,11 +152,21 @@ type Entry struct {
 
 // Detect names the format of a kernel image.
 func Detect(kernel []byte) (Kind, error) {
+	return DetectFile(kernel, bytes.NewReader(kernel), int64(len(kernel)))
+}
+
+// DetectFile names the format of a kernel image of size bytes held by r,
+// of which head holds the start (at least HeaderBytes, or all of it).
+func DetectFile(head []byte, r io.ReaderAt, size int64) (Kind, error) {
+	kernel := head
 	if isBzImage(kernel) {
 		return BzImage, nil
 	}
 	if _, ok := findMultiboot(kernel); ok {
 		return Multiboot, nil
+	}
+	if isVmlinux(kernel, r, size) {
+		return Vmlinux, nil
 	}
 	if isELF64(kernel) {
 		return ELF64, nil
@@ -167,6 +183,9 @@ func Detect(kernel []byte) (Kind, error) {
 // places, and the guest may read any other byte of low memory.
 func Load(mem *memory.Memory, p Params) (*Entry, error) {
 	kind, err := Detect(p.Kernel)
+	if p.KernelFile != nil {
+		kind, err = DetectFile(p.Kernel, p.KernelFile, p.KernelSize)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +199,7 @@ func Load(mem *memory.Memory, p Params) (*Entry, error) {
 	if low := lowEnd(mem); low < highMemStart {
 		return nil, fmt.Errorf("load %s: guest RAM (%d KiB) is smaller than the 1 MiB boot area", kind, low>>10)
 	}
-	if len(p.Initrd) > 0 && kind != BzImage {
+	if (len(p.Initrd) > 0 || p.InitrdFile != nil) && kind != BzImage && kind != Vmlinux {
 		return nil, fmt.Errorf("load %s: an initrd is only for bzImages (multiboot kernels take modules)", kind)
 	}
 	if len(p.Modules) > 0 && kind != Multiboot {
@@ -192,6 +211,8 @@ func Load(mem *memory.Memory, p Params) (*Entry, error) {
 	switch kind {
 	case BzImage:
 		return loadBzImage(mem, p)
+	case Vmlinux:
+		return loadVmlinux(mem, p)
 	case Multiboot:
 		return loadMultiboot(mem, p)
 	default:

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 
 	"github.com/sfvmm/sfvmm/vmm/memory"
@@ -18,6 +19,7 @@ const (
 	emI386      = 3
 	emX86_64    = 62
 	ptLoad      = 1
+	ptNote      = 4
 )
 
 func isELF(b []byte) bool {
@@ -38,12 +40,18 @@ type elfFile struct {
 	Machine uint16
 	Entry   uint64
 	Loads   []elfSegment
+	Notes   []elfSegment // PT_NOTE headers of an ELF64 file (within the file)
 }
 
 // parseELF reads the ELF header and the PT_LOAD program headers of a
 // little-endian ELF32 or ELF64 file; nothing else of the file matters to a
 // loader. Every offset is checked against the file.
-func parseELF(b []byte) (*elfFile, error) {
+func parseELF(b []byte) (*elfFile, error) { return parseELFSized(b, int64(len(b))) }
+
+// parseELFSized parses a file of size bytes of which b holds the start
+// (at least the ELF and program headers); segment offsets are checked
+// against size.
+func parseELFSized(b []byte, size int64) (*elfFile, error) {
 	if !isELF(b) {
 		return nil, errors.New("not a little-endian ELF file")
 	}
@@ -88,7 +96,13 @@ func parseELF(b []byte) (*elfFile, error) {
 				Filesz: uint64(le.Uint32(h[16:])), Memsz: uint64(le.Uint32(h[20:])),
 			}
 		} else {
-			if le.Uint32(h[0:]) != ptLoad {
+			if typ := le.Uint32(h[0:]); typ == ptNote {
+				n := elfSegment{Off: le.Uint64(h[8:]), Filesz: le.Uint64(h[32:])}
+				if n.Off <= uint64(size) && n.Filesz <= uint64(size)-n.Off {
+					f.Notes = append(f.Notes, n)
+				}
+				continue
+			} else if typ != ptLoad {
 				continue
 			}
 			s = elfSegment{
@@ -99,8 +113,8 @@ func parseELF(b []byte) (*elfFile, error) {
 		if s.Filesz > s.Memsz {
 			return nil, fmt.Errorf("segment %d: file size %d exceeds memory size %d", i, s.Filesz, s.Memsz)
 		}
-		if s.Off > uint64(len(b)) || s.Filesz > uint64(len(b))-s.Off {
-			return nil, fmt.Errorf("segment %d: file bytes [%#x, +%d) are beyond the %d-byte file", i, s.Off, s.Filesz, len(b))
+		if s.Off > uint64(size) || s.Filesz > uint64(size)-s.Off {
+			return nil, fmt.Errorf("segment %d: file bytes [%#x, +%d) are beyond the %d-byte file", i, s.Off, s.Filesz, size)
 		}
 		if s.Memsz > 0 {
 			f.Loads = append(f.Loads, s)
@@ -138,6 +152,12 @@ func (f *elfFile) physEntry() uint64 {
 // zeroes its bss, refusing segments outside RAM or over a reserved span. It
 // returns the end of the highest segment.
 func loadSegments(mem *memory.Memory, f *elfFile, b []byte, reserved []span) (uint64, error) {
+	return loadSegmentsFrom(mem, f, b, nil, reserved)
+}
+
+// loadSegmentsFrom is loadSegments reading segment bytes from file when it
+// is set (straight into guest RAM), else from b.
+func loadSegmentsFrom(mem *memory.Memory, f *elfFile, b []byte, file io.ReaderAt, reserved []span) (uint64, error) {
 	var end uint64
 	for _, s := range f.Loads {
 		dst, err := mem.Slice(s.Paddr, s.Memsz)
@@ -147,8 +167,10 @@ func loadSegments(mem *memory.Memory, f *elfFile, b []byte, reserved []span) (ui
 		if err := checkFree(s.Paddr, s.Memsz, reserved); err != nil {
 			return 0, fmt.Errorf("segment at %#x size %d: %w", s.Paddr, s.Memsz, err)
 		}
-		n := copy(dst, b[s.Off:s.Off+s.Filesz])
-		clear(dst[n:])
+		if err := place(mem, s.Paddr, b, file, int64(s.Off), int64(s.Filesz)); err != nil {
+			return 0, fmt.Errorf("segment at %#x: %w", s.Paddr, err)
+		}
+		clear(dst[s.Filesz:])
 		end = max(end, s.Paddr+s.Memsz)
 	}
 	return end, nil

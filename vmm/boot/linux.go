@@ -119,12 +119,23 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	le.PutUint16(zp[hdrHeapEndPtr:], heapEnd)
 	le.PutUint64(zp[bpACPIRSDPAddr:], acpiBase)
 
-	cmdlineSize := uint64(le.Uint32(img[hdrCmdlineSize:]))
+	e, err := finishZeroPage(mem, p, zp, max(kernelEnd, runEnd), low, kernelAddr+entry64Offset)
+	if err != nil {
+		return nil, fmt.Errorf("bzimage: %w", err)
+	}
+	return e, nil
+}
+
+// finishZeroPage completes a zero page whose setup header is in place: the
+// command line, the initrd above usedEnd, the e820 map; it writes the page
+// and returns the 64-bit entry at entry with RSI pointing at it.
+func finishZeroPage(mem *memory.Memory, p Params, zp []byte, usedEnd, low, entry uint64) (*Entry, error) {
+	cmdlineSize := uint64(le.Uint32(zp[hdrCmdlineSize:]))
 	if n := uint64(len(p.Cmdline)); n > cmdlineSize || n+1 > cmdlineMax {
-		return nil, fmt.Errorf("bzimage: command line of %d bytes exceeds the kernel's cmdline_size %d", n, min(cmdlineSize, cmdlineMax-1))
+		return nil, fmt.Errorf("command line of %d bytes exceeds the kernel's cmdline_size %d", n, min(cmdlineSize, cmdlineMax-1))
 	}
 	if _, err := mem.WriteAt(append([]byte(p.Cmdline), 0), cmdlineAddr); err != nil {
-		return nil, fmt.Errorf("bzimage: write command line: %w", err)
+		return nil, fmt.Errorf("write command line: %w", err)
 	}
 	le.PutUint32(zp[hdrCmdLinePtr:], cmdlineAddr)
 
@@ -133,12 +144,12 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 		initrdLen = p.InitrdSize
 	}
 	if initrdLen > 0 {
-		addr, err := placeInitrd(uint64(initrdLen), uint64(le.Uint32(img[hdrInitrdAddrMax:])), max(kernelEnd, runEnd), low)
+		addr, err := placeInitrd(uint64(initrdLen), uint64(le.Uint32(zp[hdrInitrdAddrMax:])), usedEnd, low)
 		if err != nil {
-			return nil, fmt.Errorf("bzimage: %w", err)
+			return nil, err
 		}
 		if err := place(mem, addr, p.Initrd, p.InitrdFile, 0, initrdLen); err != nil {
-			return nil, fmt.Errorf("bzimage: write initrd: %w", err)
+			return nil, fmt.Errorf("write initrd: %w", err)
 		}
 		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))
 		le.PutUint32(zp[hdrRamdiskSize:], uint32(initrdLen))
@@ -146,7 +157,7 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 
 	m := memoryMap(mem)
 	if len(m) > e820Max {
-		return nil, fmt.Errorf("bzimage: %d e820 entries exceed %d", len(m), e820Max)
+		return nil, fmt.Errorf("%d e820 entries exceed %d", len(m), e820Max)
 	}
 	zp[bpE820Entries] = byte(len(m))
 	for i, e := range m {
@@ -156,12 +167,106 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 		le.PutUint32(t[16:], e.Type)
 	}
 	if _, err := mem.WriteAt(zp, zeroPageAddr); err != nil {
-		return nil, fmt.Errorf("bzimage: write zero page: %w", err)
+		return nil, fmt.Errorf("write zero page: %w", err)
 	}
+	return long64Entry(mem, entry, stackTop, zeroPageAddr)
+}
 
-	e, err := long64Entry(mem, kernelAddr+entry64Offset, stackTop, zeroPageAddr)
+// Setup header values for a kernel that brings none (vmlinux): those a
+// bzImage of the same kernel would carry, as Firecracker fills them in.
+const (
+	vmlinuxVersion     = 0x020f
+	vmlinuxCmdlineSize = cmdlineMax - 1
+	vmlinuxInitrdMax   = 0x7fff_ffff
+	vmlinuxKernelAlign = 0x0100_0000
+	bootFlagOffset     = 0x1fe
+	bootFlag           = 0xaa55
+	vmlinuxNoteName    = "Linux"
+)
+
+// isVmlinux reports whether an ELF64 image is a Linux kernel (vmlinux): it
+// carries ELF notes named "Linux". b holds the image's start (its headers);
+// the notes are read from r, which holds the whole size-byte image.
+func isVmlinux(b []byte, r io.ReaderAt, size int64) bool {
+	if !isELF64(b) {
+		return false
+	}
+	f, err := parseELFSized(b, size)
 	if err != nil {
-		return nil, fmt.Errorf("bzimage: %w", err)
+		return false
+	}
+	for _, ph := range f.Notes {
+		notes := make([]byte, min(ph.Filesz, maxNotes))
+		if _, err := r.ReadAt(notes, int64(ph.Off)); err != nil {
+			continue
+		}
+		for len(notes) >= 12 {
+			namesz, descsz := le.Uint32(notes[0:]), le.Uint32(notes[4:])
+			nameEnd := 12 + uint64(namesz)
+			if nameEnd > uint64(len(notes)) {
+				break
+			}
+			if namesz == uint32(len(vmlinuxNoteName)+1) && string(notes[12:12+len(vmlinuxNoteName)]) == vmlinuxNoteName {
+				return true
+			}
+			next := alignUp(nameEnd, 4) + alignUp(uint64(descsz), 4)
+			if next > uint64(len(notes)) {
+				break
+			}
+			notes = notes[next:]
+		}
+	}
+	return false
+}
+
+// maxNotes bounds how much of a note segment isVmlinux reads.
+const maxNotes = 64 << 10
+
+// loadVmlinux boots an uncompressed Linux kernel (the ELF vmlinux that a
+// bzImage wraps compressed): its segments go where they say, the zero page
+// gets the setup header a bzImage would have carried, and the vCPU enters
+// startup_64 in long mode with RSI pointing at the zero page, exactly as the
+// bzImage's own decompressor would hand over. Skipping the in-guest
+// decompression is what makes Firecracker-style boots fast.
+func loadVmlinux(mem *memory.Memory, p Params) (*Entry, error) {
+	size := int64(len(p.Kernel))
+	if p.KernelFile != nil {
+		size = p.KernelSize
+	}
+	f, err := parseELFSized(p.Kernel, size)
+	if err != nil {
+		return nil, fmt.Errorf("vmlinux: %w", err)
+	}
+	reserved := []span{
+		{gdtAddr, 0x100, "GDT"},
+		{zeroPageAddr, memory.PageSize, "zero page"},
+		{stackBase, stackTop + 0x10 - stackBase, "boot stack"},
+		{pml4Addr, pageTablesEnd - pml4Addr, "page tables"},
+		{cmdlineAddr, cmdlineMax, "command line"},
+		biosArea(),
+	}
+	end, err := loadSegmentsFrom(mem, f, p.Kernel, p.KernelFile, reserved)
+	if err != nil {
+		return nil, fmt.Errorf("vmlinux: %w", err)
+	}
+	entry := f.physEntry()
+	if entry >= 1<<32 {
+		return nil, fmt.Errorf("vmlinux: entry point %#x is outside the identity-mapped low 4 GiB", f.Entry)
+	}
+	zp := make([]byte, memory.PageSize)
+	le.PutUint16(zp[bootFlagOffset:], bootFlag)
+	copy(zp[hdrMagic:], "HdrS")
+	le.PutUint16(zp[hdrVersion:], vmlinuxVersion)
+	zp[hdrTypeOfLoader] = loaderUnknown
+	zp[hdrLoadFlags] = loadedHigh | canUseHeap
+	le.PutUint16(zp[hdrHeapEndPtr:], heapEnd)
+	le.PutUint32(zp[hdrInitrdAddrMax:], vmlinuxInitrdMax)
+	le.PutUint32(zp[hdrKernelAlign:], vmlinuxKernelAlign)
+	le.PutUint32(zp[hdrCmdlineSize:], vmlinuxCmdlineSize)
+	le.PutUint64(zp[bpACPIRSDPAddr:], acpiBase)
+	e, err := finishZeroPage(mem, p, zp, end, lowEnd(mem), entry)
+	if err != nil {
+		return nil, fmt.Errorf("vmlinux: %w", err)
 	}
 	return e, nil
 }
