@@ -97,35 +97,30 @@ func linuxKernel(t *testing.T) (kernel, initrd string) {
 // LinuxCmdline is the command line sfvmm's Linux tests and demo use.
 const linuxCmdline = vmm.DefaultLinuxCmdline + " quiet"
 
+// Debian's kernel boots with 2 vCPUs to the busybox init, which sees both,
+// runs the command from the kernel command line and powers off: as the
+// bzImage (decompressing itself) and as the unpacked vmlinux that
+// Firecracker-style VMMs boot.
 func TestLinuxBoot(t *testing.T) {
-	kernel, initrd := linuxKernel(t)
-	r := vmtest.Boot(t, vmtest.Options{
-		Kernel: kernel, Initrd: initrd, CPUs: 2, Memory: 256 << 20,
-		Cmdline: linuxCmdline + ` sfvmm.run="echo answer=$((6*7))"`,
-		Timeout: 5 * time.Minute,
-	})
-	r.Contains(t, "sfvmm-init: 2 cpus", "answer=42", "sfvmm-init: command exited 0")
-	if r.Exit.Reason != vmm.ExitPowerOff {
-		t.Errorf("exit %v, want a power-off", r.Exit)
-	}
-	r.Status(t, 0)
-}
-
-// The same kernel unpacked (vmlinux, as Firecracker boots it) starts
-// without the in-guest decompression.
-func TestLinuxBootVmlinux(t *testing.T) {
-	_, initrd := linuxKernel(t)
-	vmlinux := os.Getenv("SFVMM_LINUX_VMLINUX")
-	if vmlinux == "" {
-		t.Fatal("SFVMM_LINUX_VMLINUX is not set: run through `go run ./tests/kvmbox` or `make test`")
-	}
-	r := vmtest.Boot(t, vmtest.Options{
-		Kernel: vmlinux, Initrd: initrd, CPUs: 2, Memory: 256 << 20,
-		Cmdline: linuxCmdline + ` sfvmm.run="echo answer=$((6*7))"`,
-		Timeout: 5 * time.Minute,
-	})
-	r.Contains(t, "sfvmm-init: 2 cpus", "answer=42", "sfvmm-init: command exited 0")
-	if r.Exit.Reason != vmm.ExitPowerOff {
-		t.Errorf("exit %v, want a power-off", r.Exit)
+	bzImage, initrd := linuxKernel(t)
+	for _, tc := range []struct{ name, kernel string }{
+		{"bzImage", bzImage},
+		{"vmlinux", os.Getenv("SFVMM_LINUX_VMLINUX")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.kernel == "" {
+				t.Fatal("SFVMM_LINUX_VMLINUX is not set: run through tests/kvmbox or `make test`")
+			}
+			r := vmtest.Boot(t, vmtest.Options{
+				Kernel: tc.kernel, Initrd: initrd, CPUs: 2, Memory: 256 << 20,
+				Cmdline: linuxCmdline + ` sfvmm.run="echo answer=$((6*7))"`,
+				Timeout: 5 * time.Minute,
+			})
+			r.Contains(t, "sfvmm-init: 2 cpus", "answer=42", "sfvmm-init: command exited 0")
+			if r.Exit.Reason != vmm.ExitPowerOff {
+				t.Errorf("exit %v, want a power-off", r.Exit)
+			}
+			r.Status(t, 0)
+		})
 	}
 }
