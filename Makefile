@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
 LINUX_CMDLINE := console=ttyS0 reboot=k panic=-1 pci=off quiet
 
-.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot clean
+.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap clean
 
 all: sfvmm kernels
 
@@ -71,7 +71,7 @@ kvmtest:
 	$(GO) tool test2json -p github.com/sfvmm/sfvmm/tests < ../$(BUILD)/test/kvm.log > ../$(BUILD)/test/kvm.json; \
 	exit $$status
 
-bench: bench-boot bench-snapshot
+bench: bench-boot bench-snapshot bench-memtap
 
 bench-boot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/boot ./tests/bench/boot
@@ -82,6 +82,12 @@ bench-boot: deps kernels sfvmm
 bench-snapshot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/snapshot ./tests/bench/snapshot
 	$(KVMBOX) --mem 6G --timeout 60m -- $(BUILD)/bench/snapshot -root $(CURDIR) $(BENCH_SNAPSHOT_FLAGS)
+
+# memtap's page-fault service against a plain userfaultfd handler, on the
+# host (root, userfaultfd; no KVM).
+bench-memtap:
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/memtap ./tests/bench/memtap
+	$(BUILD)/bench/memtap
 
 clean:
 	rm -rf $(BUILD)
