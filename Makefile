@@ -64,11 +64,20 @@ fuzz:
 		done; \
 	done
 
+# The KVM tests, in the sandbox. QEMU's TCG with nested SVM has, rarely,
+# taken the sandbox guest down or stalled it mid-run (kvmbox exits 123 or
+# 124; the tests' own results are then unknown): such a run is repeated
+# once, saying so. A test that fails is never retried.
+KVMTEST_RUN = cd tests && $(KVMBOX) --hosts 2 --timeout 10m -- ../$(BUILD)/test/kvm.test -test.v=test2json -test.timeout 9m \
+	| tee ../$(BUILD)/test/kvm.log
 kvmtest:
 	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(BUILD)/test/kvm.test ./tests
-	set -o pipefail; cd tests && $(KVMBOX) --hosts 2 -- ../$(BUILD)/test/kvm.test -test.v=test2json -test.timeout 25m \
-		| tee ../$(BUILD)/test/kvm.log; status=$$?; \
-	$(GO) tool test2json -p github.com/sfvmm/sfvmm/tests < ../$(BUILD)/test/kvm.log > ../$(BUILD)/test/kvm.json; \
+	set -o pipefail; ($(KVMTEST_RUN)); status=$$?; \
+	if [ $$status = 123 ] || [ $$status = 124 ]; then \
+		echo "kvmtest: the sandbox guest died or stalled (kvmbox status $$status); running the KVM tests once more"; \
+		($(KVMTEST_RUN)); status=$$?; \
+	fi; \
+	$(GO) tool test2json -p github.com/sfvmm/sfvmm/tests < $(BUILD)/test/kvm.log > $(BUILD)/test/kvm.json; \
 	exit $$status
 
 bench: bench-boot bench-snapshot bench-memtap

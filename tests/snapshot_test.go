@@ -122,7 +122,20 @@ const (
 	lapicCurrent = 0x390 // the LAPIC timer's current count
 )
 
+// Interrupt request bits the in-kernel PIT raises: its timer runs in wall
+// time even while the vCPUs are paused, so IRQ0 may be pending in one
+// snapshot and not the other (struct kvm_pic_state's last_irr and irr, and
+// the IOAPIC's irr word).
+const (
+	picLastIRR, picIRR = 0, 1
+	ioapicIRR          = 16
+)
+
 func clearClocks(s *vmm.MachineState) {
+	for _, pic := range []*kvm.IRQChip{&s.VM.PICMaster, &s.VM.PICSlave} {
+		pic.Chip[picLastIRR], pic.Chip[picIRR] = 0, 0
+	}
+	clear(s.VM.IOAPIC.Chip[ioapicIRR : ioapicIRR+4])
 	s.VM.Clock = kvm.ClockData{}
 	for i := range s.VM.PIT.Channels {
 		s.VM.PIT.Channels[i].CountLoadTime = 0

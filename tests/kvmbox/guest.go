@@ -224,7 +224,7 @@ loop:
 		if waitErr != nil {
 			msg = fmt.Sprintf("QEMU failed (%v)", waitErr)
 		}
-		return exitSetup, fmt.Errorf("%s.\n%s%s--- last lines of the guest console (%s):\n%s",
+		return exitGuestDied, fmt.Errorf("%s.\n%s%s--- last lines of the guest console (%s):\n%s",
 			msg, indent("QEMU said", qemuErr.String()), upNote(upAt),
 			filepath.Join(run, fileConsole), lastLines(filepath.Join(run, fileConsole), 25))
 	}

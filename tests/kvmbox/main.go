@@ -8,7 +8,9 @@
 //
 // kvmbox exits with CMD's status; "go run" does not pass that on (it exits
 // 1 for any failure), so scripts that check it use kvmbox.sh, which builds
-// kvmbox into build/kvmbox/kvmbox and execs it.
+// kvmbox into build/kvmbox/kvmbox and execs it. Its own statuses: 125 it
+// could not run CMD, 124 --timeout expired, 123 the sandbox guest itself
+// went down while CMD ran (CMD's result unknown).
 //
 // If /dev/kvm is usable, CMD runs directly (--nested overrides that).
 // Otherwise kvmbox boots Debian's kernel under QEMU's TCG emulator with an
@@ -56,8 +58,12 @@ import (
 
 // Exit statuses of kvmbox itself, as opposed to CMD's.
 const (
-	exitSetup   = 125 // kvmbox could not run CMD
-	exitTimeout = 124 // --timeout expired
+	exitSetup = 125 // kvmbox could not run CMD
+	// exitGuestDied: the sandbox guest itself went down while CMD ran.
+	// Seen rarely under QEMU TCG with nested SVM; CMD's own result is
+	// unknown, so a caller may rerun it.
+	exitGuestDied = 123
+	exitTimeout   = 124 // --timeout expired
 )
 
 type options struct {
