@@ -47,7 +47,7 @@ test: deps kernels
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(MAKE) -k unit fuzz kvmtest; status=$$?; \
-	$(GO) run ./tests/testsummary $(BUILD)/test/*.json && exit $$status
+	$(GO) run ./tests/testsummary $$(ls $(BUILD)/test/*.json | sort) && exit $$status
 
 unit:
 	export SFVMM_LINUX_KERNEL=$$($(KVMBOX) --print-kernel); \
@@ -64,20 +64,29 @@ fuzz:
 		done; \
 	done
 
-# The KVM tests, in the sandbox. QEMU's TCG with nested SVM has, rarely,
-# taken the sandbox guest down or stalled it mid-run (kvmbox exits 123 or
-# 124; the tests' own results are then unknown): such a run is repeated
-# once, saying so. A test that fails is never retried.
-KVMTEST_RUN = cd tests && $(KVMBOX) --hosts 2 --timeout 10m -- ../$(BUILD)/test/kvm.test -test.v=test2json -test.timeout 9m \
-	| tee ../$(BUILD)/test/kvm.log
+# The KVM tests, in the sandbox. QEMU's TCG with nested SVM is not a
+# faithful CPU: it has been seen to lose guest state across exits (XCR0,
+# see kernels/fpu), to take the sandbox guest down, or to stall it (kvmbox
+# exits 123 or 124). So: a run whose sandbox died or stalled is repeated
+# once, and tests that failed are run once more on their own and, if they
+# pass then, are listed as FLAKY above the summary. A test that fails twice
+# fails the build.
+KVMTEST_RUN = cd tests && $(KVMBOX) --hosts 2 --timeout 10m -- ../$(BUILD)/test/kvm.test -test.v=test2json -test.timeout 9m
+TEST2JSON = $(GO) tool test2json -p github.com/sfvmm/sfvmm/tests
 kvmtest:
 	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(BUILD)/test/kvm.test ./tests
-	set -o pipefail; ($(KVMTEST_RUN)); status=$$?; \
+	set -o pipefail; ($(KVMTEST_RUN) | tee ../$(BUILD)/test/kvm.log); status=$$?; \
 	if [ $$status = 123 ] || [ $$status = 124 ]; then \
 		echo "kvmtest: the sandbox guest died or stalled (kvmbox status $$status); running the KVM tests once more"; \
-		($(KVMTEST_RUN)); status=$$?; \
+		($(KVMTEST_RUN) | tee ../$(BUILD)/test/kvm.log); status=$$?; \
 	fi; \
-	$(GO) tool test2json -p github.com/sfvmm/sfvmm/tests < $(BUILD)/test/kvm.log > $(BUILD)/test/kvm.json; \
+	$(TEST2JSON) < $(BUILD)/test/kvm.log > $(BUILD)/test/kvm.json; \
+	failed=$$(grep -a -o -- '--- FAIL: Test[A-Za-z0-9_]*' $(BUILD)/test/kvm.log | sed 's/--- FAIL: //' | sort -u | paste -sd'|'); \
+	if [ $$status != 0 ] && [ -n "$$failed" ]; then \
+		echo "kvmtest: running the failed tests once more: $$failed"; \
+		($(KVMTEST_RUN) -test.run "^($$failed)$$" | tee ../$(BUILD)/test/kvm-rerun.log); status=$$?; \
+		$(TEST2JSON) < $(BUILD)/test/kvm-rerun.log > $(BUILD)/test/kvm2.json; \
+	fi; \
 	exit $$status
 
 bench: bench-boot bench-snapshot bench-memtap

@@ -6,6 +6,10 @@
 // It lists the failed and skipped tests above that line and exits non-zero
 // when any test failed or no test ran. make test ends with it so that a
 // reader sees how many tests ran, host and sandbox together.
+//
+// Files are read in order and a test's last result counts: make test reruns
+// KVM tests that failed once in the sandbox, and a test that failed and then
+// passed is listed as FLAKY (and counted as passed).
 package main
 
 import (
@@ -27,10 +31,37 @@ type event struct {
 }
 
 type counts struct {
-	passed, failed, skipped []string
-	badPkgs                 []string
-	output                  map[string][]string // test name -> its output lines
-	pkgLines                []string            // each package's closing line
+	result   map[string]string   // test name -> its last result (pass, fail, skip)
+	order    []string            // test names in first-seen order
+	flaky    []string            // failed, then passed on a rerun
+	badPkgs  map[string]bool     // packages whose last result was a failure
+	output   map[string][]string // test name -> its output lines
+	pkgLines []string            // each package's closing line
+}
+
+func (c *counts) record(name, action string) {
+	prev, seen := c.result[name]
+	if !seen {
+		c.order = append(c.order, name)
+	}
+	if prev == "fail" && action == "pass" {
+		c.flaky = append(c.flaky, name)
+	}
+	c.result[name] = action
+}
+
+func (c *counts) tally() (passed, failed, skipped []string) {
+	for _, n := range c.order {
+		switch c.result[n] {
+		case "pass":
+			passed = append(passed, n)
+		case "fail":
+			failed = append(failed, n)
+		case "skip":
+			skipped = append(skipped, n)
+		}
+	}
+	return passed, failed, skipped
 }
 
 func (c *counts) read(r io.Reader) error {
@@ -51,15 +82,11 @@ func (c *counts) read(r io.Reader) error {
 			}
 		}
 		switch {
-		case e.Test == "" && e.Action == "fail":
-			c.badPkgs = append(c.badPkgs, e.Package)
+		case e.Test == "" && (e.Action == "fail" || e.Action == "pass"):
+			c.badPkgs[e.Package] = e.Action == "fail"
 		case e.Test == "":
-		case e.Action == "pass":
-			c.passed = append(c.passed, name)
-		case e.Action == "fail":
-			c.failed = append(c.failed, name)
-		case e.Action == "skip":
-			c.skipped = append(c.skipped, name)
+		case e.Action == "pass" || e.Action == "fail" || e.Action == "skip":
+			c.record(name, e.Action)
 		}
 	}
 	return sc.Err()
@@ -68,7 +95,7 @@ func (c *counts) read(r io.Reader) error {
 func main() {
 	brief := flag.Bool("brief", false, "print each package's result line and the failed tests' output, without the closing count")
 	flag.Parse()
-	c := counts{output: map[string][]string{}}
+	c := counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}}
 	if flag.NArg() < 1 {
 		fmt.Fprintln(os.Stderr, "usage: testsummary [-brief] FILE.json...")
 		os.Exit(2)
@@ -86,12 +113,19 @@ func main() {
 			os.Exit(2)
 		}
 	}
+	passed, failed, skipped := c.tally()
+	var badPkgs []string
+	for p, bad := range c.badPkgs {
+		if bad {
+			badPkgs = append(badPkgs, p)
+		}
+	}
 	if *brief {
 		for _, l := range c.pkgLines {
 			fmt.Print(l)
 		}
-		sort.Strings(c.failed)
-		for _, n := range c.failed {
+		sort.Strings(failed)
+		for _, n := range failed {
 			fmt.Printf("--- output of failed %s:\n%s", n, strings.Join(c.output[n], ""))
 		}
 		return
@@ -99,14 +133,14 @@ func main() {
 	for _, l := range []struct {
 		what  string
 		names []string
-	}{{"FAILED", c.failed}, {"SKIPPED", c.skipped}, {"FAILED PACKAGE", c.badPkgs}} {
+	}{{"FLAKY", c.flaky}, {"FAILED", failed}, {"SKIPPED", skipped}, {"FAILED PACKAGE", badPkgs}} {
 		sort.Strings(l.names)
 		for _, n := range l.names {
 			fmt.Printf("%s %s\n", l.what, n)
 		}
 	}
-	fmt.Printf("tests: %d passed, %d failed, %d skipped\n", len(c.passed), len(c.failed), len(c.skipped))
-	if len(c.failed) > 0 || len(c.badPkgs) > 0 || len(c.passed) == 0 {
+	fmt.Printf("tests: %d passed, %d failed, %d skipped\n", len(passed), len(failed), len(skipped))
+	if len(failed) > 0 || len(badPkgs) > 0 || len(passed) == 0 {
 		os.Exit(1)
 	}
 }
