@@ -213,7 +213,7 @@ func receiveFiles(ln net.Listener, dst string) error {
 func TestRestoreOnOtherHost(t *testing.T) {
 	hosts, addrs := sandboxHosts(t)
 	dir, before := snapshotAfter(t, vmtest.Options{
-		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=300 period=100000", Memory: 32 << 20,
+		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=300 delay=0", Memory: 32 << 20,
 	}, "count 100\r\n")
 	copied := filepath.Join(t.TempDir(), "copied")
 	sendDir(t, dir, copied, hosts[0], hosts[1], addrs[1])
@@ -231,7 +231,7 @@ func TestRestoreOnOtherHost(t *testing.T) {
 // no guest output.
 func TestRestoreRefusesBadSnapshots(t *testing.T) {
 	good, _ := snapshotAfter(t, vmtest.Options{
-		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=100000", Memory: 32 << 20,
+		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=100000 delay=1000", Memory: 32 << 20,
 	}, "count 10\r\n")
 	desc, err := os.ReadFile(filepath.Join(good, "descriptor"))
 	if err != nil {

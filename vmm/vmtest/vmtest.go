@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -169,7 +170,11 @@ func (r *Running) WaitFor(t testing.TB, want string) {
 		}
 	}()
 	if !r.serial.waitFor(ctx, want) {
-		t.Fatalf("%s: %q never appeared (guest ended: %v)\nserial output:\n%s", r.name, want, r.ended(), r.Serial())
+		how := "still running"
+		if r.ended() {
+			how = fmt.Sprintf("ended: %v (run error: %v)", r.exit, r.err)
+		}
+		t.Fatalf("%s: %q never appeared; guest %s\nserial output:\n%s", r.name, want, how, r.Serial())
 	}
 }
 
