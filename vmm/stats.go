@@ -15,19 +15,15 @@ import (
 // ResidentGuestBytes counts the guest RAM pages present in host memory:
 // the memory the guest (or the loader) has touched.
 func (m *VM) ResidentGuestBytes() (uint64, error) {
-	var total uint64
-	for _, r := range m.mem.Regions() {
-		vec := make([]byte, (r.Size+memory.PageSize-1)/memory.PageSize)
-		if err := mincore(r.Host, vec); err != nil {
-			return 0, fmt.Errorf("mincore guest RAM at %#x: %w", r.GPA, err)
-		}
-		for _, v := range vec {
-			if v&1 != 0 {
-				total += memory.PageSize
-			}
-		}
+	_, bitmaps, err := m.populated()
+	if err != nil {
+		return 0, err
 	}
-	return total, nil
+	var pages uint64
+	for _, bm := range bitmaps {
+		pages += bm.Count()
+	}
+	return pages * memory.PageSize, nil
 }
 
 func mincore(b []byte, vec []byte) error {

@@ -40,7 +40,7 @@ func runCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "sfvmm run: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "sfvmm: "+format+"\n", a...) }
+	logf := logTo("sfvmm: ")
 	mem, err := vmm.ParseSize(*memory)
 	if err != nil {
 		logf("error: --memory: %v", err)

@@ -149,15 +149,10 @@ func (f *elfFile) physEntry() uint64 {
 }
 
 // loadSegments copies each PT_LOAD segment of f to its physical address and
-// zeroes its bss, refusing segments outside RAM or over a reserved span. It
-// returns the end of the highest segment.
-func loadSegments(mem *memory.Memory, f *elfFile, b []byte, reserved []span) (uint64, error) {
-	return loadSegmentsFrom(mem, f, b, nil, reserved)
-}
-
-// loadSegmentsFrom is loadSegments reading segment bytes from file when it
-// is set (straight into guest RAM), else from b.
-func loadSegmentsFrom(mem *memory.Memory, f *elfFile, b []byte, file io.ReaderAt, reserved []span) (uint64, error) {
+// zeroes its bss, refusing segments outside RAM or over a reserved span;
+// the bytes come from file when it is set (straight into guest RAM), else
+// from b. It returns the end of the highest segment.
+func loadSegments(mem *memory.Memory, f *elfFile, b []byte, file io.ReaderAt, reserved []span) (uint64, error) {
 	var end uint64
 	for _, s := range f.Loads {
 		dst, err := mem.Slice(s.Paddr, s.Memsz)
@@ -189,7 +184,7 @@ func loadELF64(mem *memory.Memory, p Params) (*Entry, error) {
 		{pml4Addr, pageTablesEnd - pml4Addr, "page tables"},
 		biosArea(),
 	}
-	if _, err := loadSegments(mem, f, p.Kernel, reserved); err != nil {
+	if _, err := loadSegments(mem, f, p.Kernel, nil, reserved); err != nil {
 		return nil, fmt.Errorf("elf64: %w", err)
 	}
 	entry := f.physEntry()

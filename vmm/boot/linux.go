@@ -245,7 +245,7 @@ func loadVmlinux(mem *memory.Memory, p Params) (*Entry, error) {
 		{cmdlineAddr, cmdlineMax, "command line"},
 		biosArea(),
 	}
-	end, err := loadSegmentsFrom(mem, f, p.Kernel, p.KernelFile, reserved)
+	end, err := loadSegments(mem, f, p.Kernel, p.KernelFile, reserved)
 	if err != nil {
 		return nil, fmt.Errorf("vmlinux: %w", err)
 	}

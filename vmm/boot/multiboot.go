@@ -143,7 +143,7 @@ func loadAout(mem *memory.Memory, b []byte, h mbHeader, reserved []span) (end, e
 		return 0, 0, errors.New("a.out kludge loads nothing")
 	}
 	f := &elfFile{Loads: []elfSegment{{Off: off, Paddr: uint64(h.LoadAddr), Filesz: size, Memsz: memsz}}}
-	end, err = loadSegments(mem, f, b, reserved)
+	end, err = loadSegments(mem, f, b, nil, reserved)
 	return end, uint64(h.EntryAddr), err
 }
 
@@ -165,7 +165,7 @@ func loadMultibootELF(mem *memory.Memory, b []byte, reserved []span) (end, entry
 	if f.Machine != emI386 {
 		return 0, 0, fmt.Errorf("ELF machine %d is not i386 (%d)", f.Machine, emI386)
 	}
-	end, err = loadSegments(mem, f, b, reserved)
+	end, err = loadSegments(mem, f, b, nil, reserved)
 	return end, f.physEntry(), err
 }
 
