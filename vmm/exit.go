@@ -16,6 +16,7 @@ const (
 	ExitTripleFault                       // the guest triple-faulted
 	ExitStopped                           // stopped from the host (signal, API)
 	ExitError                             // the VMM failed; Exit.Err says why
+	ExitCloneExit                         // a clone called sf_exit; Exit.Code is its status
 )
 
 func (r ExitReason) String() string {
@@ -32,6 +33,8 @@ func (r ExitReason) String() string {
 		return "stopped"
 	case ExitError:
 		return "error"
+	case ExitCloneExit:
+		return "sf_exit"
 	}
 	return fmt.Sprintf("ExitReason(%d)", int(r))
 }
@@ -39,7 +42,7 @@ func (r ExitReason) String() string {
 // Exit is how a machine ended.
 type Exit struct {
 	Reason ExitReason
-	Code   int    // the debug-exit code, for ExitDebug
+	Code   int    // the debug-exit code, for ExitDebug; the sf_exit status, for ExitCloneExit
 	Detail string // what the VMM saw (registers at a triple fault, ...)
 	Err    error  // for ExitError, and the cause of ExitStopped if any
 }
@@ -56,7 +59,7 @@ const (
 // StatusError.
 func (e Exit) Status() int {
 	switch e.Reason {
-	case ExitDebug:
+	case ExitDebug, ExitCloneExit:
 		return e.Code
 	case ExitPowerOff, ExitReset, ExitStopped:
 		return 0
@@ -68,8 +71,11 @@ func (e Exit) Status() int {
 
 func (e Exit) String() string {
 	s := e.Reason.String()
-	if e.Reason == ExitDebug {
+	switch e.Reason {
+	case ExitDebug:
 		s += fmt.Sprintf(" code %d", e.Code)
+	case ExitCloneExit:
+		s += fmt.Sprintf(" status %d", e.Code)
 	}
 	if e.Detail != "" {
 		s += ": " + e.Detail

@@ -14,6 +14,7 @@ import (
 type RestoreConfig struct {
 	Console io.Writer
 	Logf    func(format string, args ...any)
+	Fork    *ForkConfig // enables fork in the restored machine
 }
 
 // Restore rebuilds a machine from saved state. fill loads guest memory into
@@ -27,7 +28,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) error, rc RestoreConfig)
 	m := newVM(Config{
 		KernelPath: s.Config.Kernel, Cmdline: s.Config.Cmdline,
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,
-		Console: rc.Console, Logf: rc.Logf,
+		Console: rc.Console, Logf: rc.Logf, Fork: rc.Fork,
 	})
 	defer func() {
 		if err != nil {

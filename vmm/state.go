@@ -9,6 +9,7 @@ import (
 
 	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
 	"github.com/sfvmm/sfvmm/vmm/devices/debugexit"
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
 	"github.com/sfvmm/sfvmm/vmm/devices/fwcfg"
 	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
 	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
@@ -23,6 +24,8 @@ type MachineState struct {
 	VCPUs   []VCPUState
 	VM      VMState
 	Devices DeviceStates
+	// Fork is set in a fork descriptor: what its clones need.
+	Fork ForkInfo
 }
 
 // MachineConfig is the configuration a restored machine is rebuilt with.
@@ -64,6 +67,7 @@ type DeviceStates struct {
 	RTC       rtc.State
 	FwCfg     fwcfg.State
 	ACPIPM    acpipm.State
+	Fork      forkdev.State
 }
 
 // SaveState pauses the machine (if it is not already) and captures its
@@ -248,6 +252,9 @@ func (m *VM) saveDevices() (s DeviceStates, err error) {
 	if s.ACPIPM, err = d.acpipm.Save(); err != nil {
 		return s, fmt.Errorf("acpi pm: %w", err)
 	}
+	if s.Fork, err = d.fork.Save(); err != nil {
+		return s, fmt.Errorf("fork device: %w", err)
+	}
 	return s, nil
 }
 
@@ -263,6 +270,7 @@ func (m *VM) restoreDevices(s DeviceStates) error {
 		{"rtc", d.rtc.Restore(s.RTC)},
 		{"fw_cfg", d.fwcfg.Restore(s.FwCfg)},
 		{"acpi pm", d.acpipm.Restore(s.ACPIPM)},
+		{"fork device", d.fork.Restore(s.Fork)},
 	} {
 		if r.err != nil {
 			return fmt.Errorf("restore %s: %w", r.name, r.err)

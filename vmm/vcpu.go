@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sfvmm/sfvmm/vmm/boot"
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 )
 
@@ -132,6 +133,14 @@ func (c *vcpu) run(m *VM) error {
 			if !ok {
 				return fmt.Errorf("port I/O exit with a data window outside kvm_run (port %#x)", port)
 			}
+			if port == forkdev.Port {
+				// The fork device reads the caller's registers, so it
+				// is called here rather than through the bus.
+				if err := m.devs.fork.PortIO(c.ID, dir == kvm.IOIn, data[:int(size)*int(count)], c.forkRegs); err != nil {
+					return err
+				}
+				continue
+			}
 			for i := 0; i < int(count); i++ {
 				b := data[i*int(size) : (i+1)*int(size)]
 				if dir == kvm.IOOut {
@@ -169,6 +178,12 @@ func (c *vcpu) run(m *VM) error {
 			return fmt.Errorf("%s (exit reason %d)", c.describe("unexpected KVM exit"), r)
 		}
 	}
+}
+
+// forkRegs reads the registers a fork call passes its arguments in.
+func (c *vcpu) forkRegs() (forkdev.Regs, error) {
+	r, err := c.GetRegs()
+	return forkdev.Regs{EAX: uint32(r.RAX), EBX: uint32(r.RBX), ECX: uint32(r.RCX)}, err
 }
 
 // describe names what happened with the vCPU's instruction pointer and mode,

@@ -18,10 +18,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sfvmm/sfvmm/memtap"
 	"github.com/sfvmm/sfvmm/vmm/boot"
 	"github.com/sfvmm/sfvmm/vmm/bus"
 	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
 	"github.com/sfvmm/sfvmm/vmm/devices/debugexit"
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
 	"github.com/sfvmm/sfvmm/vmm/devices/fwcfg"
 	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
 	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
@@ -43,6 +45,9 @@ type Config struct {
 	Console io.Writer
 	// Logf receives the VMM's diagnostics; nil discards them.
 	Logf func(format string, args ...any)
+	// Fork enables VM fork; nil answers the guest's fork calls with
+	// SF_ENOFORK.
+	Fork *ForkConfig
 }
 
 // Well-known legacy I/O ports and ISA interrupt lines.
@@ -85,6 +90,9 @@ type VM struct {
 
 	devs devices
 
+	fork   *forker        // nil when fork is disabled
+	memtap *memtap.Client // a clone's memory source; nil otherwise
+
 	// mu guards the run state below; cond signals its changes to parked
 	// vCPUs and to Pause waiting for them.
 	mu      sync.Mutex
@@ -107,6 +115,7 @@ type devices struct {
 	rtc       *rtc.RTC
 	fwcfg     *fwcfg.FwCfg
 	acpipm    *acpipm.Device
+	fork      *forkdev.Device
 }
 
 // New validates cfg, loads the kernel into fresh guest memory and creates
@@ -141,6 +150,9 @@ func New(cfg Config) (_ *VM, err error) {
 
 func newVM(cfg Config) *VM {
 	m := &VM{cfg: cfg, logf: cfg.Logf, done: make(chan struct{})}
+	if cfg.Fork != nil {
+		m.fork = newForker(*cfg.Fork)
+	}
 	m.cond = sync.NewCond(&m.mu)
 	if m.logf == nil {
 		m.logf = func(string, ...any) {}
@@ -300,6 +312,11 @@ func (m *VM) addDevices() error {
 	d.rtc = rtc.New(time.Now, m.mem.Size())
 	d.fwcfg = fwcfg.New(fwcfg.Config{CPUs: m.cfg.CPUs, RAMSize: m.mem.Size(), Cmdline: m.cfg.Cmdline})
 	d.acpipm = acpipm.New(func() { m.stop(Exit{Reason: ExitPowerOff}) })
+	var host forkdev.Host
+	if m.fork != nil {
+		host = forkHost{m}
+	}
+	d.fork = forkdev.New(host, 0)
 	for _, d := range []struct {
 		port, size uint64
 		dev        bus.Device
@@ -357,10 +374,22 @@ func (m *VM) Run(ctx context.Context) (Exit, error) {
 			}
 		}()
 	}
+	var lost <-chan struct{}
+	if m.memtap != nil {
+		lost = m.memtap.Done()
+	}
 	select {
 	case <-m.done:
 	case <-ctx.Done():
 		m.stop(Exit{Reason: ExitStopped, Err: context.Cause(ctx)})
+	case <-lost:
+		// vCPUs blocked on pages that will never come are woken by
+		// the fence (KVM_RUN fails with EFAULT) and then see the stop.
+		err := fmt.Errorf("guest memory lost: %w", m.memtap.Err())
+		if ferr := m.memtap.Fence(); ferr != nil {
+			err = fmt.Errorf("%w (and fencing guest RAM failed: %v)", err, ferr)
+		}
+		m.stop(Exit{Reason: ExitError, Err: err})
 	}
 	wg.Wait()
 	if m.exit.Reason == ExitError {
@@ -499,6 +528,9 @@ func (m *VM) stopping() bool {
 // Close releases the machine. It must not be called while Run is running.
 func (m *VM) Close() error {
 	var errs []error
+	if m.fork != nil {
+		errs = append(errs, m.fork.close())
+	}
 	for _, c := range m.vcpus {
 		errs = append(errs, c.Close())
 	}
@@ -507,6 +539,9 @@ func (m *VM) Close() error {
 	}
 	if m.sys != nil {
 		errs = append(errs, m.sys.Close())
+	}
+	if m.memtap != nil {
+		errs = append(errs, m.memtap.Close())
 	}
 	if m.mem != nil {
 		errs = append(errs, m.mem.Close())

@@ -216,6 +216,9 @@ func (s *Server) call(q request, fds ...int) error {
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats { return s.c.Load().stats() }
 
+// PID is the helper's process ID.
+func (s *Server) PID() int { return s.proc.PID() }
+
 // Done is closed when the helper has gone (after Close, or if it died).
 // The parent is unaffected; its children lose their server.
 func (s *Server) Done() <-chan struct{} { return s.dead }

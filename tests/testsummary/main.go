@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 )
@@ -92,6 +93,41 @@ func (c *counts) read(r io.Reader) error {
 	return sc.Err()
 }
 
+// excerpt is what a reader of a CI log's tail needs of a failed test: its
+// failure messages (the first line of each) and the last lines of its
+// output, which for a guest are the end of its serial console.
+func excerpt(name string, out []string) string {
+	const tail = 8
+	var b strings.Builder
+	fmt.Fprintf(&b, "=== why %s failed:\n", name)
+	for _, l := range out {
+		if failureLine.MatchString(l) && !strings.Contains(l, "bus.go:") {
+			b.WriteString(clip(l))
+		}
+	}
+	if len(out) > tail {
+		b.WriteString("    ... its last lines:\n")
+		out = out[len(out)-tail:]
+	}
+	for _, l := range out {
+		b.WriteString(clip(l))
+	}
+	return b.String()
+}
+
+// failureLine matches the line testing prints for t.Error and t.Fatal, and
+// a panic.
+var failureLine = regexp.MustCompile(`^\s+\w+\.go:\d+: |^panic: |^fatal error: `)
+
+// clip shortens a line to what fits a terminal.
+func clip(l string) string {
+	l = strings.TrimRight(l, "\n")
+	if len(l) > 200 {
+		l = l[:200] + "..."
+	}
+	return l + "\n"
+}
+
 func main() {
 	brief := flag.Bool("brief", false, "print each package's result line and the failed tests' output, without the closing count")
 	flag.Parse()
@@ -129,6 +165,14 @@ func main() {
 			fmt.Printf("--- output of failed %s:\n%s", n, strings.Join(c.output[n], ""))
 		}
 		return
+	}
+	sort.Strings(failed)
+	for i, n := range failed {
+		// A test whose subtest failed says no more than the subtest.
+		if i+1 < len(failed) && strings.HasPrefix(failed[i+1], n+"/") {
+			continue
+		}
+		fmt.Print(excerpt(n, c.output[n]))
 	}
 	for _, l := range []struct {
 		what  string

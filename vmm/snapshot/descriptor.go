@@ -13,7 +13,7 @@ import (
 // type the VMM puts in it. Bump it when any of them changes: the codec has
 // no field names, so an old descriptor decoded into a changed type would be
 // misread rather than refused.
-const Version = 1
+const Version = 2
 
 // PageSize is the unit of the page bitmaps and of the memory file layout.
 const PageSize = 4096

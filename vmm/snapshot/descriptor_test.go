@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"reflect"
 	"runtime"
 	"strings"
@@ -310,12 +311,12 @@ func reseal(payload []byte, v uint32) []byte {
 
 func TestUnknownVersion(t *testing.T) {
 	b := smallDescriptor(t)
-	c := reseal(b[prefixLen:len(b)-sumLen], 2)
+	c := reseal(b[prefixLen:len(b)-sumLen], Version+1)
 	_, err := Decode(c, &smallState{})
 	if !errors.Is(err, ErrVersion) {
 		t.Fatalf("Decode: %v, want ErrVersion", err)
 	}
-	if msg := err.Error(); !strings.Contains(msg, "version 2") || !strings.Contains(msg, "version 1") {
+	if msg := err.Error(); !strings.Contains(msg, fmt.Sprintf("version %d", Version+1)) || !strings.Contains(msg, fmt.Sprintf("version %d", Version)) {
 		t.Errorf("message %q does not name both versions", msg)
 	}
 	t.Log(err)

@@ -140,6 +140,9 @@ type Proc struct {
 	err    error         // the wait status; read after exited
 }
 
+// PID is the helper's process ID.
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
 // Spawn starts path (the VMM binary; os.Executable when empty) as a helper
 // in role, passing it files as descriptors 4, 5, ... after the control
 // socket on 3. The helper leaves by itself when the control socket closes,
