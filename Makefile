@@ -23,6 +23,7 @@ deps:
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v cpio >/dev/null || missing="$$missing cpio"; \
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing="$$missing libc6-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \

@@ -169,7 +169,7 @@ func (h forkHost) Clone(vcpu int, id uint32) (int32, forkdev.Errno) {
 func (h forkHost) CheckpointParent(vcpu int) (int32, forkdev.Errno) {
 	m := h.m
 	img, err := m.freeze(context.Background(), m.vcpus[vcpu], forkdev.CallCheckpointParent, true)
-	if errors.Is(err, errBusy) {
+	if errors.Is(err, ErrForkBusy) {
 		return 0, forkdev.EBUSY
 	}
 	if err != nil {
@@ -193,11 +193,6 @@ func (h forkHost) CreateClones(checkpoint, id uint32) forkdev.Errno {
 		return err
 	}
 	f.launch(h.m, img, t)
-	return 0
-}
-
-func (h forkHost) Exit(status uint32) forkdev.Errno {
-	h.m.stop(Exit{Reason: ExitCloneExit, Code: int(status & 0xff)})
 	return 0
 }
 
@@ -260,7 +255,12 @@ func (f *forker) untakeTicket(t *ticket) {
 	f.mu.Unlock()
 }
 
-var errBusy = errors.New("a frozen image is still in use by live clones")
+// ErrForkBusy: a fork while the last one's image still serves live clones
+// (one image is frozen at a time).
+var ErrForkBusy = errors.New("a frozen image is still in use by live clones")
+
+// ErrForkDisabled: a fork operation on a machine started without fork.
+var ErrForkDisabled = errors.New("this machine has fork disabled")
 
 // freeze pauses the parent, captures its state, freezes guest memory for
 // the memory server and resumes the parent. caller is the vCPU whose port
@@ -277,7 +277,7 @@ func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (
 	}
 	if f.freezing || (f.image != nil && f.image.live > 0) {
 		f.mu.Unlock()
-		return nil, errBusy
+		return nil, ErrForkBusy
 	}
 	f.freezing = true
 	old := f.image
@@ -594,7 +594,7 @@ func (f *forker) close() error {
 // state is captured; it is not told.
 func (m *VM) Fork(ctx context.Context, n int) (ForkResult, error) {
 	if m.fork == nil {
-		return ForkResult{}, errors.New("fork: this machine has fork disabled")
+		return ForkResult{}, fmt.Errorf("fork: %w", ErrForkDisabled)
 	}
 	if m.devs.fork.ID() != 0 {
 		return ForkResult{}, errors.New("fork: a clone cannot fork")
@@ -632,7 +632,7 @@ func (f *forker) free() int {
 // It returns how many did not end with sf_exit(0).
 func (m *VM) Join(ctx context.Context, ticket uint32) (int, error) {
 	if m.fork == nil {
-		return 0, errors.New("join: this machine has fork disabled")
+		return 0, fmt.Errorf("join: %w", ErrForkDisabled)
 	}
 	for {
 		n, err := m.fork.join(ticket, 100*time.Millisecond)
@@ -652,7 +652,7 @@ func (m *VM) Join(ctx context.Context, ticket uint32) (int, error) {
 // Kill ends the clones of a ticket from the host, as sf_kill does.
 func (m *VM) Kill(ticket uint32) error {
 	if m.fork == nil {
-		return errors.New("kill: this machine has fork disabled")
+		return fmt.Errorf("kill: %w", ErrForkDisabled)
 	}
 	if err := m.fork.kill(ticket); err != 0 {
 		return fmt.Errorf("kill ticket %d: %w", ticket, err)

@@ -316,7 +316,9 @@ func (m *VM) addDevices() error {
 	if m.fork != nil {
 		host = forkHost{m}
 	}
-	d.fork = forkdev.New(host, 0)
+	d.fork = forkdev.New(host, func(status uint32) {
+		m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))})
+	})
 	for _, d := range []struct {
 		port, size uint64
 		dev        bus.Device

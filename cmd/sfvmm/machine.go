@@ -8,14 +8,22 @@ import (
 
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/api"
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
 )
 
 // machine serves a VM through the control API.
-type machine struct{ vm *vmm.VM }
+type machine struct {
+	vm      *vmm.VM
+	apiSock string // where it is served, from which clones' sockets derive
+}
 
+// conflict gives err the API error class that fits it.
 func conflict(err error) error {
-	if errors.Is(err, vmm.ErrStopped) {
+	switch {
+	case errors.Is(err, vmm.ErrStopped), errors.Is(err, vmm.ErrForkBusy):
 		return fmt.Errorf("%w: %v", api.ErrConflict, err)
+	case errors.Is(err, forkdev.ENOTICKET), errors.Is(err, vmm.ErrForkDisabled):
+		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
 	return err
 }
@@ -36,8 +44,17 @@ func (m machine) Snapshot(ctx context.Context, req api.SnapshotRequest) (api.Sna
 
 func (m machine) Status() api.Status {
 	c := m.vm.Config()
-	return api.Status{
+	st := api.Status{
 		State: m.vm.RunState(), CPUs: c.CPUs, MemBytes: c.MemBytes, Kernel: c.KernelPath,
 		UptimeNanos: m.vm.Uptime().Nanoseconds(), PID: os.Getpid(),
+		CloneID: m.vm.CloneID(), MemoryServerPID: m.vm.MemoryServerPID(),
 	}
+	if s, ok := m.vm.MemtapStats(); ok {
+		st.Memtap = &api.MemtapStats{
+			Faults: s.Faults, PagesFetched: s.PagesFetched, PagesZeroFilled: s.PagesZeroFilled,
+			PagesPrefetched: s.PagesPrefetched, Requests: s.Requests, BytesReceived: s.BytesReceived,
+			FaultLatencyMicros: s.FaultLatency[:],
+		}
+	}
+	return st
 }

@@ -1,10 +1,13 @@
-// Command sfvmm is the one sfvmm binary: `sfvmm run` boots a guest; later
-// subcommands snapshot, restore and fork it.
+// Command sfvmm is the one sfvmm binary: `sfvmm run` boots a guest; other
+// subcommands snapshot, restore and fork it. The binary is also memtap's
+// helper processes (the clones' fault handlers, the parent's memory server).
 package main
 
 import (
 	"fmt"
 	"os"
+
+	"github.com/sfvmm/sfvmm/memtap"
 )
 
 const usage = `usage: sfvmm COMMAND [FLAGS]
@@ -14,11 +17,14 @@ commands:
   snapshot  snapshot a running sfvmm through its control socket
   restore   continue a guest from a snapshot directory
   describe  print a snapshot's descriptor (--json for all of it)
+  fork      fork a running sfvmm into clones through its control socket
+  clone     run one clone of a fork (started by the forking sfvmm)
 
 Run 'sfvmm COMMAND --help' for a command's flags.
 `
 
 func main() {
+	memtap.Main() // runs memtap's helper processes, which are this binary
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -30,6 +36,10 @@ func main() {
 		os.Exit(snapshotCmd(os.Args[2:]))
 	case "restore":
 		os.Exit(restoreCmd(os.Args[2:]))
+	case "fork":
+		os.Exit(forkCmd(os.Args[2:]))
+	case "clone":
+		os.Exit(cloneCmd(os.Args[2:]))
 	case "describe":
 		os.Exit(describeCmd(os.Args[2:]))
 	case "-h", "--help", "help":

@@ -30,6 +30,7 @@ func runCmd(args []string) int {
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	stats := fs.Bool("stats", false, "print memory statistics at exit (peak RSS, guest RAM touched)")
 	apiSock := fs.String("api-sock", "", "serve the control API (HTTP/JSON) on this Unix socket")
+	ff := addForkFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -46,6 +47,11 @@ func runCmd(args []string) int {
 		logf("error: --memory: %v", err)
 		return vmm.StatusError
 	}
+	fork, err := ff.config(*apiSock, *stats)
+	if err != nil {
+		logf("error: %v", err)
+		return vmm.StatusError
+	}
 	vm, err := vmm.New(vmm.Config{
 		KernelPath: *kernel,
 		InitrdPath: *initrd,
@@ -54,6 +60,7 @@ func runCmd(args []string) int {
 		MemBytes:   mem,
 		Console:    os.Stdout,
 		Logf:       logf,
+		Fork:       fork,
 	})
 	if err != nil {
 		logf("error: %v", err)
@@ -94,7 +101,7 @@ func runVM(vm *vmm.VM, o runOptions, logf func(string, ...any)) int {
 		}
 	}
 	if o.apiSock != "" {
-		srv, err := api.Serve(ctx, o.apiSock, machine{vm}, logf)
+		srv, err := api.Serve(ctx, o.apiSock, machine{vm: vm, apiSock: o.apiSock}, logf)
 		if err != nil {
 			logf("error: %v", err)
 			return vmm.StatusError

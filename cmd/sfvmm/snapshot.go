@@ -52,6 +52,7 @@ func restoreCmd(args []string) int {
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
 	paused := fs.Bool("paused", false, "restore paused; resume through the control API")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
+	ff := addForkFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
@@ -64,8 +65,13 @@ func restoreCmd(args []string) int {
 		logf("error: --paused needs --api-sock to resume the guest")
 		return 2
 	}
+	fork, err := ff.config(*apiSock, false)
+	if err != nil {
+		logf("error: %v", err)
+		return vmm.StatusError
+	}
 	start := time.Now()
-	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: os.Stdout, Logf: logf})
+	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: os.Stdout, Logf: logf, Fork: fork})
 	if err != nil {
 		logf("error: restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError

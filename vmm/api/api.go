@@ -38,6 +38,12 @@ type Machine interface {
 	Snapshot(ctx context.Context, req SnapshotRequest) (SnapshotInfo, error)
 	// Status reports the machine's state.
 	Status() Status
+	// Fork forks the running machine into req.Clones clones.
+	Fork(ctx context.Context, req ForkRequest) (ForkInfo, error)
+	// Join waits for the clones of a ticket to end.
+	Join(ctx context.Context, req TicketRequest) (JoinInfo, error)
+	// Kill ends the clones of a ticket.
+	Kill(ctx context.Context, req TicketRequest) error
 }
 
 // Errors a Machine wraps to choose the HTTP status of a failure. On the
@@ -71,6 +77,68 @@ type Status struct {
 	// Exit says why the guest stopped (exit code, shutdown, error); empty
 	// while it runs.
 	Exit string `json:"exit,omitempty"`
+	// CloneID is the machine's clone ID; 0 for a machine that is not a
+	// clone.
+	CloneID uint32 `json:"clone_id"`
+	// Memtap is a clone's memory statistics.
+	Memtap *MemtapStats `json:"memtap,omitempty"`
+	// MemoryServerPID is the process ID of a parent's memory server, once
+	// it has forked.
+	MemoryServerPID int `json:"memory_server_pid,omitempty"`
+}
+
+// MemtapStats are a clone's memory counters (see package memtap).
+type MemtapStats struct {
+	Faults          uint64 `json:"faults"`
+	PagesFetched    uint64 `json:"pages_fetched"`
+	PagesZeroFilled uint64 `json:"pages_zero_filled"`
+	PagesPrefetched uint64 `json:"pages_prefetched"`
+	Requests        uint64 `json:"requests"`
+	BytesReceived   uint64 `json:"bytes_received"`
+	// FaultLatencyMicros[i] counts faults served in [2^(i-1), 2^i) µs.
+	FaultLatencyMicros []uint64 `json:"fault_latency_histogram_us"`
+}
+
+// ForkRequest is the body of PUT /fork.
+type ForkRequest struct {
+	Clones int `json:"clones"`
+}
+
+func (r *ForkRequest) validate() error {
+	if r.Clones < 1 {
+		return fmt.Errorf("clones must be at least 1, not %d", r.Clones)
+	}
+	return nil
+}
+
+// ForkInfo is the answer to PUT /fork.
+type ForkInfo struct {
+	Ticket uint32   `json:"ticket"`
+	Clones []uint32 `json:"clones"`
+	// APISockets are the clones' control sockets, in the order of Clones
+	// (empty when the parent serves no API).
+	APISockets []string `json:"api_sockets,omitempty"`
+	Descriptor string   `json:"descriptor"`
+	// PausedNanos is how long the parent was paused for the fork.
+	PausedNanos int64 `json:"paused_nanos"`
+}
+
+// TicketRequest is the body of PUT /join and PUT /kill.
+type TicketRequest struct {
+	Ticket uint32 `json:"ticket"`
+}
+
+func (r *TicketRequest) validate() error {
+	if r.Ticket == 0 {
+		return errors.New("ticket is required")
+	}
+	return nil
+}
+
+// JoinInfo is the answer to PUT /join.
+type JoinInfo struct {
+	// Failed counts the clones that did not end with sf_exit(0).
+	Failed int `json:"failed"`
 }
 
 // SnapshotRequest is the body of PUT /snapshot.
@@ -134,4 +202,7 @@ var (
 	epPause    = endpoint{"pause", http.MethodPut, "/pause", 10 * time.Second}
 	epResume   = endpoint{"resume", http.MethodPut, "/resume", 10 * time.Second}
 	epSnapshot = endpoint{"snapshot", http.MethodPut, "/snapshot", 5 * time.Minute}
+	epFork     = endpoint{"fork", http.MethodPut, "/fork", time.Minute}
+	epJoin     = endpoint{"join", http.MethodPut, "/join", time.Hour}
+	epKill     = endpoint{"kill", http.MethodPut, "/kill", time.Minute}
 )

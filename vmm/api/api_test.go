@@ -56,6 +56,28 @@ func (f *fakeMachine) setState(s string) {
 	f.mu.Unlock()
 }
 
+func (f *fakeMachine) Fork(ctx context.Context, req ForkRequest) (ForkInfo, error) {
+	f.enter("fork")
+	defer f.leave()
+	info := ForkInfo{Ticket: 1}
+	for i := 1; i <= req.Clones; i++ {
+		info.Clones = append(info.Clones, uint32(i))
+	}
+	return info, nil
+}
+
+func (f *fakeMachine) Join(ctx context.Context, req TicketRequest) (JoinInfo, error) {
+	f.enter("join")
+	defer f.leave()
+	return JoinInfo{}, nil
+}
+
+func (f *fakeMachine) Kill(ctx context.Context, req TicketRequest) error {
+	f.enter("kill")
+	defer f.leave()
+	return nil
+}
+
 func (f *fakeMachine) Pause(ctx context.Context) error {
 	f.enter("pause")
 	defer f.leave()
@@ -758,5 +780,30 @@ func TestCloseDuringSlowSnapshot(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("client hung after server Close")
+	}
+}
+
+func TestForkJoinKill(t *testing.T) {
+	f := newFake()
+	_, c, _ := startServer(t, f, nil)
+	ctx := context.Background()
+	info, err := c.Fork(ctx, ForkRequest{Clones: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Ticket != 1 || len(info.Clones) != 3 {
+		t.Errorf("fork: %+v, want ticket 1 with 3 clones", info)
+	}
+	if _, err := c.Fork(ctx, ForkRequest{}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("fork of 0 clones: %v, want ErrInvalid", err)
+	}
+	if _, err := c.Join(ctx, 1); err != nil {
+		t.Errorf("join: %v", err)
+	}
+	if err := c.Kill(ctx, 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("kill of ticket 0: %v, want ErrInvalid", err)
+	}
+	if err := c.Kill(ctx, 1); err != nil {
+		t.Errorf("kill: %v", err)
 	}
 }

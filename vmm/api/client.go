@@ -82,6 +82,22 @@ func (c *Client) Snapshot(ctx context.Context, req SnapshotRequest) (SnapshotInf
 	return call[SnapshotInfo](ctx, c, epSnapshot, req)
 }
 
+// Fork forks the machine into req.Clones clones.
+func (c *Client) Fork(ctx context.Context, req ForkRequest) (ForkInfo, error) {
+	return call[ForkInfo](ctx, c, epFork, req)
+}
+
+// Join waits for the clones of a ticket to end.
+func (c *Client) Join(ctx context.Context, ticket uint32) (JoinInfo, error) {
+	return call[JoinInfo](ctx, c, epJoin, TicketRequest{Ticket: ticket})
+}
+
+// Kill ends the clones of a ticket.
+func (c *Client) Kill(ctx context.Context, ticket uint32) error {
+	_, err := call[noBody](ctx, c, epKill, TicketRequest{Ticket: ticket})
+	return err
+}
+
 // Error is the server's answer to a failed call.
 type Error struct {
 	Op         string // "snapshot", "pause", ...

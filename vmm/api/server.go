@@ -34,6 +34,11 @@ func routeTable() []route {
 		handle(epPause, true, func(m Machine, ctx context.Context, _ noBody) (noBody, error) { return noBody{}, m.Pause(ctx) }),
 		handle(epResume, true, func(m Machine, ctx context.Context, _ noBody) (noBody, error) { return noBody{}, m.Resume(ctx) }),
 		handle(epSnapshot, true, Machine.Snapshot),
+		handle(epFork, true, Machine.Fork),
+		handle(epJoin, false, Machine.Join),
+		handle(epKill, false, func(m Machine, ctx context.Context, req TicketRequest) (noBody, error) {
+			return noBody{}, m.Kill(ctx, req)
+		}),
 	}
 }
 

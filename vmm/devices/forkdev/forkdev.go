@@ -22,7 +22,7 @@
 //	2   sf_clone(ticket)        ticket    -        0 in the parent, the clone ID (1..m) in each clone
 //	3   sf_checkpoint_parent()  -         -        checkpoint C (> 0) in the parent, 0 in the clones created from it
 //	4   sf_create_clones(C, t)  C         ticket   0
-//	5   sf_exit(status)         status    -        does not return in a clone
+//	5   sf_exit(status)         status    -        does not return in a clone (the VM ends before its next instruction)
 //	6   sf_join(ticket)         ticket    -        number of clones that ended without sf_exit (killed, failed); SF_EAGAIN while some still run
 //	7   sf_kill(ticket)         ticket    -        0: every clone of the ticket has ended
 //	8   sf_ticket_slots(ticket) ticket    -        m, the slots the ticket grants
@@ -98,16 +98,14 @@ func (e Errno) Error() string {
 	return fmt.Sprintf("SF error %d", int32(e))
 }
 
-// Host does the calls a guest may make. The device has checked the role:
-// the methods marked parent are never called in a clone, Exit never in the
-// parent. vcpu is the calling vCPU's index. A method returns a result
-// (>= 0) or an error code.
+// Host does the parent's calls. The device has checked the role: they
+// are never called in a clone. vcpu is the calling vCPU's index. A method
+// returns a result (>= 0) or an error code.
 type Host interface {
 	RequestTicket(n uint32) (int32, Errno)                 // parent
 	Clone(vcpu int, ticket uint32) (int32, Errno)          // parent
 	CheckpointParent(vcpu int) (int32, Errno)              // parent
 	CreateClones(checkpoint, ticket uint32) Errno          // parent
-	Exit(status uint32) Errno                              // clone
 	Join(ticket uint32, wait time.Duration) (int32, Errno) // parent
 	Kill(ticket uint32) Errno                              // parent
 	TicketSlots(ticket uint32) (int32, Errno)              // parent
@@ -118,12 +116,14 @@ type Host interface {
 // serializes what must be.
 type Device struct {
 	host Host
+	exit func(status uint32)
 	id   uint32
 }
 
-// New returns the device of a VM with clone ID id (0: not a clone).
-// A nil host answers every call but probe and sf_id with SF_ENOFORK.
-func New(host Host, id uint32) *Device { return &Device{host: host, id: id} }
+// New returns the device of a VM that is not (yet) a clone; Restore makes
+// it one. exit ends the VM when a clone calls sf_exit. A nil host answers
+// the parent's calls with SF_ENOFORK.
+func New(host Host, exit func(status uint32)) *Device { return &Device{host: host, exit: exit} }
 
 // Regs are the registers a call reads.
 type Regs struct{ EAX, EBX, ECX uint32 }
@@ -148,17 +148,18 @@ func (d *Device) call(vcpu int, r Regs) (int32, Errno) {
 	if r.EAX > CallID {
 		return 0, EINVAL
 	}
-	if d.host == nil {
-		return 0, ENOFORK
-	}
 	if r.EAX == CallExit {
 		if d.id == 0 {
 			return 0, ENOTCHILD
 		}
-		return 0, d.host.Exit(r.EBX)
+		d.exit(r.EBX)
+		return 0, 0
 	}
 	if d.id != 0 {
 		return 0, ENOTPARENT
+	}
+	if d.host == nil {
+		return 0, ENOFORK
 	}
 	switch r.EAX {
 	case CallRequestTicket:

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sfvmm/sfvmm/vmm"
+	"github.com/sfvmm/sfvmm/vmm/api"
+)
+
+// launcher starts clones as `sfvmm clone` processes of this binary, with
+// this process's stdout and stderr (their console lines carry their clone
+// ID) and stdin from /dev/null.
+type launcher struct {
+	exe     string
+	apiSock string // the parent's; a clone's is derived from it
+	stats   bool
+}
+
+func newLauncher(apiSock string, stats bool) (*launcher, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the sfvmm binary to start clones with: %w", err)
+	}
+	return &launcher{exe: exe, apiSock: apiSock, stats: stats}, nil
+}
+
+// cloneSocket is clone id of ticket's control socket, next to the parent's.
+func cloneSocket(parent string, ticket, id uint32) string {
+	if parent == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s.%d-%d", parent, ticket, id)
+}
+
+func (l *launcher) Launch(descriptor string, ticket, id uint32) (vmm.Clone, error) {
+	args := []string{"clone", "--descriptor", descriptor, "--ticket", strconv.FormatUint(uint64(ticket), 10),
+		"--id", strconv.FormatUint(uint64(id), 10)}
+	if s := cloneSocket(l.apiSock, ticket, id); s != "" {
+		args = append(args, "--api-sock", s)
+	}
+	cmd := exec.Command(l.exe, args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &cloneProcess{cmd: cmd}, nil
+}
+
+// cloneProcess is a clone running as a process.
+type cloneProcess struct {
+	cmd    *exec.Cmd
+	killed sync.Once
+}
+
+func (p *cloneProcess) Wait() error {
+	err := p.cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return fmt.Errorf("clone process %d killed by %v", p.cmd.Process.Pid, ws.Signal())
+		}
+		return fmt.Errorf("clone process %d exited with status %d", p.cmd.Process.Pid, ee.ExitCode())
+	}
+	return err
+}
+
+func (p *cloneProcess) Kill() error {
+	var err error
+	p.killed.Do(func() { err = p.cmd.Process.Kill() })
+	return err
+}
+
+// cloneCmd implements `sfvmm clone --descriptor PATH --id K`: one clone of a
+// fork, started by its parent's launcher (or, in a later release, by an
+// agent on another host).
+func cloneCmd(args []string) int {
+	fs := flag.NewFlagSet("sfvmm clone", flag.ContinueOnError)
+	desc := fs.String("descriptor", "", "fork descriptor written by the parent (required)")
+	id := fs.Uint("id", 0, "this clone's ID within its ticket, 1 or more (required)")
+	ticket := fs.Uint("ticket", 0, "the ticket the clone belongs to (for messages)")
+	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
+	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
+	if err := fs.Parse(args); err != nil {
+		return usageStatus(err)
+	}
+	logf := logTo(fmt.Sprintf("sfvmm clone %d: ", *id))
+	if *desc == "" || *id == 0 || *id > 1<<16 || fs.NArg() > 0 {
+		logf("error: usage: sfvmm clone --descriptor PATH --id K [--ticket T] [--api-sock PATH]")
+		return 2
+	}
+	console := &prefixWriter{w: os.Stdout, prefix: []byte(fmt.Sprintf("[clone %d] ", *id))}
+	defer console.Flush()
+	vm, err := vmm.RestoreClone(*desc, vmm.CloneConfig{
+		RestoreConfig: vmm.RestoreConfig{Console: console, Logf: logf},
+		ID:            uint32(*id),
+	})
+	if err != nil {
+		logf("error: %v", err)
+		return vmm.StatusError
+	}
+	defer vm.Close()
+	if !*quiet {
+		logf("started (ticket %d)", *ticket)
+	}
+	code := runVM(vm, runOptions{apiSock: *apiSock, quiet: *quiet}, logf)
+	console.Flush()
+	if s, ok := vm.MemtapStats(); ok {
+		logf("memtap: %s", vmm.FormatMemtapStats(s))
+	}
+	return code
+}
+
+// prefixWriter starts every line written through it with prefix, so that
+// the consoles of a parent and its clones can share one terminal. It
+// passes whole lines on and holds a partial one until its end comes (or a
+// Flush).
+type prefixWriter struct {
+	mu     sync.Mutex // guards the fields below; the UART writes from vCPU threads
+	w      io.Writer
+	prefix []byte
+	line   []byte // the current line, prefix included, not yet written
+}
+
+// maxLine bounds a held partial line: a guest printing without newlines
+// still shows its output.
+const maxLine = 4096
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(b)
+	for len(b) > 0 {
+		if len(p.line) == 0 {
+			p.line = append(p.line, p.prefix...)
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			p.line = append(p.line, b...)
+			if len(p.line) >= maxLine {
+				return n, p.flush()
+			}
+			return n, nil
+		}
+		p.line = append(p.line, b[:i+1]...)
+		b = b[i+1:]
+		if err := p.flush(); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Flush writes out a partial line.
+func (p *prefixWriter) Flush() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.flush()
+}
+
+func (p *prefixWriter) flush() error {
+	if len(p.line) == 0 {
+		return nil
+	}
+	_, err := p.w.Write(p.line)
+	p.line = p.line[:0]
+	return err
+}
+
+// forkCmd implements `sfvmm fork --api-sock PATH --clones N`, and with
+// --join or --kill TICKET the host's sf_join and sf_kill.
+func forkCmd(args []string) int {
+	fs := flag.NewFlagSet("sfvmm fork", flag.ContinueOnError)
+	sock := fs.String("api-sock", "", "control socket of the running sfvmm (required)")
+	clones := fs.Int("clones", 0, "fork the running guest into this many clones")
+	join := fs.Uint("join", 0, "wait for the clones of this ticket to end")
+	kill := fs.Uint("kill", 0, "end the clones of this ticket now")
+	wait := fs.Bool("wait", false, "with --clones: wait for the clones to end, as --join does")
+	if err := fs.Parse(args); err != nil {
+		return usageStatus(err)
+	}
+	logf := logTo("sfvmm fork: ")
+	ops := 0
+	for _, set := range []bool{*clones != 0, *join != 0, *kill != 0} {
+		if set {
+			ops++
+		}
+	}
+	if *sock == "" || ops != 1 || fs.NArg() > 0 {
+		logf("error: usage: sfvmm fork --api-sock PATH (--clones N [--wait] | --join TICKET | --kill TICKET)")
+		return 2
+	}
+	c := api.Dial(*sock)
+	defer c.Close()
+	ctx := context.Background()
+	switch {
+	case *clones != 0:
+		info, err := c.Fork(ctx, api.ForkRequest{Clones: *clones})
+		if err != nil {
+			logf("error: %v", err)
+			return vmm.StatusError
+		}
+		fmt.Printf("ticket %d: %d clones started, parent paused %v\n", info.Ticket, len(info.Clones),
+			time.Duration(info.PausedNanos).Round(time.Microsecond))
+		for i, id := range info.Clones {
+			line := fmt.Sprintf("clone %d", id)
+			if i < len(info.APISockets) {
+				line += " api-sock " + info.APISockets[i]
+			}
+			fmt.Println(line)
+		}
+		if *wait {
+			return joinTicket(ctx, c, info.Ticket, logf)
+		}
+	case *join != 0:
+		return joinTicket(ctx, c, uint32(*join), logf)
+	case *kill != 0:
+		if err := c.Kill(ctx, uint32(*kill)); err != nil {
+			logf("error: %v", err)
+			return vmm.StatusError
+		}
+		fmt.Printf("ticket %d: clones killed\n", *kill)
+	}
+	return 0
+}
+
+func joinTicket(ctx context.Context, c *api.Client, ticket uint32, logf func(string, ...any)) int {
+	info, err := c.Join(ctx, ticket)
+	if err != nil {
+		logf("error: %v", err)
+		return vmm.StatusError
+	}
+	fmt.Printf("ticket %d: all clones ended, %d without sf_exit(0)\n", ticket, info.Failed)
+	if info.Failed > 0 {
+		return vmm.StatusError
+	}
+	return 0
+}
+
+// forkFlags are the fork flags of run and restore.
+type forkFlags struct{ capacity *int }
+
+func addForkFlags(fs *flag.FlagSet) forkFlags {
+	return forkFlags{capacity: fs.Int("fork-capacity", vmm.DefaultCapacity,
+		"clone slots the guest's tickets may hold at once; 0 disables fork")}
+}
+
+// config returns the fork configuration, nil when disabled.
+func (f forkFlags) config(apiSock string, stats bool) (*vmm.ForkConfig, error) {
+	if *f.capacity < 0 {
+		return nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
+	}
+	if *f.capacity == 0 {
+		return nil, nil
+	}
+	l, err := newLauncher(apiSock, stats)
+	if err != nil {
+		return nil, err
+	}
+	return &vmm.ForkConfig{Capacity: *f.capacity, Launcher: l}, nil
+}
+
+func (m machine) Fork(ctx context.Context, req api.ForkRequest) (api.ForkInfo, error) {
+	r, err := m.vm.Fork(ctx, req.Clones)
+	if err != nil {
+		return api.ForkInfo{}, conflict(err)
+	}
+	info := api.ForkInfo{Ticket: r.Ticket, Clones: r.Clones, Descriptor: r.Descriptor, PausedNanos: r.Paused.Nanoseconds()}
+	for _, id := range r.Clones {
+		if s := cloneSocket(m.apiSock, r.Ticket, id); s != "" {
+			info.APISockets = append(info.APISockets, s)
+		}
+	}
+	return info, nil
+}
+
+func (m machine) Join(ctx context.Context, req api.TicketRequest) (api.JoinInfo, error) {
+	n, err := m.vm.Join(ctx, req.Ticket)
+	if err != nil {
+		return api.JoinInfo{}, conflict(err)
+	}
+	return api.JoinInfo{Failed: n}, nil
+}
+
+func (m machine) Kill(_ context.Context, req api.TicketRequest) error {
+	return conflict(m.vm.Kill(req.Ticket))
+}
