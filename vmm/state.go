@@ -158,6 +158,16 @@ func (c *vcpu) save(msrIndices []uint32, xsaveSize int) (s VCPUState, err error)
 //     mode already set;
 //   - VCPU_EVENTS last, so nothing above clears a pending event.
 func (c *vcpu) restore(s VCPUState) error {
+	if amd(c.cpuid) && s.Sregs.TR.Type == tssBusy64 {
+		// KVM on AMD reports TR as busy whatever the VMCB holds
+		// (svm_get_segment: the CPU does not expose the busy bit, so
+		// the VMCB keeps the type the guest's LTR loaded, available).
+		// Put back as busy, TR differs from what the guest had; real
+		// CPUs ignore that, but QEMU's TCG, the nested sandbox's CPU,
+		// then faults every port access a TSS I/O bitmap (ioperm)
+		// allows. So TR goes back as the hardware held it.
+		s.Sregs.TR.Type = tssAvailable64
+	}
 	steps := []struct {
 		name string
 		fn   func() error
@@ -184,6 +194,22 @@ func (c *vcpu) restore(s VCPUState) error {
 		return fmt.Errorf("kvmclock ctrl: %w", err)
 	}
 	return nil
+}
+
+// TSS descriptor types (SDM vol. 3, 3.5).
+const (
+	tssAvailable64 = 9
+	tssBusy64      = 11
+)
+
+// amd reports whether a CPUID table is an AMD (or Hygon) CPU's.
+func amd(cpuid []kvm.CPUIDEntry) bool {
+	for _, e := range cpuid {
+		if e.Function == 0 && e.Index == 0 {
+			return e.EBX == 0x68747541 || e.EBX == 0x6f677948 // "Auth", "Hygo"
+		}
+	}
+	return false
 }
 
 // setTSCKHz keeps the guest's TSC frequency; a host that cannot scale to it
