@@ -55,6 +55,9 @@ func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(name, args...), done: make(chan struct{}), changed: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p, p
+	// Output pipes stay open while any child holds them (a forked clone
+	// does); Wait must not hang on one that outlives its parent.
+	p.cmd.WaitDelay = 30 * time.Second
 	var err error
 	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)

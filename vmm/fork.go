@@ -373,6 +373,14 @@ func (f *forker) prepare() error {
 			f.dir, f.madeDir = d, true
 		}
 	}
+	if f.srv != nil {
+		select {
+		case <-f.srv.Done(): // the helper died (or was killed): start afresh
+			f.srv.Close()
+			f.srv = nil
+		default:
+		}
+	}
 	if f.srv == nil {
 		s, err := server.New(server.Config{})
 		if err != nil {
@@ -457,7 +465,7 @@ func (f *forker) launch(m *VM, img *forkImage, t *ticket) {
 		cr := &cloneRun{id: id, done: make(chan struct{})}
 		t.clones = append(t.clones, cr)
 		img.live++
-		c, err := f.cfg.Launcher.Launch(img.descriptor, t.id, id)
+		c, err := launchOffThread(f.cfg.Launcher, img.descriptor, t.id, id)
 		if err != nil {
 			m.logf("ticket %d: start clone %d: %v", t.id, id, err)
 			f.ended(img, cr, err)
@@ -473,12 +481,30 @@ func (f *forker) launch(m *VM, img *forkImage, t *ticket) {
 	}
 }
 
+// launchOffThread calls l.Launch on a goroutine of its own: the caller may
+// be a vCPU goroutine, locked to a thread that the runtime ends with it,
+// and a launcher's child may be tied to the thread that started it
+// (PR_SET_PDEATHSIG).
+func launchOffThread(l Launcher, descriptor string, ticket, id uint32) (Clone, error) {
+	type result struct {
+		c   Clone
+		err error
+	}
+	ch := make(chan result)
+	go func() {
+		c, err := l.Launch(descriptor, ticket, id)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
 // ended records that a clone ended; f.mu is held.
 func (f *forker) ended(img *forkImage, cr *cloneRun, err error) {
 	cr.err = err
 	close(cr.done)
 	img.live--
-	if img.live == 0 && !img.held {
+	if img.live == 0 && !img.held && img.frozen != nil {
 		img.frozen.Close()
 		if f.image == img {
 			f.image = nil

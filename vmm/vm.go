@@ -387,11 +387,12 @@ func (m *VM) Run(ctx context.Context) (Exit, error) {
 	case <-lost:
 		// vCPUs blocked on pages that will never come are woken by
 		// the fence (KVM_RUN fails with EFAULT) and then see the stop.
-		err := fmt.Errorf("guest memory lost: %w", m.memtap.Err())
-		if ferr := m.memtap.Fence(); ferr != nil {
-			err = fmt.Errorf("%w (and fencing guest RAM failed: %v)", err, ferr)
+		// The stop comes first, so that it is the reason recorded
+		// rather than a vCPU's EFAULT.
+		m.stop(Exit{Reason: ExitError, Err: fmt.Errorf("guest memory lost: %w", m.memtap.Err())})
+		if err := m.memtap.Fence(); err != nil {
+			m.logf("fence guest RAM: %v", err)
 		}
-		m.stop(Exit{Reason: ExitError, Err: err})
 	}
 	wg.Wait()
 	if m.exit.Reason == ExitError {

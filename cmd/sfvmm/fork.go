@@ -51,6 +51,8 @@ func (l *launcher) Launch(descriptor string, ticket, id uint32) (vmm.Clone, erro
 	}
 	cmd := exec.Command(l.exe, args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	// A clone fetches its memory from this process: it cannot outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

@@ -16,8 +16,11 @@
  *           not overwrite it: a test kills the memory server meanwhile.
  *   misuse  makes every call a guest can get wrong and prints what each
  *           returned; one clone makes the parent-only calls.
- *   kill    forks 2 clones that spin for ever; the parent waits a second,
- *           sf_kills them and goes on.
+ *   kill    forks 2 clones that spin for ever; the parent waits for a byte
+ *           on COM1 (at most 60 s), sf_kills them and goes on.
+ *   ticker  prints "forktest: ticker id=ID n=N" every second for ever (or
+ *           ticks=N seconds), ID being sf_id(): clones forked from the host
+ *           show theirs.
  *
  * Debug-exit values: 0 all as expected; 1 a clone or check failed;
  * 2 bad command line; 3 the fork device is missing or a call failed.
@@ -59,6 +62,21 @@ static void wait_seconds(int n)
 	}
 }
 
+/* wait_input waits for a byte on COM1, or at most max_seconds. */
+static void wait_input(int max_seconds)
+{
+	uint8_t s = rtc_seconds();
+	while (!(inb(0x3f8 + 5) & 1) && max_seconds > 0) {
+		uint8_t t = rtc_seconds();
+		if (t != s) {
+			s = t;
+			max_seconds--;
+		}
+	}
+	if (inb(0x3f8 + 5) & 1)
+		inb(0x3f8);
+}
+
 static uint64_t arg(const char *cmdline, const char *key, uint64_t def, bool size)
 {
 	const char *v;
@@ -89,8 +107,10 @@ static bool mode_is(const char *cmdline, const char *m)
 static void clone_check(int32_t id, uint32_t words, uint32_t sum, bool wait)
 {
 	volatile uint32_t *p = (volatile uint32_t *)BASE;
-	if (wait)
+	if (wait) {
+		kprintf("forktest: clone %d running, touching the region in 2 s\n", id);
 		wait_seconds(2);
+	}
 	for (uint32_t i = 0; i < words; i++) {
 		if (p[i] != pattern(i)) {
 			kprintf("forktest: clone %d: word %u is 0x%x, want 0x%x\n", id, i, p[i], pattern(i));
@@ -164,13 +184,23 @@ static void kill_mode(void)
 		for (;;)
 			cpu_relax();
 	}
-	wait_seconds(1);
+	kprintf("forktest: parent forked; waiting for input to kill\n");
+	wait_input(60);
 	int32_t r = sf_kill(t);
 	kprintf("forktest: sf_kill -> %d\n", r);
 	kprintf("forktest: sf_join after sf_kill -> %d\n", sf_join(t));
 	spin_loops(1000000);
 	kprintf("forktest: parent goes on after sf_kill\n");
 	debug_exit(r == 0 ? 0 : 1);
+}
+
+static void ticker(uint64_t ticks)
+{
+	for (uint64_t n = 1; ticks == 0 || n <= ticks; n++) {
+		wait_seconds(1);
+		kprintf("forktest: ticker id=%d n=%llu\n", sf_id(), n);
+	}
+	debug_exit(0);
 }
 
 void kmain(uint32_t magic, uint32_t mbi)
@@ -186,6 +216,8 @@ void kmain(uint32_t magic, uint32_t mbi)
 		misuse((uint32_t)arg(b.cmdline, "cap", 16, false));
 	if (mode_is(b.cmdline, "kill"))
 		kill_mode();
+	if (mode_is(b.cmdline, "ticker"))
+		ticker(arg(b.cmdline, "ticks", 0, false));
 	bool wait = mode_is(b.cmdline, "wait");
 	if (!wait && !mode_is(b.cmdline, "fork")) {
 		kprintf("forktest: unknown mode\n");
