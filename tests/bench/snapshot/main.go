@@ -37,6 +37,8 @@
 package main
 
 import (
+	"github.com/sfvmm/sfvmm/tests/bench/internal/benchproc"
+
 	"flag"
 	"fmt"
 	"os"
@@ -97,8 +99,8 @@ var (
 // fill is what the guest reported after filling its RAM.
 type fill struct{ filledMiB, availMiB int }
 
-func waitFill(p *proc, timeout time.Duration, what string) (fill, error) {
-	_, _, m, err := p.waitLine(0, fillRE, false, timeout, what+": boot and fill RAM")
+func waitFill(p *benchproc.Proc, timeout time.Duration, what string) (fill, error) {
+	_, _, m, err := p.WaitLine(0, fillRE, false, timeout, what+": boot and fill RAM")
 	if err != nil {
 		return fill{}, err
 	}
@@ -132,12 +134,10 @@ func (t tickCheck) String() string {
 }
 
 // lastTick is the highest tick among the first n lines p printed.
-func lastTick(p *proc, n int) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func lastTick(p *benchproc.Proc, n int) int {
 	last := 0
-	for _, l := range p.lines[:n] {
-		if m := tickRE.FindStringSubmatch(l.text); m != nil && !l.stderr {
+	for _, l := range p.Lines(0, n) {
+		if m := tickRE.FindStringSubmatch(l.Text); m != nil && !l.Stderr {
 			last, _ = strconv.Atoi(m[1])
 		}
 	}
@@ -145,8 +145,8 @@ func lastTick(p *proc, n int) int {
 }
 
 // nextTick waits for the first tick from line from on and returns its number.
-func nextTick(p *proc, from int, timeout time.Duration, what string) (int, error) {
-	_, _, m, err := p.waitLine(from, tickRE, false, timeout, what)
+func nextTick(p *benchproc.Proc, from int, timeout time.Duration, what string) (int, error) {
+	_, _, m, err := p.WaitLine(from, tickRE, false, timeout, what)
 	if err != nil {
 		return 0, err
 	}
@@ -232,13 +232,13 @@ func main() {
 	go func() {
 		s := <-sigs
 		fmt.Fprintf(os.Stderr, "bench: %v: stopping\n", s)
-		killAll()
+		benchproc.KillAll()
 		os.RemoveAll(b.tmp)
 		os.Exit(130)
 	}()
 
 	rows, err := run(b, ms, *n)
-	killAll()
+	benchproc.KillAll()
 	os.RemoveAll(b.tmp)
 	if len(rows) > 0 {
 		printTable(b, rows, *n)

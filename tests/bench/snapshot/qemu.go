@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/sfvmm/sfvmm/tests/bench/internal/benchproc"
+
 	"context"
 	"fmt"
 	"os"
@@ -48,15 +50,15 @@ func benchQEMU(b *bench, memMiB int) (r qemuResult, err error) {
 		defer os.Remove(f)
 	}
 
-	vm, err := startProc(b.qemu, b.qemuArgs(memMiB, sock)...)
+	vm, err := benchproc.Start(b.qemu, b.qemuArgs(memMiB, sock)...)
 	if err != nil {
 		return r, err
 	}
-	defer vm.kill()
+	defer vm.Kill()
 	if r.fill, err = waitFill(vm, b.bootTimeout, "qemu"); err != nil {
 		return r, err
 	}
-	if err := waitFile(context.Background(), sock, 30*time.Second, vm); err != nil {
+	if err := benchproc.WaitFile(context.Background(), sock, 30*time.Second, vm); err != nil {
 		return r, err
 	}
 	q, err := dialQMP(sock, 30*time.Second)
@@ -85,13 +87,13 @@ func benchQEMU(b *bench, memMiB int) (r qemuResult, err error) {
 	if err := q.call("cont", nil, nil, 30*time.Second); err != nil {
 		return r, err
 	}
-	if _, err := nextTick(vm, vm.mark(), 60*time.Second, "qemu guest running on after cont"); err != nil {
+	if _, err := nextTick(vm, vm.Mark(), 60*time.Second, "qemu guest running on after cont"); err != nil {
 		return r, err
 	}
 
 	// Live save: QEMU's usual way, pre-copy while the guest runs, then a
 	// short stop for the rest. It leaves the source stopped.
-	r.ticks.before = lastTick(vm, vm.mark())
+	r.ticks.before = lastTick(vm, vm.Mark())
 	start = time.Now()
 	if r.live, err = q.migrate("exec:cat > "+liveFile, b.opTimeout); err != nil {
 		return r, fmt.Errorf("qemu live save: %w", err)
@@ -101,45 +103,45 @@ func benchQEMU(b *bench, memMiB int) (r qemuResult, err error) {
 	// source is stopped now: what it printed is all in the pipe, give the
 	// bench a moment to read it.
 	time.Sleep(500 * time.Millisecond)
-	r.ticks.after = lastTick(vm, vm.mark()) + 1
+	r.ticks.after = lastTick(vm, vm.Mark()) + 1
 	if r.liveFile, _, err = fileSizes(liveFile); err != nil {
 		return r, err
 	}
 	q.call("quit", nil, nil, 10*time.Second) // QEMU may close the socket before it answers
-	if exited, _ := vm.exitedWithin(10 * time.Second); !exited {
+	if exited, _ := vm.ExitedWithin(10 * time.Second); !exited {
 		b.notef("qemu %d MiB: did not exit within 10s of quit; killed", memMiB)
 	}
-	vm.kill()
+	vm.Kill()
 	os.Remove(sock)
 
 	// Restore the live file: its guest was running, so QEMU starts it as
 	// soon as the state is loaded (a stopped save would restore paused).
-	rs, err := startProc(b.qemu, append(b.qemuArgs(memMiB, sock), "-incoming", "exec:cat "+liveFile)...)
+	rs, err := benchproc.Start(b.qemu, append(b.qemuArgs(memMiB, sock), "-incoming", "exec:cat "+liveFile)...)
 	if err != nil {
 		return r, err
 	}
-	defer rs.kill()
+	defer rs.Kill()
 	var runAt time.Duration // written by the goroutine before it sends
 	running := make(chan error, 1)
 	go func() { running <- waitRunning(rs, sock, b.opTimeout, &runAt) }()
-	l, _, m, err := rs.waitLine(0, tickRE, false, b.opTimeout, "qemu -incoming")
+	l, _, m, err := rs.WaitLine(0, tickRE, false, b.opTimeout, "qemu -incoming")
 	if err != nil {
 		return r, err
 	}
-	r.restoreTick = l.at.Sub(rs.start)
+	r.restoreTick = l.At.Sub(rs.Start)
 	r.ticks.restored, _ = strconv.Atoi(m[1])
 	if err := <-running; err != nil {
 		return r, err
 	}
 	r.restoreRun = runAt
-	return r, rs.kill()
+	return r, rs.Kill()
 }
 
 // waitRunning polls QMP query-status of a QEMU loading an incoming
 // migration until it says running, and stores the time since it started.
-func waitRunning(p *proc, sock string, timeout time.Duration, d *time.Duration) error {
+func waitRunning(p *benchproc.Proc, sock string, timeout time.Duration, d *time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	if err := waitFile(context.Background(), sock, timeout, p); err != nil {
+	if err := benchproc.WaitFile(context.Background(), sock, timeout, p); err != nil {
 		return err
 	}
 	var q *qmp
@@ -162,7 +164,7 @@ func waitRunning(p *proc, sock string, timeout time.Duration, d *time.Duration) 
 			return fmt.Errorf("qemu -incoming: %w", err)
 		}
 		if st.Status == "running" {
-			*d = time.Since(p.start)
+			*d = time.Since(p.Start)
 			return nil
 		}
 		if time.Now().After(deadline) {

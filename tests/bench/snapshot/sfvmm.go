@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/sfvmm/sfvmm/tests/bench/internal/benchproc"
+
 	"context"
 	"fmt"
 	"os"
@@ -39,16 +41,16 @@ func benchSfvmm(b *bench, memMiB int) (r sfvmmResult, err error) {
 	defer os.RemoveAll(dir)
 	defer os.Remove(sock)
 
-	vm, err := startProc(b.sfvmm, "run", "--kernel", b.kernel, "--initrd", b.initrd,
+	vm, err := benchproc.Start(b.sfvmm, "run", "--kernel", b.kernel, "--initrd", b.initrd,
 		"--cmdline", b.cmdline(memMiB), "--cpus", "1", "--memory", fmt.Sprintf("%dM", memMiB), "--api-sock", sock)
 	if err != nil {
 		return r, err
 	}
-	defer vm.kill()
+	defer vm.Kill()
 	if r.fill, err = waitFill(vm, b.bootTimeout, "sfvmm run"); err != nil {
 		return r, err
 	}
-	if err := waitFile(context.Background(), sock, 30*time.Second, vm); err != nil {
+	if err := benchproc.WaitFile(context.Background(), sock, 30*time.Second, vm); err != nil {
 		return r, err
 	}
 	c := api.Dial(sock)
@@ -63,21 +65,21 @@ func benchSfvmm(b *bench, memMiB int) (r sfvmmResult, err error) {
 		return r, fmt.Errorf("sfvmm status before the snapshot: state %q, want %q", st.State, api.StateRunning)
 	}
 
-	r.ticks.before = lastTick(vm, vm.mark())
+	r.ticks.before = lastTick(vm, vm.Mark())
 	ctx, cancel = context.WithTimeout(context.Background(), b.opTimeout)
 	info, err := c.Snapshot(ctx, api.SnapshotRequest{Dir: dir})
 	cancel()
 	if err != nil {
-		return r, fmt.Errorf("sfvmm snapshot: %w\nguest output:\n%s", err, vm.tail(20))
+		return r, fmt.Errorf("sfvmm snapshot: %w\nguest output:\n%s", err, vm.Tail(20))
 	}
 	r.descBytes, r.memBytes, r.pages = info.DescriptorBytes, info.MemoryBytes, info.Pages
 	r.paused, r.write = time.Duration(info.PausedNanos), time.Duration(info.WriteNanos)
 	// StayPaused was false: the original must keep running. The state was
 	// saved before it printed its first tick after the snapshot.
-	if r.ticks.after, err = nextTick(vm, vm.mark(), 60*time.Second, "guest running on after the snapshot"); err != nil {
+	if r.ticks.after, err = nextTick(vm, vm.Mark(), 60*time.Second, "guest running on after the snapshot"); err != nil {
 		return r, err
 	}
-	if err := vm.kill(); err != nil {
+	if err := vm.Kill(); err != nil {
 		return r, err
 	}
 	if r.memFileSize, r.memFileDisk, err = fileSizes(filepath.Join(dir, "memory")); err != nil {
@@ -89,22 +91,22 @@ func benchSfvmm(b *bench, memMiB int) (r sfvmmResult, err error) {
 		b.notef("sfvmm %d MiB: the API said descriptor_bytes=%d, the descriptor file has %d bytes", memMiB, r.descBytes, fi.Size())
 	}
 
-	rs, err := startProc(b.sfvmm, "restore", dir)
+	rs, err := benchproc.Start(b.sfvmm, "restore", dir)
 	if err != nil {
 		return r, err
 	}
-	defer rs.kill()
-	l, _, m, err := rs.waitLine(0, tickRE, false, b.opTimeout, "sfvmm restore")
+	defer rs.Kill()
+	l, _, m, err := rs.WaitLine(0, tickRE, false, b.opTimeout, "sfvmm restore")
 	if err != nil {
 		return r, err
 	}
-	r.restoreTick = l.at.Sub(rs.start)
+	r.restoreTick = l.At.Sub(rs.Start)
 	r.ticks.restored, _ = strconv.Atoi(m[1])
-	if _, _, m, err = rs.waitLine(0, restoredRE, true, 10*time.Second, "sfvmm restore"); err != nil {
+	if _, _, m, err = rs.WaitLine(0, restoredRE, true, 10*time.Second, "sfvmm restore"); err != nil {
 		return r, err
 	}
 	if r.restoreOwn, err = time.ParseDuration(m[1]); err != nil {
 		return r, fmt.Errorf("sfvmm restore: cannot read the duration in %q: %w", m[0], err)
 	}
-	return r, rs.kill()
+	return r, rs.Kill()
 }
