@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
 LINUX_CMDLINE := console=ttyS0 reboot=k panic=-1 pci=off quiet
 
-.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap clean
+.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap bench-fork clean
 
 all: sfvmm kernels
 
@@ -91,7 +91,7 @@ kvmtest:
 	fi; \
 	exit $$status
 
-bench: bench-boot bench-snapshot bench-memtap
+bench: bench-boot bench-snapshot bench-memtap bench-fork
 
 bench-boot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/boot ./tests/bench/boot
@@ -102,6 +102,12 @@ bench-boot: deps kernels sfvmm
 bench-snapshot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/snapshot ./tests/bench/snapshot
 	$(KVMBOX) --mem 6G --timeout 60m -- $(BUILD)/bench/snapshot -root $(CURDIR) $(BENCH_SNAPSHOT_FLAGS)
+
+# Fork latency against cold boots, the parent's pause against populated
+# memory, pages fetched per clone (in the sandbox; several minutes).
+bench-fork: deps kernels sfvmm
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/fork ./tests/bench/fork
+	$(KVMBOX) --mem 4G --timeout 60m -- $(BUILD)/bench/fork -root $(CURDIR) $(BENCH_FORK_FLAGS)
 
 # memtap's page-fault service against a plain userfaultfd handler, on the
 # host (root, userfaultfd; no KVM).

@@ -162,6 +162,7 @@ func (h forkHost) Clone(vcpu int, id uint32) (int32, forkdev.Errno) {
 		m.logf("sf_clone: %v", ferr)
 		return m.failCall(vcpu, forkdev.EFORK)
 	}
+	m.logf("fork: ticket %d: sf_clone of %d clones, parent paused %v", t.id, t.slots, img.paused.Round(time.Microsecond))
 	m.fork.launch(m, img, t)
 	return 0, 0
 }
@@ -640,6 +641,7 @@ func (m *VM) Fork(ctx context.Context, n int) (ForkResult, error) {
 		m.fork.mu.Unlock()
 		return ForkResult{}, fmt.Errorf("fork: %w", err)
 	}
+	m.logf("fork: ticket %d: fork of %d clones from the host, parent paused %v", t.id, t.slots, img.paused.Round(time.Microsecond))
 	m.fork.launch(m, img, t)
 	r := ForkResult{Ticket: t.id, Checkpoint: img.id, Descriptor: img.descriptor, Paused: img.paused}
 	for id := uint32(1); id <= t.slots; id++ {

@@ -18,9 +18,9 @@
  *           returned; one clone makes the parent-only calls.
  *   kill    forks 2 clones that spin for ever; the parent waits for a byte
  *           on COM1 (at most 60 s), sf_kills them and goes on.
- *   ticker  prints "forktest: ticker id=ID n=N" every second for ever (or
- *           ticks=N seconds), ID being sf_id(): clones forked from the host
- *           show theirs.
+ *   ticker  fills size bytes (default none), then prints "forktest: ticker
+ *           id=ID n=N" every second for ever (or ticks=N seconds), ID
+ *           being sf_id(): clones forked from the host show theirs.
  *
  * Debug-exit values: 0 all as expected; 1 a clone or check failed;
  * 2 bad command line; 3 the fork device is missing or a call failed.
@@ -194,8 +194,13 @@ static void kill_mode(void)
 	debug_exit(r == 0 ? 0 : 1);
 }
 
-static void ticker(uint64_t ticks)
+static void ticker(uint64_t ticks, uint32_t fill)
 {
+	volatile uint32_t *p = (volatile uint32_t *)BASE;
+	for (uint32_t i = 0; i < fill / 4; i++)
+		p[i] = pattern(i);
+	if (fill)
+		kprintf("forktest: %u bytes written at 0x%x\n", fill, BASE);
 	for (uint64_t n = 1; ticks == 0 || n <= ticks; n++) {
 		wait_seconds(1);
 		kprintf("forktest: ticker id=%d n=%llu\n", sf_id(), n);
@@ -217,7 +222,7 @@ void kmain(uint32_t magic, uint32_t mbi)
 	if (mode_is(b.cmdline, "kill"))
 		kill_mode();
 	if (mode_is(b.cmdline, "ticker"))
-		ticker(arg(b.cmdline, "ticks", 0, false));
+		ticker(arg(b.cmdline, "ticks", 0, false), (uint32_t)arg(b.cmdline, "size", 0, true));
 	bool wait = mode_is(b.cmdline, "wait");
 	if (!wait && !mode_is(b.cmdline, "fork")) {
 		kprintf("forktest: unknown mode\n");
