@@ -76,14 +76,8 @@ func (m *VM) populated() ([]snapshot.Region, []*snapshot.Bitmap, error) {
 		if err := mincore(r.Host, vec); err != nil {
 			return nil, nil, fmt.Errorf("mincore guest RAM at %#x: %w", r.GPA, err)
 		}
-		bm := snapshot.NewBitmap(uint64(len(vec)))
-		for i, v := range vec {
-			if v&1 != 0 {
-				bm.Set(uint64(i))
-			}
-		}
 		regions = append(regions, snapshot.Region{GPA: r.GPA, Host: r.Host})
-		bitmaps = append(bitmaps, bm)
+		bitmaps = append(bitmaps, snapshot.FromResidency(vec))
 	}
 	return regions, bitmaps, nil
 }

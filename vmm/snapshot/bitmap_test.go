@@ -168,3 +168,30 @@ func TestBitmapBounds(t *testing.T) {
 		}()
 	}
 }
+
+func TestFromResidency(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 3))
+	for _, n := range []int{0, 1, 7, 8, 63, 64, 65, 1000, 4099} {
+		vec := make([]byte, n)
+		for i := range vec {
+			switch r.IntN(4) {
+			case 0:
+				vec[i] = 1
+			case 1:
+				vec[i] = 3 // reserved bits set: only bit 0 counts
+			case 2:
+				vec[i] = 2
+			}
+		}
+		got := FromResidency(vec)
+		want := NewBitmap(uint64(n))
+		for i, v := range vec {
+			if v&1 != 0 {
+				want.Set(uint64(i))
+			}
+		}
+		if !got.Equal(want) {
+			t.Errorf("%d pages: bitmaps differ", n)
+		}
+	}
+}
