@@ -136,6 +136,9 @@ func (h forkHost) RequestTicket(n uint32) (int32, forkdev.Errno) {
 	if err != 0 {
 		return 0, err
 	}
+	// A fork is coming: start the memory server now, while the guest
+	// runs, rather than in sf_clone. (An error shows again there.)
+	go h.m.fork.prepare()
 	return int32(t.id), 0
 }
 
@@ -263,12 +266,14 @@ var ErrForkBusy = errors.New("a frozen image is still in use by live clones")
 // ErrForkDisabled: a fork operation on a machine started without fork.
 var ErrForkDisabled = errors.New("this machine has fork disabled")
 
-// freeze pauses the parent, captures its state, freezes guest memory for
-// the memory server and resumes the parent. caller is the vCPU whose port
-// read asked for it (its I/O is completed first, with the parent's
-// result), nil for a fork from the host. The pause covers state capture and
-// write-protecting guest RAM, nothing that grows with the memory's
-// contents; the descriptor is written after the parent runs again.
+// freeze write-protects guest RAM for the memory server, then pauses the
+// parent, captures its state, seals the image and resumes the parent.
+// caller is the vCPU whose port read asked for it (its I/O is completed
+// first, with the parent's result), nil for a fork from the host. The
+// pause covers state capture, the populated set (mincore) and protecting
+// what changed since the write-protection: nothing that grows with the
+// memory's contents. The descriptor is written after the parent runs
+// again.
 func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (*forkImage, error) {
 	f := m.fork
 	f.mu.Lock()
@@ -310,27 +315,32 @@ func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (
 		parentResult = int32(img.id)
 	}
 
+	// Write-protect guest RAM while the guest runs (the part that grows
+	// with memory); the pause then seals what changed since.
+	regions, _, err := m.serverRegions()
+	if err != nil {
+		return nil, err
+	}
+	if img.frozen, err = f.srv.Arm(regions); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	wasPaused := m.RunState() == "paused"
 	if caller != nil {
 		info.Caller = int32(caller.ID)
 		if err := m.parkSelf(caller, parentResult); err != nil {
+			img.frozen.Close()
 			return nil, err
 		}
 		defer m.unparkSelf(caller)
 	}
 	state, err := m.SaveState(ctx)
-	var regions []server.Region
 	var bitmaps []*snapshot.Bitmap
 	if err == nil {
-		var sregions []snapshot.Region
-		sregions, bitmaps, err = m.populated()
-		for i, r := range sregions {
-			regions = append(regions, server.Region{Host: r.Host, Populated: bitmaps[i]})
-		}
+		regions, bitmaps, err = m.serverRegions()
 	}
 	if err == nil {
-		img.frozen, err = f.srv.Freeze(regions)
+		err = img.frozen.Seal(regions)
 	}
 	if !wasPaused {
 		if rerr := m.Resume(ctx); err == nil {
@@ -339,9 +349,7 @@ func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (
 	}
 	img.paused = time.Since(start)
 	if err != nil {
-		if img.frozen != nil {
-			img.frozen.Close()
-		}
+		img.frozen.Close()
 		return nil, err
 	}
 	state.Fork = info
@@ -353,6 +361,20 @@ func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (
 	f.image = img
 	f.mu.Unlock()
 	return img, nil
+}
+
+// serverRegions is guest RAM with the pages present now, for the memory
+// server.
+func (m *VM) serverRegions() ([]server.Region, []*snapshot.Bitmap, error) {
+	sregions, bitmaps, err := m.populated()
+	if err != nil {
+		return nil, nil, err
+	}
+	regions := make([]server.Region, len(sregions))
+	for i, r := range sregions {
+		regions[i] = server.Region{Host: r.Host, Populated: bitmaps[i]}
+	}
+	return regions, bitmaps, nil
 }
 
 // prepare makes the fork directory and starts the memory server, before

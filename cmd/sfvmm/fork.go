@@ -103,6 +103,7 @@ func cloneCmd(args []string) int {
 	}
 	console := &prefixWriter{w: os.Stdout, prefix: []byte(fmt.Sprintf("[clone %d] ", *id))}
 	defer console.Flush()
+	start := time.Now()
 	vm, err := vmm.RestoreClone(*desc, vmm.CloneConfig{
 		RestoreConfig: vmm.RestoreConfig{Console: console, Logf: logf},
 		ID:            uint32(*id),
@@ -113,7 +114,7 @@ func cloneCmd(args []string) int {
 	}
 	defer vm.Close()
 	if !*quiet {
-		logf("started (ticket %d)", *ticket)
+		logf("running (ticket %d, restored in %v)", *ticket, time.Since(start).Round(time.Microsecond))
 	}
 	code := runVM(vm, runOptions{apiSock: *apiSock, quiet: *quiet}, logf)
 	console.Flush()

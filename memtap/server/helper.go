@@ -71,9 +71,11 @@ func runHelper() error {
 		switch q.Op {
 		case "config":
 			s.handshake, s.write = q.Handshake, q.Write
-		case "freeze":
-			opErr = s.freeze(q, fds)
+		case "arm":
+			opErr = s.arm(q, fds)
 			fds = nil
+		case "seal":
+			opErr = s.seal(q)
 		case "serve":
 			opErr = s.serve(q, fds)
 			fds = nil
@@ -102,7 +104,8 @@ func runHelper() error {
 type region struct {
 	base  uintptr // in the parent's address space
 	pages uint64
-	pop   *helper.Bitmap
+	pop   *helper.Bitmap // populated at the freeze; until Seal, at Arm; guarded by image.mu
+	dirty *helper.Bitmap // written while armed, so no longer protected; guarded by image.mu
 }
 
 // image is a frozen image being served.
@@ -120,6 +123,7 @@ type image struct {
 	// only after its copy is recorded, so a reader holding mu that finds no
 	// copy reads a page that is still protected, hence unchanged.
 	mu     sync.RWMutex
+	armed  bool              // Arm has run, Seal not yet: writes are recorded, not saved; guarded by mu
 	saved  map[uint64][]byte // region<<40 | page → the page before the parent's first write; guarded by mu
 	slabs  [][]byte          // mmap'd storage for saved pages; guarded by mu
 	free   []byte            // unused tail of the last slab; guarded by mu
@@ -138,40 +142,85 @@ type image struct {
 
 const slabSize = 2 << 20
 
-func (s *srv) freeze(q request, fds []int) error {
+func (s *srv) arm(q request, fds []int) error {
 	if len(fds) != 1 {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return fmt.Errorf("freeze: %d descriptors, want the userfaultfd", len(fds))
+		return fmt.Errorf("arm: %d descriptors, want the userfaultfd", len(fds))
 	}
 	u := uffd.FromFd(fds[0])
 	if s.img != nil {
 		u.Close()
-		return errors.New("freeze: an image is already frozen")
+		return errors.New("arm: an image is already frozen")
 	}
-	im := &image{s: s, pid: q.PID, u: u, saved: make(map[uint64][]byte), conns: make(map[net.Conn]struct{}), raw: make(map[int]struct{}), wpDone: make(chan struct{})}
+	im := &image{s: s, pid: q.PID, u: u, armed: true, saved: make(map[uint64][]byte), conns: make(map[net.Conn]struct{}), raw: make(map[int]struct{}), wpDone: make(chan struct{})}
 	for i, r := range q.Regions {
 		pop, err := helper.NewBitmap(r.Pages, r.Runs, false)
 		if err != nil {
 			u.Close() // releases the protection: the parent is not left hanging
-			return fmt.Errorf("freeze: region %d: %w", i, err)
+			return fmt.Errorf("arm: region %d: %w", i, err)
 		}
-		im.regions = append(im.regions, region{base: uintptr(r.Base), pages: r.Pages, pop: pop})
+		dirty, _ := helper.NewBitmap(r.Pages, nil, false)
+		im.regions = append(im.regions, region{base: uintptr(r.Base), pages: r.Pages, pop: pop, dirty: dirty})
 		im.pages = append(im.pages, r.Pages)
 	}
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		u.Close()
-		return fmt.Errorf("freeze: %w", err)
+		return fmt.Errorf("arm: %w", err)
 	}
 	im.stopR, im.stopW = p[0], p[1]
 	if err := unix.SetNonblock(u.Fd(), true); err != nil {
 		u.Close()
-		return fmt.Errorf("freeze: %w", err)
+		return fmt.Errorf("arm: %w", err)
 	}
 	go im.handleWrites()
 	s.img = im
+	return nil
+}
+
+// seal fixes the armed image at this instant (the parent is paused): the
+// populated set becomes q's, and every page written while armed, or
+// populated since, is protected again. From here on a write saves the page
+// first.
+func (s *srv) seal(q request) error {
+	im := s.img
+	if im == nil {
+		return errors.New("seal: no image")
+	}
+	if len(q.Regions) != len(im.regions) {
+		return fmt.Errorf("seal: %d regions, the image has %d", len(q.Regions), len(im.regions))
+	}
+	pops := make([]*helper.Bitmap, len(q.Regions))
+	for i, r := range q.Regions {
+		if r.Pages != im.regions[i].pages {
+			return fmt.Errorf("seal: region %d of %d pages, the image's has %d", i, r.Pages, im.regions[i].pages)
+		}
+		var err error
+		if pops[i], err = helper.NewBitmap(r.Pages, r.Runs, false); err != nil {
+			return fmt.Errorf("seal: region %d: %w", i, err)
+		}
+	}
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if !im.armed {
+		return errors.New("seal: the image is sealed already")
+	}
+	for i := range im.regions {
+		r := &im.regions[i]
+		var err error
+		helper.Runs(r.dirty, pops[i], r.pop, func(start, n uint64) {
+			if err == nil {
+				err = im.u.WriteProtect(r.base+uintptr(start)*uffd.PageSize, uintptr(n)*uffd.PageSize, true, false)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("seal: region %d: %w", i, err)
+		}
+		r.pop, r.dirty = pops[i], nil
+	}
+	im.armed = false
 	return nil
 }
 
@@ -209,7 +258,21 @@ func (im *image) handleWrites() {
 
 func (im *image) saveAndRelease(a uintptr) {
 	im.s.c.writeFaults.Add(1)
-	if ri, p, ok := im.locate(a); ok && im.regions[ri].pop.Get(p) {
+	ri, p, ok := im.locate(a)
+	im.mu.Lock()
+	if im.armed {
+		// Not sealed yet: nothing to keep; Seal protects it again.
+		if ok {
+			im.regions[ri].dirty.Set(p)
+		}
+		if err := im.u.WriteProtect(a, uffd.PageSize, false, false); err != nil {
+			im.fail(err)
+		}
+		im.mu.Unlock()
+		return
+	}
+	im.mu.Unlock()
+	if ok && im.regions[ri].pop.Get(p) {
 		key := uint64(ri)<<40 | p
 		im.mu.Lock()
 		if _, done := im.saved[key]; !done {

@@ -140,7 +140,7 @@ type Server struct {
 // Control messages to the helper.
 type (
 	request struct {
-		Op        string // "config", "freeze", "serve", "thaw"
+		Op        string // "config", "arm", "seal", "serve", "thaw"
 		Handshake time.Duration
 		Write     time.Duration
 		PID       int
@@ -239,42 +239,45 @@ type Image struct {
 	regions []uint64 // page counts
 }
 
-// Freeze freezes regions as they are now. Call it with the parent's vCPUs
-// paused; they may resume as soon as it returns. Its cost is registering
-// and write-protecting the regions (page-table work, no copying) and one
-// round trip to the helper.
+// Arm prepares to freeze regions, while the parent runs: it registers
+// them with a userfaultfd in write-protect mode and write-protects every
+// page present (page-table work that grows with the memory populated).
+// Until Seal, a write to a protected page only records the page as written
+// and lifts its protection. Seal, in the parent's pause, then has only the
+// pages written (or populated) since to protect, so the pause does not
+// grow with RAM.
 //
 // Guest RAM must not already be registered with a userfaultfd (a child that
 // is still filling its RAM through memtap cannot fork yet).
-func (s *Server) Freeze(regions []Region) (*Image, error) {
+func (s *Server) Arm(regions []Region) (*Image, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.image != nil {
-		return nil, errors.New("freeze: an image is already frozen; close it first")
+		return nil, errors.New("arm: an image is already frozen; close it first")
 	}
 	if len(regions) == 0 || len(regions) > wire.MaxRegions {
-		return nil, fmt.Errorf("freeze: %d regions", len(regions))
+		return nil, fmt.Errorf("arm: %d regions", len(regions))
 	}
-	q := request{Op: "freeze", PID: os.Getpid()}
+	q := request{Op: "arm", PID: os.Getpid()}
 	im := &Image{s: s}
 	for i, r := range regions {
 		if len(r.Host) == 0 || len(r.Host)%uffd.PageSize != 0 || uintptr(unsafe.Pointer(&r.Host[0]))%uffd.PageSize != 0 {
-			return nil, fmt.Errorf("freeze: region %d is not whole pages", i)
+			return nil, fmt.Errorf("arm: region %d is not whole pages", i)
 		}
 		pages := uint64(len(r.Host) / uffd.PageSize)
 		if pages > wire.MaxRegionPages {
-			return nil, fmt.Errorf("freeze: region %d of %d pages is too large", i, pages)
+			return nil, fmt.Errorf("arm: region %d of %d pages is too large", i, pages)
 		}
 		spec := regionSpec{Base: uint64(uintptr(unsafe.Pointer(&r.Host[0]))), Pages: pages}
 		if r.Populated == nil {
 			runs, err := resident(r.Host)
 			if err != nil {
-				return nil, fmt.Errorf("freeze: region %d: %w", i, err)
+				return nil, fmt.Errorf("arm: region %d: %w", i, err)
 			}
 			spec.Runs = runs
 		} else {
 			if r.Populated.Len() != pages {
-				return nil, fmt.Errorf("freeze: region %d: populated set of %d pages for %d", i, r.Populated.Len(), pages)
+				return nil, fmt.Errorf("arm: region %d: populated set of %d pages for %d", i, r.Populated.Len(), pages)
 			}
 			r.Populated.Runs(func(start, n uint64) { spec.Runs = append(spec.Runs, helper.Run{Start: start, N: n}) })
 		}
@@ -283,35 +286,86 @@ func (s *Server) Freeze(regions []Region) (*Image, error) {
 	}
 	u, err := uffd.New(unix.O_CLOEXEC | unix.O_NONBLOCK)
 	if err != nil {
-		return nil, fmt.Errorf("freeze: %w", err)
+		return nil, fmt.Errorf("arm: %w", err)
 	}
 	// This process keeps no reference once the helper has it: if the
 	// helper dies, the kernel drops every protection and wakes every
 	// blocked writer, instead of leaving the parent hung.
 	defer u.Close()
 	if _, err := u.API(uffd.FeatureWP); err != nil {
-		return nil, fmt.Errorf("freeze: %w", err)
+		return nil, fmt.Errorf("arm: %w", err)
 	}
 	for i, r := range q.Regions {
 		ioctls, err := u.Register(uintptr(r.Base), uintptr(r.Pages*uffd.PageSize), uffd.ModeWP)
 		if err != nil {
-			return nil, fmt.Errorf("freeze: region %d: %w", i, err)
+			return nil, fmt.Errorf("arm: region %d: %w", i, err)
 		}
 		if ioctls&uffd.IoctlWriteProtect == 0 {
-			return nil, fmt.Errorf("freeze: region %d: kernel cannot write-protect it", i)
+			return nil, fmt.Errorf("arm: region %d: kernel cannot write-protect it", i)
 		}
 	}
 	for i, r := range q.Regions {
 		if err := u.WriteProtect(uintptr(r.Base), uintptr(r.Pages*uffd.PageSize), true, false); err != nil {
-			return nil, fmt.Errorf("freeze: region %d: %w", i, err)
+			return nil, fmt.Errorf("arm: region %d: %w", i, err)
 		}
 	}
 	if err := s.call(q, u.Fd()); err != nil {
 		// The helper closed its copy (or died): with ours closed too,
 		// the protection is gone.
-		return nil, fmt.Errorf("freeze: %w", err)
+		return nil, fmt.Errorf("arm: %w", err)
 	}
 	s.image = im
+	return im, nil
+}
+
+// Seal fixes the image as regions are now. Call it with the parent's vCPUs
+// paused; they may resume as soon as it returns. Its cost is protecting
+// again what was written or populated since Arm, and a round trip to the
+// helper. A region without Populated is looked up with mincore(2).
+func (im *Image) Seal(regions []Region) error {
+	s := im.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.image != im {
+		return errors.New("seal: image closed")
+	}
+	if len(regions) != len(im.regions) {
+		return fmt.Errorf("seal: %d regions, the image has %d", len(regions), len(im.regions))
+	}
+	q := request{Op: "seal"}
+	for i, r := range regions {
+		spec := regionSpec{Pages: im.regions[i]}
+		switch {
+		case r.Populated == nil:
+			runs, err := resident(r.Host)
+			if err != nil {
+				return fmt.Errorf("seal: region %d: %w", i, err)
+			}
+			spec.Runs = runs
+		case r.Populated.Len() != im.regions[i]:
+			return fmt.Errorf("seal: region %d: populated set of %d pages for %d", i, r.Populated.Len(), im.regions[i])
+		default:
+			r.Populated.Runs(func(start, n uint64) { spec.Runs = append(spec.Runs, helper.Run{Start: start, N: n}) })
+		}
+		q.Regions = append(q.Regions, spec)
+	}
+	if err := s.call(q); err != nil {
+		return fmt.Errorf("seal: %w", err)
+	}
+	return nil
+}
+
+// Freeze freezes regions as they are now: Arm and Seal at once, all in
+// the pause.
+func (s *Server) Freeze(regions []Region) (*Image, error) {
+	im, err := s.Arm(regions)
+	if err != nil {
+		return nil, err
+	}
+	if err := im.Seal(regions); err != nil {
+		im.Close()
+		return nil, err
+	}
 	return im, nil
 }
 

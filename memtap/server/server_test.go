@@ -150,6 +150,56 @@ func TestFreezeServesThePast(t *testing.T) {
 	}
 }
 
+// Between Arm and Seal the parent writes freely (a write only unprotects
+// the page); the image is the memory at Seal: pages written before it
+// hold their new content, pages written after it their sealed one, and a
+// page first populated between the two is protected by Seal too.
+func TestArmThenSeal(t *testing.T) {
+	ram := newRAM(t, 16)
+	s, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	im, err := s.Arm([]Region{{Host: ram}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ram[0*page] = 0xA0 // populated at Arm, written before Seal
+	ram[2*page] = 0xA2 // populated only now
+	faults := s.Stats().WriteFaults
+	if err := im.Seal([]Region{{Host: ram}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Seal([]Region{{Host: ram}}); err == nil {
+		t.Error("a second Seal was accepted")
+	}
+	if s.Stats().PagesSaved != 0 {
+		t.Errorf("pages saved before Seal: %d", s.Stats().PagesSaved)
+	}
+	key, _ := wire.NewKey()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	if err := im.Serve(l, key); err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	for _, i := range []int{0, 2, 4} {
+		ram[i*page] = 0xEE
+	}
+	if got := s.Stats().WriteFaults - faults; got != 3 {
+		t.Errorf("%d write faults after Seal, want 3 (pages 0, 2 and 4 protected again or still)", got)
+	}
+	_, data := fetch(t, addr, key, 0, 5)
+	if len(data) != 3 || data[0][0] != 0xA0 || data[1][0] != 0xA2 || data[2][0] != 5 {
+		var got []byte
+		for _, d := range data {
+			got = append(got, d[0])
+		}
+		t.Errorf("pages 0, 2, 4 served as %x, want a0 a2 05", got)
+	}
+}
+
 func TestHelperDeathReleasesParent(t *testing.T) {
 	ram := newRAM(t, 64)
 	s, err := New(Config{})

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"os"
 	"os/exec"
@@ -308,3 +309,49 @@ func (b *Bitmap) Get(i uint64) bool {
 
 // Len is the number of pages covered.
 func (b *Bitmap) Len() uint64 { return b.n }
+
+// Set adds page i (which must be below Len) to the set.
+func (b *Bitmap) Set(i uint64) { b.words[i/64] |= 1 << (i % 64) }
+
+// Runs calls fn for each run of pages in a ∪ (b ∖ c), in order; the
+// three cover the same pages.
+func Runs(a, b, c *Bitmap, fn func(start, n uint64)) {
+	var start, n uint64
+	flush := func() {
+		if n > 0 {
+			fn(start, n)
+			n = 0
+		}
+	}
+	for w := range a.words {
+		word := a.words[w] | b.words[w]&^c.words[w]
+		base := uint64(w) * 64
+		switch word {
+		case 0:
+			flush()
+			continue
+		case ^uint64(0):
+			if n > 0 && start+n == base {
+				n += 64
+			} else {
+				flush()
+				start, n = base, 64
+			}
+			continue
+		}
+		for word != 0 {
+			i := base + uint64(bits.TrailingZeros64(word))
+			if n > 0 && start+n == i {
+				n++
+			} else {
+				flush()
+				start, n = i, 1
+			}
+			word &= word - 1
+		}
+		if start+n != base+64 {
+			flush() // the run stops inside this word
+		}
+	}
+	flush()
+}

@@ -1,8 +1,10 @@
 package helper
 
 import (
+	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -105,5 +107,45 @@ func TestControlMessages(t *testing.T) {
 	}
 	if _, err := b.Recv(&m); err == nil {
 		t.Error("no error at the end of the stream")
+	}
+}
+
+func TestRuns(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, n := range []uint64{1, 63, 64, 65, 200, 1000} {
+		for trial := 0; trial < 20; trial++ {
+			var sets [3][]Run
+			for k := range sets {
+				for i := uint64(0); i < n; {
+					l := uint64(r.IntN(80)) + 1
+					if r.IntN(2) == 0 {
+						sets[k] = append(sets[k], Run{i, min(l, n-i)})
+					}
+					i += l
+				}
+			}
+			var bm [3]*Bitmap
+			for k := range bm {
+				var err error
+				if bm[k], err = NewBitmap(n, sets[k], false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := []Run{}
+			for i := uint64(0); i < n; i++ {
+				if bm[0].Get(i) || (bm[1].Get(i) && !bm[2].Get(i)) {
+					if l := len(want); l > 0 && want[l-1].Start+want[l-1].N == i {
+						want[l-1].N++
+					} else {
+						want = append(want, Run{i, 1})
+					}
+				}
+			}
+			got := []Run{}
+			Runs(bm[0], bm[1], bm[2], func(s, l uint64) { got = append(got, Run{s, l}) })
+			if !slices.Equal(got, want) {
+				t.Fatalf("%d pages: runs %v, want %v", n, got, want)
+			}
+		}
 	}
 }
