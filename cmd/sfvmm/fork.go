@@ -19,20 +19,20 @@ import (
 )
 
 // launcher starts clones as `sfvmm clone` processes of this binary, with
-// this process's stdout and stderr (their console lines carry their clone
-// ID) and stdin from /dev/null.
+// their console lines (which carry their clone ID) joining the parent's
+// console, their stderr this process's, and stdin from /dev/null.
 type launcher struct {
 	exe     string
-	apiSock string // the parent's; a clone's is derived from it
-	stats   bool
+	apiSock string   // the parent's; a clone's is derived from it
+	console *console // the parent's, which clones' lines join
 }
 
-func newLauncher(apiSock string, stats bool) (*launcher, error) {
+func newLauncher(apiSock string, c *console) (*launcher, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sfvmm binary to start clones with: %w", err)
 	}
-	return &launcher{exe: exe, apiSock: apiSock, stats: stats}, nil
+	return &launcher{exe: exe, apiSock: apiSock, console: c}, nil
 }
 
 // cloneSocket is clone id of ticket's control socket, next to the parent's.
@@ -50,23 +50,26 @@ func (l *launcher) Launch(descriptor string, ticket, id uint32) (vmm.Clone, erro
 		args = append(args, "--api-sock", s)
 	}
 	cmd := exec.Command(l.exe, args...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	out := &lineWriter{c: l.console}
+	cmd.Stdout, cmd.Stderr = out, os.Stderr
 	// A clone fetches its memory from this process: it cannot outlive it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	return &cloneProcess{cmd: cmd}, nil
+	return &cloneProcess{cmd: cmd, out: out}, nil
 }
 
 // cloneProcess is a clone running as a process.
 type cloneProcess struct {
 	cmd    *exec.Cmd
+	out    *lineWriter
 	killed sync.Once
 }
 
 func (p *cloneProcess) Wait() error {
 	err := p.cmd.Wait()
+	p.out.Flush()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -259,14 +262,14 @@ func addForkFlags(fs *flag.FlagSet) forkFlags {
 }
 
 // config returns the fork configuration, nil when disabled.
-func (f forkFlags) config(apiSock string, stats bool) (*vmm.ForkConfig, error) {
+func (f forkFlags) config(apiSock string, c *console) (*vmm.ForkConfig, error) {
 	if *f.capacity < 0 {
 		return nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
 	}
 	if *f.capacity == 0 {
 		return nil, nil
 	}
-	l, err := newLauncher(apiSock, stats)
+	l, err := newLauncher(apiSock, c)
 	if err != nil {
 		return nil, err
 	}

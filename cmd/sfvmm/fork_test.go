@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/snapshot"
@@ -85,5 +86,36 @@ func TestForkCommandUsage(t *testing.T) {
 	out, err := exec.Command(sfvmmBin, "fork", "--api-sock", filepath.Join(t.TempDir(), "none.sock"), "--clones", "1").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "none.sock") {
 		t.Errorf("fork through a missing socket: %v\n%s", err, out)
+	}
+}
+
+// A clone's line waits for the parent to end its current line, but not
+// for ever.
+func TestConsoleKeepsLinesWhole(t *testing.T) {
+	var out bytes.Buffer
+	c := newConsole(&out)
+	lw := &lineWriter{c: c}
+	c.Write([]byte("parent: hal"))
+	done := make(chan struct{})
+	go func() {
+		lw.Write([]byte("[clone 1] a line\n[clone 1] part"))
+		close(done)
+	}()
+	time.Sleep(20 * time.Millisecond)
+	c.Write([]byte("f a line\n"))
+	<-done
+	lw.Flush()
+	if got, want := out.String(), "parent: half a line\n[clone 1] a line\n[clone 1] part"; got != want {
+		t.Errorf("console: %q, want %q", got, want)
+	}
+	out.Reset()
+	c.Write([]byte("prompt # "))
+	start := time.Now()
+	lw.Write([]byte("[clone 2] late\n"))
+	if d := time.Since(start); d < lineWait/2 || d > 5*lineWait {
+		t.Errorf("a clone's line behind an unfinished parent line waited %v, want about %v", d, lineWait)
+	}
+	if got := out.String(); got != "prompt # [clone 2] late\n" {
+		t.Errorf("console: %q", got)
 	}
 }

@@ -47,7 +47,8 @@ func runCmd(args []string) int {
 		logf("error: --memory: %v", err)
 		return vmm.StatusError
 	}
-	fork, err := ff.config(*apiSock, *stats)
+	console := newConsole(os.Stdout)
+	fork, err := ff.config(*apiSock, console)
 	if err != nil {
 		logf("error: %v", err)
 		return vmm.StatusError
@@ -58,7 +59,7 @@ func runCmd(args []string) int {
 		Cmdline:    *cmdline,
 		CPUs:       *cpus,
 		MemBytes:   mem,
-		Console:    os.Stdout,
+		Console:    console,
 		Logf:       logf,
 		Fork:       fork,
 	})

@@ -65,13 +65,14 @@ func restoreCmd(args []string) int {
 		logf("error: --paused needs --api-sock to resume the guest")
 		return 2
 	}
-	fork, err := ff.config(*apiSock, false)
+	console := newConsole(os.Stdout)
+	fork, err := ff.config(*apiSock, console)
 	if err != nil {
 		logf("error: %v", err)
 		return vmm.StatusError
 	}
 	start := time.Now()
-	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: os.Stdout, Logf: logf, Fork: fork})
+	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Logf: logf, Fork: fork})
 	if err != nil {
 		logf("error: restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError
