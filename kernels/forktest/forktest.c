@@ -23,7 +23,8 @@
  *           being sf_id(): clones forked from the host show theirs.
  *
  * Debug-exit values: 0 all as expected; 1 a clone or check failed;
- * 2 bad command line; 3 the fork device is missing or a call failed.
+ * 2 bad command line; 3 the fork device is missing or a call failed;
+ * 4 a CPU exception (reported with its EIP).
  */
 #include "kernel.h"
 #include "sf.h"
@@ -31,6 +32,36 @@
 #define BASE 0x1000000u /* 16 MiB */
 #define ZERO_BYTES (16u << 20)
 #define SEED 0x9e3779b9u
+
+/* An IDT for the exceptions (trap.S): a fault reports itself. */
+struct gate {
+	uint16_t off_lo, sel;
+	uint8_t zero, type;
+	uint16_t off_hi;
+} __attribute__((packed));
+static struct gate idt[32] __attribute__((aligned(8)));
+extern char trap_stubs[];
+
+void trap(uint32_t *frame) __attribute__((noreturn, used));
+void trap(uint32_t *frame)
+{
+	kprintf("forktest: clone %d: exception %u, error 0x%x, at eip 0x%x (cs 0x%x, eflags 0x%x), esp 0x%x\n",
+		sf_id(), frame[0], frame[1], frame[2], frame[3], frame[4], (uint32_t)(uintptr_t)(frame + 5));
+	debug_exit(4);
+}
+
+static void load_idt(void)
+{
+	for (int v = 0; v < 32; v++) {
+		uint32_t a = (uint32_t)(uintptr_t)(trap_stubs + 16 * v);
+		idt[v] = (struct gate){.off_lo = (uint16_t)a, .sel = 0x08, .type = 0x8E, .off_hi = (uint16_t)(a >> 16)};
+	}
+	struct {
+		uint16_t limit;
+		uint32_t base;
+	} __attribute__((packed)) p = {sizeof idt - 1, (uint32_t)(uintptr_t)idt};
+	__asm__ volatile("lidt %0" : : "m"(p));
+}
 
 static uint32_t pattern(uint32_t i) { return (i * 2654435761u) ^ SEED; }
 
@@ -212,6 +243,7 @@ void kmain(uint32_t magic, uint32_t mbi)
 {
 	struct boot b;
 	serial_init();
+	load_idt();
 	boot_parse(magic, mbi, &b);
 	if (!sf_probe()) {
 		kprintf("forktest: no fork device at port 0x%x\n", SF_PORT);
