@@ -384,6 +384,9 @@ func (m *VM) serverRegions() ([]server.Region, []*snapshot.Bitmap, error) {
 func (f *forker) prepare() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return ErrStopped
+	}
 	if f.dir == "" {
 		if f.cfg.Dir != "" {
 			if err := os.MkdirAll(f.cfg.Dir, 0o700); err != nil {
@@ -511,6 +514,9 @@ func (f *forker) launch(m *VM, img *forkImage, t *ticket) {
 // and a launcher's child may be tied to the thread that started it
 // (PR_SET_PDEATHSIG).
 func launchOffThread(l Launcher, descriptor string, ticket, id uint32) (Clone, error) {
+	if l == nil {
+		return nil, errors.New("no launcher configured")
+	}
 	type result struct {
 		c   Clone
 		err error
