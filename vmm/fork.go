@@ -321,7 +321,6 @@ func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (
 	if err != nil {
 		return nil, err
 	}
-	m.logf("TRACE arm populated %d", regions[0].Populated.(*snapshot.Bitmap).Count())
 	if img.frozen, err = f.srv.Arm(regions); err != nil {
 		return nil, err
 	}
@@ -341,7 +340,6 @@ func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (
 		regions, bitmaps, err = m.serverRegions()
 	}
 	if err == nil {
-		m.logf("TRACE seal populated %d", bitmaps[0].Count())
 		err = img.frozen.Seal(regions)
 	}
 	if !wasPaused {

@@ -135,6 +135,10 @@ func main() {
 	}
 
 	tiny, err := b.tinyFetch()
+	for retry := 0; err != nil && retry < 2; retry++ {
+		fmt.Fprintf(os.Stderr, "bench: forktest fork failed, running it again: %v\n", err)
+		tiny, err = b.tinyFetch()
+	}
 	if err != nil {
 		benchproc.KillAll()
 		fail(err)
@@ -257,36 +261,55 @@ func (b *bench) forkLatency(ns []int) (running, up map[int]time.Duration, stats 
 }
 
 // coldBoot starts n VMs of the same guest at once and returns the median
-// over b.runs of the time until the last prints "up" from its init.
+// over b.runs of the time until the last prints "up" from its init. A
+// round in which a guest crashes (the nested sandbox does that now and
+// then under load) is reported and run again, at most twice.
 func (b *bench) coldBoot(n int) (time.Duration, error) {
 	var ds []time.Duration
+	retries := 0
 	for r := 0; r < b.runs; r++ {
-		start := time.Now()
-		var ps []*benchproc.Proc
-		for i := 0; i < n; i++ {
-			p, err := benchproc.Start(b.sfvmm, "run", "--kernel", b.kernel, "--initrd", b.initrd, "--memory", "256M",
-				"--cmdline", linuxCmdline+` sfvmm.run="echo up"`)
-			if err != nil {
-				return 0, err
-			}
-			ps = append(ps, p)
+		d, err := b.coldBootOnce(n)
+		if err != nil && retries < 2 {
+			retries++
+			fmt.Fprintf(os.Stderr, "bench: cold boot of %d failed, running the round again: %v\n", n, err)
+			r--
+			continue
 		}
-		var last time.Time
-		for _, p := range ps {
-			l, _, _, err := p.WaitLine(0, regexp.MustCompile(`^up\s*$`), false, b.timeout, "cold boot")
-			if err != nil {
-				return 0, err
-			}
-			if l.At.After(last) {
-				last = l.At
-			}
+		if err != nil {
+			return 0, err
 		}
-		ds = append(ds, last.Sub(start))
+		ds = append(ds, d)
+	}
+	return median(ds), nil
+}
+
+func (b *bench) coldBootOnce(n int) (time.Duration, error) {
+	start := time.Now()
+	var ps []*benchproc.Proc
+	defer func() {
 		for _, p := range ps {
 			p.Kill()
 		}
+	}()
+	for i := 0; i < n; i++ {
+		p, err := benchproc.Start(b.sfvmm, "run", "--kernel", b.kernel, "--initrd", b.initrd, "--memory", "256M",
+			"--cmdline", linuxCmdline+` sfvmm.run="echo up"`)
+		if err != nil {
+			return 0, err
+		}
+		ps = append(ps, p)
 	}
-	return median(ds), nil
+	var last time.Time
+	for _, p := range ps {
+		l, _, _, err := p.WaitLine(0, regexp.MustCompile(`^up\s*$`), false, b.timeout, "cold boot")
+		if err != nil {
+			return 0, err
+		}
+		if l.At.After(last) {
+			last = l.At
+		}
+	}
+	return last.Sub(start), nil
 }
 
 // forkPause runs the forktest kernel with size bytes populated and forks
