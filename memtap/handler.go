@@ -250,18 +250,6 @@ func (h *handler) loop(stop int) error {
 			}
 			timeout = int(left/time.Millisecond) + 1
 		}
-		if len(h.queue) > 0 && len(h.out) == 0 {
-			// A thread waits for the answer: spin on the socket for a
-			// while rather than sleep in poll, so that the answer is
-			// taken at once instead of after a wake-up (which on a
-			// virtualised host costs as much as the rest of the fault).
-			if err := h.spinReceive(); err != nil {
-				return err
-			}
-			if len(h.queue) == 0 {
-				continue
-			}
-		}
 		pfd[1].Events = unix.POLLIN
 		if len(h.out) > 0 {
 			pfd[1].Events |= unix.POLLOUT
@@ -444,32 +432,6 @@ func (h *handler) flush() error {
 	}
 	h.out = h.out[:0]
 	return nil
-}
-
-// spinWait bounds how long the handler spins for an answer before it
-// sleeps in poll. Answers from a server on the same host or a near one
-// come well within it.
-const spinWait = 100 * time.Microsecond
-
-// spinReceive reads answers without sleeping until one has completed a
-// request, spinWait has passed, or a fault is waiting to be read.
-func (h *handler) spinReceive() error {
-	deadline := time.Now().Add(spinWait)
-	queued := len(h.queue)
-	pfd := []unix.PollFd{{Fd: int32(h.u.Fd()), Events: unix.POLLIN}}
-	for i := 0; ; i++ {
-		if err := h.receive(); err != nil {
-			return err
-		}
-		if len(h.queue) < queued {
-			return nil
-		}
-		if i%16 == 15 {
-			if n, _ := unix.Poll(pfd, 0); n > 0 || time.Now().After(deadline) {
-				return nil
-			}
-		}
-	}
 }
 
 // receive reads what the server has sent and installs every complete

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,7 +40,6 @@ type srv struct {
 	c                *counters
 	handshake, write time.Duration
 	img              *image
-	spinning         atomic.Int32 // client goroutines spinning for a request (spinRead)
 }
 
 func runHelper() error {
@@ -465,7 +463,7 @@ func (im *image) client(c net.Conn, key wire.Key) {
 	hdr := make([]byte, 0, wire.ResponseSize)
 	out := make([][]byte, 0, 2+wire.MaxBatch)
 	for {
-		n, err := spinRead(fd, in[have:], &im.s.spinning)
+		n, err := unix.Read(fd, in[have:])
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -508,35 +506,6 @@ func (im *image) client(c net.Conn, key wire.Key) {
 		}
 		have = copy(in, in[next:have])
 	}
-}
-
-// spinFor bounds how long a client's goroutine spins for its next request
-// before it sleeps in read: a clone that faults once usually faults again
-// soon, and an answer sent without a wake-up halves the fault's cost.
-const spinFor = 50 * time.Microsecond
-
-// maxSpinners bounds the goroutines spinning at once, leaving a CPU for
-// the parent and the clones.
-var maxSpinners = int32(max(runtime.NumCPU()-1, 1))
-
-// spinRead reads from the blocking descriptor fd, first spinning up to
-// spinFor with non-blocking reads while fewer than maxSpinners spin.
-func spinRead(fd int, b []byte, spinning *atomic.Int32) (int, error) {
-	if spinning.Add(1) <= maxSpinners {
-		deadline := time.Now().Add(spinFor)
-		for i := 0; ; i++ {
-			n, _, err := unix.Recvfrom(fd, b, unix.MSG_DONTWAIT)
-			if !errors.Is(err, unix.EAGAIN) {
-				spinning.Add(-1)
-				return n, err
-			}
-			if i%16 == 15 && time.Now().After(deadline) {
-				break
-			}
-		}
-	}
-	spinning.Add(-1)
-	return unix.Read(fd, b)
 }
 
 // rawFd returns a blocking duplicate of c's descriptor.
