@@ -38,7 +38,10 @@ kernels: deps
 demo: deps kernels
 	$(KVMBOX) -- sh -c 'set -x; sfvmm run --cpus 2 --memory 256M --kernel "$$SFVMM_LINUX_KERNEL" \
 		--initrd $(CURDIR)/$(BUILD)/kernels/initramfs.cpio \
-		--cmdline '\''$(LINUX_CMDLINE) sfvmm.run="uname -sr; echo I see $$(nproc) CPUs; cat /proc/meminfo | head -1"'\'''
+		--cmdline '\''$(LINUX_CMDLINE) sfvmm.run="uname -sr; echo I see $$(nproc) CPUs; cat /proc/meminfo | head -1; \
+			t=$$(sfctl ticket 2); id=$$(sfctl clone $$t); \
+			if [ $$id != 0 ]; then echo clone $$id: forked from the running guest, sees $$(nproc) CPUs; sfctl exit; fi; \
+			sfctl join $$t && echo parent: both clones exited"'\'''
 
 # Every test: vet and format checks, host unit tests, brief fuzzing, then
 # the KVM tests in the sandbox; it ends with the count of tests run.
