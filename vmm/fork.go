@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,6 +88,7 @@ type forker struct {
 	dir        string
 	madeDir    bool // dir is ours to remove
 	srv        *server.Server
+	srvPID     atomic.Int32 // srv's helper, for Status, which must not wait on mu
 	image      *forkImage
 	lastImage  uint32
 	lastTicket uint32
@@ -413,6 +415,7 @@ func (f *forker) prepare() error {
 			return fmt.Errorf("start the memory server: %w", err)
 		}
 		f.srv = s
+		f.srvPID.Store(int32(s.PID()))
 	}
 	return nil
 }
@@ -717,15 +720,10 @@ func (m *VM) Kill(ticket uint32) error {
 }
 
 // MemoryServerPID is the process ID of the memory server's helper, 0 if
-// none has started.
+// none has started. It does not wait for a fork in progress.
 func (m *VM) MemoryServerPID() int {
 	if m.fork == nil {
 		return 0
 	}
-	m.fork.mu.Lock()
-	defer m.fork.mu.Unlock()
-	if m.fork.srv == nil {
-		return 0
-	}
-	return m.fork.srv.PID()
+	return int(m.fork.srvPID.Load())
 }

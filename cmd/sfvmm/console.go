@@ -62,45 +62,66 @@ func (c *console) writeLine(line []byte) error {
 	return err
 }
 
-// lineWriter passes a clone's output to a console a line at a time.
-type lineWriter struct {
-	c   *console
-	mu  sync.Mutex // guards buf
-	buf []byte
+// lines passes what is written to it on a whole line at a time, each line
+// started with prefix: a clone prefixes its console with its ID, and the
+// parent hands a clone's output to its console by lines. A partial line
+// waits for its end, a Flush, or maxLine bytes (a guest printing without
+// newlines still shows its output).
+type lines struct {
+	prefix []byte
+	emit   func(line []byte) error
+	mu     sync.Mutex // guards line; the UART writes from vCPU threads
+	line   []byte     // the current line, prefix included, not yet emitted
 }
 
-func (l *lineWriter) Write(p []byte) (int, error) {
+// maxLine bounds a held partial line.
+const maxLine = 4096
+
+// writeTo emits lines to w.
+func writeTo(w io.Writer) func([]byte) error {
+	return func(line []byte) error {
+		_, err := w.Write(line)
+		return err
+	}
+}
+
+func (l *lines) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
+	n := len(b)
+	for len(b) > 0 {
+		if len(l.line) == 0 {
+			l.line = append(l.line, l.prefix...)
+		}
+		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
-			break
+			l.line = append(l.line, b...)
+			if len(l.line) >= maxLine {
+				return n, l.flushLocked()
+			}
+			return n, nil
 		}
-		if err := l.c.writeLine(l.buf[:i+1]); err != nil {
-			return len(p), err
+		l.line = append(l.line, b[:i+1]...)
+		b = b[i+1:]
+		if err := l.flushLocked(); err != nil {
+			return n, err
 		}
-		l.buf = l.buf[i+1:]
 	}
-	if len(l.buf) >= maxLine {
-		return len(p), l.flushLocked()
-	}
-	return len(p), nil
+	return n, nil
 }
 
-// Flush writes what is left of a last line.
-func (l *lineWriter) Flush() error {
+// Flush emits a partial line.
+func (l *lines) Flush() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.flushLocked()
 }
 
-func (l *lineWriter) flushLocked() error {
-	if len(l.buf) == 0 {
+func (l *lines) flushLocked() error {
+	if len(l.line) == 0 {
 		return nil
 	}
-	err := l.c.writeLine(l.buf)
-	l.buf = l.buf[:0]
+	err := l.emit(l.line)
+	l.line = l.line[:0]
 	return err
 }

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -50,7 +48,7 @@ func (l *launcher) Launch(descriptor string, ticket, id uint32) (vmm.Clone, erro
 		args = append(args, "--api-sock", s)
 	}
 	cmd := exec.Command(l.exe, args...)
-	out := &lineWriter{c: l.console}
+	out := &lines{emit: l.console.writeLine}
 	cmd.Stdout, cmd.Stderr = out, os.Stderr
 	// A clone fetches its memory from this process: it cannot outlive it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -63,7 +61,7 @@ func (l *launcher) Launch(descriptor string, ticket, id uint32) (vmm.Clone, erro
 // cloneProcess is a clone running as a process.
 type cloneProcess struct {
 	cmd    *exec.Cmd
-	out    *lineWriter
+	out    *lines
 	killed sync.Once
 }
 
@@ -104,7 +102,7 @@ func cloneCmd(args []string) int {
 		logf("error: usage: sfvmm clone --descriptor PATH --id K [--ticket T] [--api-sock PATH]")
 		return 2
 	}
-	console := &prefixWriter{w: os.Stdout, prefix: []byte(fmt.Sprintf("[clone %d] ", *id))}
+	console := &lines{prefix: []byte(fmt.Sprintf("[clone %d] ", *id)), emit: writeTo(os.Stdout)}
 	defer console.Flush()
 	start := time.Now()
 	vm, err := vmm.RestoreClone(*desc, vmm.CloneConfig{
@@ -125,62 +123,6 @@ func cloneCmd(args []string) int {
 		logf("memtap: %s", vmm.FormatMemtapStats(s))
 	}
 	return code
-}
-
-// prefixWriter starts every line written through it with prefix, so that
-// the consoles of a parent and its clones can share one terminal. It
-// passes whole lines on and holds a partial one until its end comes (or a
-// Flush).
-type prefixWriter struct {
-	mu     sync.Mutex // guards the fields below; the UART writes from vCPU threads
-	w      io.Writer
-	prefix []byte
-	line   []byte // the current line, prefix included, not yet written
-}
-
-// maxLine bounds a held partial line: a guest printing without newlines
-// still shows its output.
-const maxLine = 4096
-
-func (p *prefixWriter) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := len(b)
-	for len(b) > 0 {
-		if len(p.line) == 0 {
-			p.line = append(p.line, p.prefix...)
-		}
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			p.line = append(p.line, b...)
-			if len(p.line) >= maxLine {
-				return n, p.flush()
-			}
-			return n, nil
-		}
-		p.line = append(p.line, b[:i+1]...)
-		b = b[i+1:]
-		if err := p.flush(); err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
-// Flush writes out a partial line.
-func (p *prefixWriter) Flush() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.flush()
-}
-
-func (p *prefixWriter) flush() error {
-	if len(p.line) == 0 {
-		return nil
-	}
-	_, err := p.w.Write(p.line)
-	p.line = p.line[:0]
-	return err
 }
 
 // forkCmd implements `sfvmm fork --api-sock PATH --clones N`, and with

@@ -14,7 +14,7 @@ import (
 
 func TestPrefixWriter(t *testing.T) {
 	var out bytes.Buffer
-	p := &prefixWriter{w: &out, prefix: []byte("[clone 2] ")}
+	p := &lines{prefix: []byte("[clone 2] "), emit: writeTo(&out)}
 	for _, s := range []string{"hel", "lo\r\nwor", "ld\n", "\n", "tail"} {
 		p.Write([]byte(s))
 	}
@@ -94,7 +94,7 @@ func TestForkCommandUsage(t *testing.T) {
 func TestConsoleKeepsLinesWhole(t *testing.T) {
 	var out bytes.Buffer
 	c := newConsole(&out)
-	lw := &lineWriter{c: c}
+	lw := &lines{emit: c.writeLine}
 	c.Write([]byte("parent: hal"))
 	done := make(chan struct{})
 	go func() {

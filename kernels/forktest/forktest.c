@@ -33,13 +33,7 @@
 #define ZERO_BYTES (16u << 20)
 #define SEED 0x9e3779b9u
 
-/* An IDT for the exceptions (trap.S): a fault reports itself. */
-struct gate {
-	uint16_t off_lo, sel;
-	uint8_t zero, type;
-	uint16_t off_hi;
-} __attribute__((packed));
-static struct gate idt[32] __attribute__((aligned(8)));
+/* Exception entry points (trap.S): a fault reports itself. */
 extern char trap_stubs[];
 
 void trap(uint32_t *frame) __attribute__((noreturn, used));
@@ -52,15 +46,9 @@ void trap(uint32_t *frame)
 
 static void load_idt(void)
 {
-	for (int v = 0; v < 32; v++) {
-		uint32_t a = (uint32_t)(uintptr_t)(trap_stubs + 16 * v);
-		idt[v] = (struct gate){.off_lo = (uint16_t)a, .sel = 0x08, .type = 0x8E, .off_hi = (uint16_t)(a >> 16)};
-	}
-	struct {
-		uint16_t limit;
-		uint32_t base;
-	} __attribute__((packed)) p = {sizeof idt - 1, (uint32_t)(uintptr_t)idt};
-	__asm__ volatile("lidt %0" : : "m"(p));
+	for (int v = 0; v < 32; v++)
+		idt_set(v, trap_stubs + 16 * v);
+	idt_load();
 }
 
 static uint32_t pattern(uint32_t i) { return (i * 2654435761u) ^ SEED; }

@@ -84,6 +84,11 @@ bool parse_size(const char *s, size_t len, uint64_t *v); /* with K/M/G suffix */
 void spin_loops(uint64_t n);                       /* n dec/jnz iterations */
 void tsc_wait_until(uint64_t *t, uint64_t ticks); /* until *t + ticks; then *t += ticks */
 
+/* idt.c (32-bit kernels only): a 256-entry IDT of ring-0 interrupt gates;
+ * vectors not set are not present. */
+void idt_set(int vector, const void *handler);
+void idt_load(void);
+
 /* string helpers */
 size_t kstrlen(const char *s);
 

@@ -65,34 +65,16 @@ volatile uint32_t pit_ticks, lapic_ticks; /* isr.S */
 extern const char pit_isr[], lapic_isr[], spurious_isr[], spurious_isr_slave[];
 extern const char trap_stubs[];
 
-struct gate {
-	uint16_t off_lo, sel;
-	uint8_t zero, type;
-	uint16_t off_hi;
-} __attribute__((packed));
-
-static struct gate idt[256] __attribute__((aligned(8)));
-
-static void set_gate(int v, const void *fn)
-{
-	uint32_t a = (uint32_t)(uintptr_t)fn;
-	idt[v] = (struct gate){.off_lo = (uint16_t)a, .sel = 0x08, .type = 0x8E, .off_hi = (uint16_t)(a >> 16)};
-}
-
 static void load_idt(void)
 {
-	struct {
-		uint16_t limit;
-		uint32_t base;
-	} __attribute__((packed)) p = {sizeof idt - 1, (uint32_t)(uintptr_t)idt};
 	for (int v = 0; v < 256; v++)
-		set_gate(v, trap_stubs + 16 * v);
-	set_gate(VEC_PIT, pit_isr);
-	set_gate(0x27, spurious_isr);       /* PIC master spurious IRQ7 */
-	set_gate(0x2f, spurious_isr_slave); /* PIC slave spurious IRQ15 */
-	set_gate(VEC_LAPIC, lapic_isr);
-	set_gate(VEC_SPURIOUS, spurious_isr);
-	__asm__ volatile("lidt %0" : : "m"(p));
+		idt_set(v, trap_stubs + 16 * v);
+	idt_set(VEC_PIT, pit_isr);
+	idt_set(0x27, spurious_isr);       /* PIC master spurious IRQ7 */
+	idt_set(0x2f, spurious_isr_slave); /* PIC slave spurious IRQ15 */
+	idt_set(VEC_LAPIC, lapic_isr);
+	idt_set(VEC_SPURIOUS, spurious_isr);
+	idt_load();
 }
 
 void trap(uint32_t vector)
