@@ -19,15 +19,19 @@ func iow(nr, size uintptr) uintptr        { return 1<<30 | size<<16 | kvmio<<8 |
 func ior(nr, size uintptr) uintptr        { return 2<<30 | size<<16 | kvmio<<8 | nr }
 func iowr(nr, size uintptr) uintptr       { return 3<<30 | size<<16 | kvmio<<8 | nr }
 func sizeof[T any]() uintptr              { var v T; return unsafe.Sizeof(v) }
-func ptr[T any](v *T) uintptr             { return uintptr(unsafe.Pointer(v)) }
 func errno(op string, e unix.Errno) error { return fmt.Errorf("%s: %w", op, e) }
 
-// ioctl retries EINTR for every ioctl except KVM_RUN, which the caller must
-// see interrupted so that it can honour a stop request.
-func ioctl(fd int, req, arg uintptr) (uintptr, error) {
+// ioctl runs an ioctl whose argument points at memory the kernel reads or
+// writes, retrying EINTR. The pointer stays an unsafe.Pointer until the
+// syscall itself: Go moves a goroutine's stack, and the variables on it,
+// when the stack grows, and updates pointers but not uintptrs, so an address
+// taken as a uintptr one call earlier can name the old stack by the time
+// the kernel uses it (the kernel then fills or reads freed memory while the
+// variable keeps its old contents).
+func ioctl(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	for {
-		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-		if e == unix.EINTR && req != reqRun {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+		if e == unix.EINTR {
 			continue
 		}
 		if e != 0 {
@@ -37,17 +41,38 @@ func ioctl(fd int, req, arg uintptr) (uintptr, error) {
 	}
 }
 
-// call runs an ioctl and names it in the error.
-func call(fd int, name string, req, arg uintptr) (uintptr, error) {
-	r, err := ioctl(fd, req, arg)
-	if err != nil {
-		var e unix.Errno
-		if errors.As(err, &e) {
-			return r, errno(name, e)
+// ioctlValue runs an ioctl whose argument is a number, retrying EINTR.
+func ioctlValue(fd int, req, arg uintptr) (uintptr, error) {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		if e == unix.EINTR {
+			continue
 		}
-		return r, fmt.Errorf("%s: %w", name, err)
+		if e != 0 {
+			return r, e
+		}
+		return r, nil
 	}
-	return r, nil
+}
+
+// call runs ioctl and names it in the error.
+func call(fd int, name string, req uintptr, arg unsafe.Pointer) (uintptr, error) {
+	r, err := ioctl(fd, req, arg)
+	return r, named(name, err)
+}
+
+// callValue runs ioctlValue and names it in the error.
+func callValue(fd int, name string, req, arg uintptr) (uintptr, error) {
+	r, err := ioctlValue(fd, req, arg)
+	return r, named(name, err)
+}
+
+func named(name string, err error) error {
+	var e unix.Errno
+	if errors.As(err, &e) {
+		return errno(name, e)
+	}
+	return err
 }
 
 var (

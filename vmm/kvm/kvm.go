@@ -31,7 +31,7 @@ func Open() (*System, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (open: %v)", ErrNoKVM, err)
 	}
-	v, err := call(fd, "KVM_GET_API_VERSION", reqGetAPIVersion, 0)
+	v, err := callValue(fd, "KVM_GET_API_VERSION", reqGetAPIVersion, 0)
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%w (%v)", ErrNoKVM, err)
@@ -58,7 +58,7 @@ func (s *System) Close() error { return unix.Close(s.fd) }
 
 // CheckExtension returns KVM_CHECK_EXTENSION's answer for capability c.
 func (s *System) CheckExtension(c int) int {
-	r, err := ioctl(s.fd, reqCheckExtension, uintptr(c))
+	r, err := ioctlValue(s.fd, reqCheckExtension, uintptr(c))
 	if err != nil {
 		return 0
 	}
@@ -82,7 +82,7 @@ func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 	for n := 128; n <= 4096; n *= 2 {
 		buf := make([]byte, 8+n*int(unsafe.Sizeof(CPUIDEntry{})))
 		*(*uint32)(unsafe.Pointer(&buf[0])) = uint32(n)
-		_, err := ioctl(s.fd, reqGetSupportedCPUID, uintptr(unsafe.Pointer(&buf[0])))
+		_, err := ioctl(s.fd, reqGetSupportedCPUID, unsafe.Pointer(&buf[0]))
 		if errors.Is(err, unix.E2BIG) {
 			continue
 		}
@@ -97,7 +97,7 @@ func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 }
 
 func (s *System) vcpuMmapSize() (int, error) {
-	r, err := call(s.fd, "KVM_GET_VCPU_MMAP_SIZE", reqGetVCPUMmapSize, 0)
+	r, err := callValue(s.fd, "KVM_GET_VCPU_MMAP_SIZE", reqGetVCPUMmapSize, 0)
 	return int(r), err
 }
 
@@ -109,7 +109,7 @@ type VM struct {
 
 // CreateVM creates an empty VM.
 func (s *System) CreateVM() (*VM, error) {
-	r, err := call(s.fd, "KVM_CREATE_VM", reqCreateVM, 0)
+	r, err := callValue(s.fd, "KVM_CREATE_VM", reqCreateVM, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -127,25 +127,25 @@ func (vm *VM) SetUserMemoryRegion(slot uint32, gpa uint64, mem []byte) error {
 		MemorySize:    uint64(len(mem)),
 		UserspaceAddr: uint64(uintptr(unsafe.Pointer(&mem[0]))),
 	}
-	_, err := call(vm.fd, "KVM_SET_USER_MEMORY_REGION", reqSetUserMemRegion, ptr(&r))
+	_, err := call(vm.fd, "KVM_SET_USER_MEMORY_REGION", reqSetUserMemRegion, unsafe.Pointer(&r))
 	return err
 }
 
 // SetTSSAddr places the three-page TSS that Intel's VMX needs for real mode.
 func (vm *VM) SetTSSAddr(addr uint64) error {
-	_, err := call(vm.fd, "KVM_SET_TSS_ADDR", reqSetTSSAddr, uintptr(addr))
+	_, err := callValue(vm.fd, "KVM_SET_TSS_ADDR", reqSetTSSAddr, uintptr(addr))
 	return err
 }
 
 // SetIdentityMapAddr places the one-page identity map VMX needs.
 func (vm *VM) SetIdentityMapAddr(addr uint64) error {
-	_, err := call(vm.fd, "KVM_SET_IDENTITY_MAP_ADDR", reqSetIdentityMapAddr, ptr(&addr))
+	_, err := call(vm.fd, "KVM_SET_IDENTITY_MAP_ADDR", reqSetIdentityMapAddr, unsafe.Pointer(&addr))
 	return err
 }
 
 // CreateIRQChip creates the in-kernel PICs, IOAPIC and LAPICs.
 func (vm *VM) CreateIRQChip() error {
-	_, err := call(vm.fd, "KVM_CREATE_IRQCHIP", reqCreateIRQChip, 0)
+	_, err := callValue(vm.fd, "KVM_CREATE_IRQCHIP", reqCreateIRQChip, 0)
 	return err
 }
 
@@ -153,7 +153,7 @@ func (vm *VM) CreateIRQChip() error {
 func (vm *VM) CreatePIT2() error {
 	var cfg [16]uint32
 	cfg[0] = 1 // KVM_PIT_SPEAKER_DUMMY
-	_, err := call(vm.fd, "KVM_CREATE_PIT2", reqCreatePIT2, uintptr(unsafe.Pointer(&cfg[0])))
+	_, err := call(vm.fd, "KVM_CREATE_PIT2", reqCreatePIT2, unsafe.Pointer(&cfg[0]))
 	return err
 }
 
@@ -163,7 +163,7 @@ func (vm *VM) IRQLine(irq uint32, level bool) error {
 	if level {
 		l[1] = 1
 	}
-	_, err := call(vm.fd, "KVM_IRQ_LINE", reqIRQLine, uintptr(unsafe.Pointer(&l[0])))
+	_, err := call(vm.fd, "KVM_IRQ_LINE", reqIRQLine, unsafe.Pointer(&l[0]))
 	return err
 }
 
@@ -176,7 +176,7 @@ type VCPU struct {
 
 // CreateVCPU creates vCPU id and maps its kvm_run page.
 func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
-	r, err := call(vm.fd, "KVM_CREATE_VCPU", reqCreateVCPU, uintptr(id))
+	r, err := callValue(vm.fd, "KVM_CREATE_VCPU", reqCreateVCPU, uintptr(id))
 	if err != nil {
 		return nil, err
 	}
@@ -206,12 +206,14 @@ func (c *VCPU) RunData() RunData { return RunData{b: c.run} }
 // immediate_exit) returns unix.EINTR unwrapped, so the caller can tell it
 // from a failure.
 func (c *VCPU) Run() error {
-	_, err := ioctl(c.fd, reqRun, 0)
-	if err == unix.EINTR || err == unix.EAGAIN {
+	// Not retried on EINTR, unlike the other ioctls: the caller must see
+	// the interruption to honour a stop or a pause.
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), reqRun, 0)
+	if e == unix.EINTR || e == unix.EAGAIN {
 		return unix.EINTR
 	}
-	if err != nil {
-		return fmt.Errorf("KVM_RUN: %w", err)
+	if e != 0 {
+		return fmt.Errorf("KVM_RUN: %w", e)
 	}
 	return nil
 }
@@ -219,26 +221,26 @@ func (c *VCPU) Run() error {
 // GetRegs reads the general registers.
 func (c *VCPU) GetRegs() (Regs, error) {
 	var r Regs
-	_, err := call(c.fd, "KVM_GET_REGS", reqGetRegs, ptr(&r))
+	_, err := call(c.fd, "KVM_GET_REGS", reqGetRegs, unsafe.Pointer(&r))
 	return r, err
 }
 
 // SetRegs writes the general registers.
 func (c *VCPU) SetRegs(r Regs) error {
-	_, err := call(c.fd, "KVM_SET_REGS", reqSetRegs, ptr(&r))
+	_, err := call(c.fd, "KVM_SET_REGS", reqSetRegs, unsafe.Pointer(&r))
 	return err
 }
 
 // GetSregs reads the special registers.
 func (c *VCPU) GetSregs() (Sregs, error) {
 	var s Sregs
-	_, err := call(c.fd, "KVM_GET_SREGS", reqGetSregs, ptr(&s))
+	_, err := call(c.fd, "KVM_GET_SREGS", reqGetSregs, unsafe.Pointer(&s))
 	return s, err
 }
 
 // SetSregs writes the special registers.
 func (c *VCPU) SetSregs(s Sregs) error {
-	_, err := call(c.fd, "KVM_SET_SREGS", reqSetSregs, ptr(&s))
+	_, err := call(c.fd, "KVM_SET_SREGS", reqSetSregs, unsafe.Pointer(&s))
 	return err
 }
 
@@ -247,20 +249,20 @@ func (c *VCPU) SetCPUID2(entries []CPUIDEntry) error {
 	buf := make([]byte, 8+len(entries)*int(unsafe.Sizeof(CPUIDEntry{})))
 	*(*uint32)(unsafe.Pointer(&buf[0])) = uint32(len(entries))
 	copy(unsafe.Slice((*CPUIDEntry)(unsafe.Pointer(&buf[8])), len(entries)), entries)
-	_, err := call(c.fd, "KVM_SET_CPUID2", reqSetCPUID2, uintptr(unsafe.Pointer(&buf[0])))
+	_, err := call(c.fd, "KVM_SET_CPUID2", reqSetCPUID2, unsafe.Pointer(&buf[0]))
 	return err
 }
 
 // GetLAPIC reads the local APIC register page.
 func (c *VCPU) GetLAPIC() (LAPIC, error) {
 	var l LAPIC
-	_, err := call(c.fd, "KVM_GET_LAPIC", reqGetLAPIC, ptr(&l))
+	_, err := call(c.fd, "KVM_GET_LAPIC", reqGetLAPIC, unsafe.Pointer(&l))
 	return l, err
 }
 
 // SetLAPIC writes the local APIC register page.
 func (c *VCPU) SetLAPIC(l LAPIC) error {
-	_, err := call(c.fd, "KVM_SET_LAPIC", reqSetLAPIC, ptr(&l))
+	_, err := call(c.fd, "KVM_SET_LAPIC", reqSetLAPIC, unsafe.Pointer(&l))
 	return err
 }
 
@@ -269,7 +271,7 @@ func (c *VCPU) SetMSRs(entries []MSREntry) error {
 	buf := make([]byte, 8+len(entries)*int(unsafe.Sizeof(MSREntry{})))
 	*(*uint32)(unsafe.Pointer(&buf[0])) = uint32(len(entries))
 	copy(unsafe.Slice((*MSREntry)(unsafe.Pointer(&buf[8])), len(entries)), entries)
-	n, err := call(c.fd, "KVM_SET_MSRS", reqSetMSRs, uintptr(unsafe.Pointer(&buf[0])))
+	n, err := call(c.fd, "KVM_SET_MSRS", reqSetMSRs, unsafe.Pointer(&buf[0]))
 	if err == nil && int(n) != len(entries) {
 		return fmt.Errorf("KVM_SET_MSRS: set %d of %d (MSR %#x refused)", n, len(entries), entries[n].Index)
 	}
@@ -279,6 +281,6 @@ func (c *VCPU) SetMSRs(entries []MSREntry) error {
 // GetMPState reads the multiprocessing state (MPStateRunnable, ...).
 func (c *VCPU) GetMPState() (uint32, error) {
 	var s uint32
-	_, err := call(c.fd, "KVM_GET_MP_STATE", reqGetMPState, ptr(&s))
+	_, err := call(c.fd, "KVM_GET_MP_STATE", reqGetMPState, unsafe.Pointer(&s))
 	return s, err
 }

@@ -124,13 +124,13 @@ type ClockData struct {
 // MSRIndexList returns the MSRs KVM can save and restore for a vCPU.
 func (s *System) MSRIndexList() ([]uint32, error) {
 	n := uint32(0)
-	_, err := ioctl(s.fd, reqGetMSRIndexList, uintptr(unsafe.Pointer(&n)))
+	_, err := ioctl(s.fd, reqGetMSRIndexList, unsafe.Pointer(&n))
 	if err != nil && !errors.Is(err, unix.E2BIG) {
 		return nil, fmt.Errorf("KVM_GET_MSR_INDEX_LIST: %w", err)
 	}
 	buf := make([]uint32, 1+n)
 	buf[0] = n
-	if _, err := call(s.fd, "KVM_GET_MSR_INDEX_LIST", reqGetMSRIndexList, uintptr(unsafe.Pointer(&buf[0]))); err != nil {
+	if _, err := call(s.fd, "KVM_GET_MSR_INDEX_LIST", reqGetMSRIndexList, unsafe.Pointer(&buf[0])); err != nil {
 		return nil, err
 	}
 	return buf[1 : 1+buf[0]], nil
@@ -148,40 +148,40 @@ func (s *System) XSaveSize() int {
 // GetIRQChip reads one in-kernel interrupt controller.
 func (vm *VM) GetIRQChip(id uint32) (IRQChip, error) {
 	c := IRQChip{ChipID: id}
-	_, err := call(vm.fd, "KVM_GET_IRQCHIP", reqGetIRQChip, ptr(&c))
+	_, err := call(vm.fd, "KVM_GET_IRQCHIP", reqGetIRQChip, unsafe.Pointer(&c))
 	return c, err
 }
 
 // SetIRQChip writes one in-kernel interrupt controller.
 func (vm *VM) SetIRQChip(c IRQChip) error {
-	_, err := call(vm.fd, "KVM_SET_IRQCHIP", reqSetIRQChip, ptr(&c))
+	_, err := call(vm.fd, "KVM_SET_IRQCHIP", reqSetIRQChip, unsafe.Pointer(&c))
 	return err
 }
 
 // GetPIT2 reads the in-kernel PIT.
 func (vm *VM) GetPIT2() (PITState2, error) {
 	var p PITState2
-	_, err := call(vm.fd, "KVM_GET_PIT2", reqGetPIT2, ptr(&p))
+	_, err := call(vm.fd, "KVM_GET_PIT2", reqGetPIT2, unsafe.Pointer(&p))
 	return p, err
 }
 
 // SetPIT2 writes the in-kernel PIT.
 func (vm *VM) SetPIT2(p PITState2) error {
-	_, err := call(vm.fd, "KVM_SET_PIT2", reqSetPIT2, ptr(&p))
+	_, err := call(vm.fd, "KVM_SET_PIT2", reqSetPIT2, unsafe.Pointer(&p))
 	return err
 }
 
 // GetClock reads the kvmclock.
 func (vm *VM) GetClock() (ClockData, error) {
 	var c ClockData
-	_, err := call(vm.fd, "KVM_GET_CLOCK", reqGetClock, ptr(&c))
+	_, err := call(vm.fd, "KVM_GET_CLOCK", reqGetClock, unsafe.Pointer(&c))
 	return c, err
 }
 
 // SetClock sets the kvmclock. Only Clock (and, with the realtime flag,
 // Realtime) is used by the kernel.
 func (vm *VM) SetClock(c ClockData) error {
-	_, err := call(vm.fd, "KVM_SET_CLOCK", reqSetClock, ptr(&c))
+	_, err := call(vm.fd, "KVM_SET_CLOCK", reqSetClock, unsafe.Pointer(&c))
 	return err
 }
 
@@ -196,7 +196,7 @@ func (c *VCPU) GetMSRs(indices []uint32) ([]MSREntry, error) {
 		for i, idx := range indices {
 			entries[i].Index = idx
 		}
-		n, err := call(c.fd, "KVM_GET_MSRS", reqGetMSRs, uintptr(unsafe.Pointer(&buf[0])))
+		n, err := call(c.fd, "KVM_GET_MSRS", reqGetMSRs, unsafe.Pointer(&buf[0]))
 		if err != nil {
 			return nil, err
 		}
@@ -211,33 +211,33 @@ func (c *VCPU) GetMSRs(indices []uint32) ([]MSREntry, error) {
 
 // SetMPState writes the multiprocessing state.
 func (c *VCPU) SetMPState(s uint32) error {
-	_, err := call(c.fd, "KVM_SET_MP_STATE", reqSetMPState, ptr(&s))
+	_, err := call(c.fd, "KVM_SET_MP_STATE", reqSetMPState, unsafe.Pointer(&s))
 	return err
 }
 
 // GetVCPUEvents reads pending events.
 func (c *VCPU) GetVCPUEvents() (VCPUEvents, error) {
 	var e VCPUEvents
-	_, err := call(c.fd, "KVM_GET_VCPU_EVENTS", reqGetVCPUEvents, ptr(&e))
+	_, err := call(c.fd, "KVM_GET_VCPU_EVENTS", reqGetVCPUEvents, unsafe.Pointer(&e))
 	return e, err
 }
 
 // SetVCPUEvents writes pending events.
 func (c *VCPU) SetVCPUEvents(e VCPUEvents) error {
-	_, err := call(c.fd, "KVM_SET_VCPU_EVENTS", reqSetVCPUEvents, ptr(&e))
+	_, err := call(c.fd, "KVM_SET_VCPU_EVENTS", reqSetVCPUEvents, unsafe.Pointer(&e))
 	return err
 }
 
 // GetDebugRegs reads DR0-3, DR6, DR7.
 func (c *VCPU) GetDebugRegs() (DebugRegs, error) {
 	var d DebugRegs
-	_, err := call(c.fd, "KVM_GET_DEBUGREGS", reqGetDebugRegs, ptr(&d))
+	_, err := call(c.fd, "KVM_GET_DEBUGREGS", reqGetDebugRegs, unsafe.Pointer(&d))
 	return d, err
 }
 
 // SetDebugRegs writes DR0-3, DR6, DR7.
 func (c *VCPU) SetDebugRegs(d DebugRegs) error {
-	_, err := call(c.fd, "KVM_SET_DEBUGREGS", reqSetDebugRegs, ptr(&d))
+	_, err := call(c.fd, "KVM_SET_DEBUGREGS", reqSetDebugRegs, unsafe.Pointer(&d))
 	return err
 }
 
@@ -249,7 +249,7 @@ func (c *VCPU) GetXSave(size int) ([]byte, error) {
 	if size > 4096 {
 		req = reqGetXSave2
 	}
-	_, err := call(c.fd, "KVM_GET_XSAVE", req, uintptr(unsafe.Pointer(&b[0])))
+	_, err := call(c.fd, "KVM_GET_XSAVE", req, unsafe.Pointer(&b[0]))
 	return b, err
 }
 
@@ -258,32 +258,32 @@ func (c *VCPU) SetXSave(b []byte) error {
 	if len(b) < 4096 {
 		return fmt.Errorf("KVM_SET_XSAVE: area of %d bytes, want at least 4096", len(b))
 	}
-	_, err := call(c.fd, "KVM_SET_XSAVE", reqSetXSave, uintptr(unsafe.Pointer(&b[0])))
+	_, err := call(c.fd, "KVM_SET_XSAVE", reqSetXSave, unsafe.Pointer(&b[0]))
 	return err
 }
 
 // GetXCRs reads the extended control registers (XCR0).
 func (c *VCPU) GetXCRs() (XCRs, error) {
 	var x XCRs
-	_, err := call(c.fd, "KVM_GET_XCRS", reqGetXCRs, ptr(&x))
+	_, err := call(c.fd, "KVM_GET_XCRS", reqGetXCRs, unsafe.Pointer(&x))
 	return x, err
 }
 
 // SetXCRs writes the extended control registers.
 func (c *VCPU) SetXCRs(x XCRs) error {
-	_, err := call(c.fd, "KVM_SET_XCRS", reqSetXCRs, ptr(&x))
+	_, err := call(c.fd, "KVM_SET_XCRS", reqSetXCRs, unsafe.Pointer(&x))
 	return err
 }
 
 // GetTSCKHz returns the vCPU's TSC frequency.
 func (c *VCPU) GetTSCKHz() (uint32, error) {
-	r, err := call(c.fd, "KVM_GET_TSC_KHZ", reqGetTSCKHz, 0)
+	r, err := callValue(c.fd, "KVM_GET_TSC_KHZ", reqGetTSCKHz, 0)
 	return uint32(r), err
 }
 
 // SetTSCKHz sets the vCPU's TSC frequency (scaled if the host's differs).
 func (c *VCPU) SetTSCKHz(khz uint32) error {
-	_, err := call(c.fd, "KVM_SET_TSC_KHZ", reqSetTSCKHz, uintptr(khz))
+	_, err := callValue(c.fd, "KVM_SET_TSC_KHZ", reqSetTSCKHz, uintptr(khz))
 	return err
 }
 
@@ -291,6 +291,6 @@ func (c *VCPU) SetTSCKHz(khz uint32) error {
 // soft-lockup watchdog does not fire. It fails with EINVAL when the guest
 // has not enabled kvmclock, which callers may ignore.
 func (c *VCPU) KVMClockCtrl() error {
-	_, err := call(c.fd, "KVM_KVMCLOCK_CTRL", reqKVMClockCtrl, 0)
+	_, err := callValue(c.fd, "KVM_KVMCLOCK_CTRL", reqKVMClockCtrl, 0)
 	return err
 }
