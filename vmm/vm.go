@@ -133,9 +133,6 @@ func New(cfg Config) (_ *VM, err error) {
 	if m.mem, err = memory.New(cfg.MemBytes); err != nil {
 		return nil, err
 	}
-	if err := m.forkPages(); err != nil {
-		return nil, err
-	}
 	if err := m.loadKernel(); err != nil {
 		return nil, err
 	}
@@ -339,18 +336,6 @@ func (m *VM) addDevices() error {
 		}
 	}
 	return nil
-}
-
-// forkPages keeps a machine that may fork on 4 KiB pages. Write-protecting
-// RAM that transparent huge pages back (the memory server's freeze) has
-// corrupted guest memory now and then in the nested sandbox (Linux 6.1
-// hosting KVM under QEMU's TCG): a tiny kernel's parent or clone crashed in
-// about one fork in six with huge pages and in none of 22 without.
-func (m *VM) forkPages() error {
-	if m.fork == nil {
-		return nil
-	}
-	return m.mem.SmallPages()
 }
 
 // irq returns the interrupt output of a device wired to ISA line n.

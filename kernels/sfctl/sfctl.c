@@ -6,7 +6,8 @@
  *   id=$(sfctl clone $t)     fork: prints 0 in the parent, 1..m in each clone
  *   c=$(sfctl checkpoint)    prints C in the parent, 0 in clones made from it
  *   sfctl create $c $t       start the ticket's clones from checkpoint C
- *   sfctl exit [STATUS]      end this clone (never returns in a clone)
+ *   sfctl exit [STATUS]      end this clone once the console has sent what
+ *                            was written to it (never returns in a clone)
  *   sfctl join $t            wait for the ticket's clones; exit status 0 if
  *                            all ended with sf_exit(0), else 1
  *   sfctl kill $t            end the ticket's clones now
@@ -22,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/io.h>
+#include <termios.h>
+#include <unistd.h>
 
 #include "../lib/sf.h"
 
@@ -86,6 +89,14 @@ int main(int argc, char **argv)
 	} else if (!strcmp(cmd, "create") && nargs == 2) {
 		check("create", sf_create_clones(num(argv[2]), num(argv[3])));
 	} else if (!strcmp(cmd, "exit") && nargs <= 1) {
+		/*
+		 * The clone ends at once: first let the console send what the
+		 * script wrote to it (a kernel's serial driver holds output
+		 * in a buffer; "echo done; sfctl exit" would lose its tail).
+		 * Not a terminal: nothing to wait for.
+		 */
+		tcdrain(STDOUT_FILENO);
+		tcdrain(STDERR_FILENO);
 		check("exit", sf_exit(nargs ? (uint32_t)num(argv[2]) : 0));
 	} else if (!strcmp(cmd, "join") && nargs == 1) {
 		int32_t failed = check("join", sf_join(num(argv[2])));
