@@ -71,8 +71,9 @@ fuzz:
 
 # The KVM tests, in the sandbox. QEMU's TCG with nested SVM is not a
 # faithful CPU: it has been seen to lose guest state across exits (XCR0,
-# see kernels/fpu), to take the sandbox guest down, or to stall it (kvmbox
-# exits 123 or 124). So: a run whose sandbox died or
+# see kernels/fpu), to take the sandbox guest down (its kernel once
+# panicked with a corrupted stack during forks), or to stall it (kvmbox
+# exits 123 or 124); see also vmm.forkPages. So: a run whose sandbox died or
 # stalled is repeated once, and tests that failed are run up to twice more
 # on their own and, if they pass then, are listed as FLAKY above the
 # summary. A test that fails three times fails the build.

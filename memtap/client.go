@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,7 +60,50 @@ type Config struct {
 	// HelperPath is the binary to run as the helper; empty means the
 	// running executable, which must call Main.
 	HelperPath string
+	// Parent, for a child on its parent's host, lets memtap read pages
+	// straight from the parent's memory (see ParentMemory); nil: every
+	// page comes through the server. Start passes the files on to the
+	// helper; the caller still closes them.
+	Parent *ParentMemory
 }
+
+// ParentMemory is the parent's guest RAM as a child on the same host can
+// read it, which saves the round trip through the memory server: a fault
+// costs two reads from the helper instead.
+//
+// A page read there is installed only if, read afterwards, the parent's
+// page table still shows the memory server's write protection on it
+// (pagemap's uffd-wp bit): the parent cannot write a protected page, and
+// the server lifts a page's protection only once it has saved the page
+// as it was at the fork, so a page still protected after the read was
+// read as it was at the fork. Any other page (written by the parent since
+// the fork; every page once the server is gone, since the kernel drops its
+// protection with it) comes from the server, as without ParentMemory, and
+// a dead server is noticed as before.
+type ParentMemory struct {
+	Mem     *os.File // the parent's /proc/PID/mem
+	Pagemap *os.File // the parent's /proc/PID/pagemap
+	Bases   []uint64 // each region's address in the parent
+}
+
+// OpenParent opens the memory of process pid, whose guest RAM regions
+// start at bases, for Config.Parent. It needs ptrace access to pid (root,
+// or a parent that allows it).
+func OpenParent(pid int, bases []uint64) (*ParentMemory, error) {
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return nil, fmt.Errorf("parent memory: %w", err)
+	}
+	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+	if err != nil {
+		mem.Close()
+		return nil, fmt.Errorf("parent memory: %w", err)
+	}
+	return &ParentMemory{Mem: mem, Pagemap: pm, Bases: bases}, nil
+}
+
+// Close closes the files.
+func (p *ParentMemory) Close() error { return errors.Join(p.Mem.Close(), p.Pagemap.Close()) }
 
 // Buckets is the number of fault-latency histogram buckets.
 const Buckets = 24
@@ -67,7 +111,8 @@ const Buckets = 24
 // Stats are a client's counters.
 type Stats struct {
 	Faults          uint64 // fault messages handled
-	PagesFetched    uint64 // pages received from the server with data
+	PagesFetched    uint64 // pages with data from the parent: from the server, or read directly
+	PagesDirect     uint64 // of those, pages read from the parent's memory directly (ParentMemory)
 	PagesZeroFilled uint64 // pages filled with UFFDIO_ZEROPAGE: never populated, or zero at the fork
 	PagesPrefetched uint64 // pages with data installed before anything faulted on them
 	Requests        uint64 // requests sent to the server
@@ -82,6 +127,7 @@ type Stats struct {
 func (s *Stats) Add(t Stats) {
 	s.Faults += t.Faults
 	s.PagesFetched += t.PagesFetched
+	s.PagesDirect += t.PagesDirect
 	s.PagesZeroFilled += t.PagesZeroFilled
 	s.PagesPrefetched += t.PagesPrefetched
 	s.Requests += t.Requests
@@ -121,13 +167,14 @@ func bucket(d time.Duration) int {
 type counters struct {
 	faults, fetched, zeroFilled, prefetched, requests, bytes atomic.Uint64
 	hist                                                     [Buckets]atomic.Uint64
+	direct                                                   atomic.Uint64
 }
 
 const sharedSize = 4096
 
 func (c *counters) stats() Stats {
 	s := Stats{
-		Faults: c.faults.Load(), PagesFetched: c.fetched.Load(), PagesZeroFilled: c.zeroFilled.Load(),
+		Faults: c.faults.Load(), PagesFetched: c.fetched.Load(), PagesDirect: c.direct.Load(), PagesZeroFilled: c.zeroFilled.Load(),
 		PagesPrefetched: c.prefetched.Load(), Requests: c.requests.Load(), BytesReceived: c.bytes.Load(),
 	}
 	for i := range s.FaultLatency {
@@ -163,6 +210,10 @@ type (
 		Window, Max      int
 		Timeout, Kill    time.Duration
 		VMM              int // pid, killed if it does not acknowledge a fatal error
+		// Direct: the parent's mem and pagemap files come with the
+		// config; ParentBases are the regions' addresses there.
+		Direct      bool
+		ParentBases []uint64
 	}
 	regionSpec struct {
 		Base  uint64
@@ -203,6 +254,19 @@ func Start(cfg Config) (*Client, error) {
 	hc := helperConfig{
 		Network: cfg.Network, Address: cfg.Address, Key: cfg.Key, Window: cfg.Window, Max: cfg.MaxWindow,
 		Timeout: cfg.Timeout, Kill: cfg.KillAfter, VMM: os.Getpid(),
+	}
+	var parentFds []int
+	if pm := cfg.Parent; pm != nil {
+		if len(pm.Bases) != len(cfg.Regions) {
+			return nil, fmt.Errorf("start memtap: parent memory has %d regions, the child %d", len(pm.Bases), len(cfg.Regions))
+		}
+		for i, b := range pm.Bases {
+			if b%uffd.PageSize != 0 {
+				return nil, fmt.Errorf("start memtap: parent region %d at %#x is not page aligned", i, b)
+			}
+		}
+		hc.Direct, hc.ParentBases = true, pm.Bases
+		parentFds = []int{int(pm.Mem.Fd()), int(pm.Pagemap.Fd())}
 	}
 	for i, r := range cfg.Regions {
 		if len(r.Host) == 0 || len(r.Host)%uffd.PageSize != 0 || uintptr(unsafe.Pointer(&r.Host[0]))%uffd.PageSize != 0 {
@@ -262,7 +326,12 @@ func Start(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start memtap: %w", err)
 	}
-	if err := c.proc.Ctl.Send(hc); err != nil {
+	err = c.proc.Ctl.Send(hc, parentFds...)
+	if cfg.Parent != nil {
+		runtime.KeepAlive(cfg.Parent.Mem)
+		runtime.KeepAlive(cfg.Parent.Pagemap)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("start memtap: %w", err)
 	}
 	// The helper answers Ready or Fatal within its connect timeout; the

@@ -10,6 +10,16 @@
 //     server answers pages that were all zero at the fork with a flag
 //     instead of data, and they too are zero-filled.
 //
+// A child on its parent's host may also read the parent's memory directly
+// (Config.Parent, which sfvmm's clones use when they are the parent's child
+// processes): a page the parent has not written since the fork is read from
+// the parent's /proc/PID/mem and installed if the parent's page table still
+// shows the memory server's write protection on it after the read, which
+// proves it unchanged. That saves the two process wake-ups of a round trip
+// through the server. Pages the parent has written come from the server,
+// which saved them; so does everything once the server is gone, since the
+// kernel drops its write protection with it.
+//
 // A fetch asks for a window of pages from the faulting one on (Config.Window,
 // 16 by default), installed with UFFDIO_COPY so that later touches do not
 // fault. When faults come in sequence the window doubles up to

@@ -1,6 +1,7 @@
 package memtap
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -36,10 +37,11 @@ func runHelper() error {
 		return fmt.Errorf("userfaultfd: %w", err)
 	}
 	var cfg helperConfig
-	if _, err := ctl.Recv(&cfg); err != nil {
+	pfds, err := ctl.Recv(&cfg)
+	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	h, err := newHandler(cfg, u, countersAt(shared))
+	h, err := newHandler(cfg, pfds, u, countersAt(shared))
 	if err == nil {
 		err = h.connect()
 	}
@@ -98,6 +100,7 @@ const (
 
 type hregion struct {
 	base  uintptr // in the VMM
+	pbase uintptr // in the parent, for direct reads
 	pages uint64
 	pop   *helper.Bitmap
 	state []uint8
@@ -126,6 +129,12 @@ type handler struct {
 	regions []hregion
 	addr    string // for messages
 
+	// The parent's /proc/PID/mem and pagemap, for direct reads
+	// (ParentMemory), or -1; db and pm hold one read of each, kind
+	// what each page read is.
+	mem, pagemap int
+	db, pm, kind []byte
+
 	sock     int        // the server connection, non-blocking
 	out      []byte     // requests not yet written
 	queue    []inflight // requests in order; the server answers in order
@@ -148,8 +157,20 @@ type handler struct {
 	total  int            // its size, once its flags are in; else 0
 }
 
-func newHandler(cfg helperConfig, u *uffd.FD, c *counters) (*handler, error) {
-	h := &handler{cfg: cfg, u: u, c: c, addr: cfg.Network + ":" + cfg.Address, waiting: make(map[uint64][]time.Time)}
+func newHandler(cfg helperConfig, parentFds []int, u *uffd.FD, c *counters) (*handler, error) {
+	h := &handler{cfg: cfg, u: u, c: c, addr: cfg.Network + ":" + cfg.Address, waiting: make(map[uint64][]time.Time), mem: -1, pagemap: -1}
+	switch {
+	case cfg.Direct && len(parentFds) == 2 && len(cfg.ParentBases) == len(cfg.Regions):
+		h.mem, h.pagemap = parentFds[0], parentFds[1]
+		h.db = make([]byte, wire.MaxBatch*uffd.PageSize)
+		h.pm = make([]byte, wire.MaxBatch*8)
+		h.kind = make([]byte, wire.MaxBatch)
+	case cfg.Direct || len(parentFds) > 0:
+		for _, fd := range parentFds {
+			unix.Close(fd)
+		}
+		return nil, fmt.Errorf("parent memory: %d descriptors and %d bases for %d regions", len(parentFds), len(cfg.ParentBases), len(cfg.Regions))
+	}
 	for i, r := range cfg.Regions {
 		pop, err := helper.NewBitmap(r.Pages, r.Runs, r.All)
 		if err != nil {
@@ -159,6 +180,9 @@ func newHandler(cfg helperConfig, u *uffd.FD, c *counters) (*handler, error) {
 			base: uintptr(r.Base), pages: r.Pages, pop: pop, state: make([]uint8, r.Pages),
 			window: cfg.Window, next: ^uint64(0), ahead: ^uint64(0),
 		})
+		if h.mem >= 0 {
+			h.regions[i].pbase = uintptr(cfg.ParentBases[i])
+		}
 	}
 	rb, err := unix.Mmap(-1, 0, rbSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
@@ -333,7 +357,7 @@ func (h *handler) fault(a uintptr, now time.Time) error {
 		h.waiting[key] = append(h.waiting[key], now)
 		// A fault in the read-ahead: the reader caught up; stay ahead.
 		if p >= r.ahead && p < r.next && r.window > 1 {
-			h.readAhead(ri, p)
+			return h.readAhead(ri, p)
 		}
 	case missing:
 		if !r.pop.Get(p) {
@@ -358,13 +382,18 @@ func (h *handler) fault(a uintptr, now time.Time) error {
 		} else {
 			r.window = h.cfg.Window
 		}
-		end := h.request(ri, p, r.window)
+		// Waiting first: a direct read fills the page before fetch
+		// returns.
 		key := uint64(ri)<<40 | p
 		h.waiting[key] = append(h.waiting[key], now)
+		end, err := h.fetch(ri, p, r.window)
+		if err != nil {
+			return err
+		}
 		r.ahead, r.next = ^uint64(0), end
 		if seq && r.window > 1 {
 			r.ahead = end
-			h.readAhead(ri, p)
+			return h.readAhead(ri, p)
 		}
 	}
 	return nil
@@ -377,21 +406,26 @@ const aheadWindows = 2
 
 // readAhead asks for windows after r.next until aheadWindows of them lie
 // ahead of page p, the reader's position.
-func (h *handler) readAhead(ri int, p uint64) {
+func (h *handler) readAhead(ri int, p uint64) error {
 	r := &h.regions[ri]
 	for r.next < r.pages && r.next-p < uint64(aheadWindows*r.window) {
-		end := h.request(ri, r.next, r.window)
+		end, err := h.fetch(ri, r.next, r.window)
+		if err != nil {
+			return err
+		}
 		if end == r.next {
-			return // the next page is there already
+			return nil // the next page is there already
 		}
 		r.next = end
 	}
+	return nil
 }
 
-// request asks for up to w missing pages from p on (stopping at the first
-// page that is not missing, and then taking missing pages below p to make
-// up the window) and returns the page after the last one asked.
-func (h *handler) request(ri int, p uint64, w int) uint64 {
+// fetch gets up to w missing pages from p on (stopping at the first page
+// that is not missing, and then taking missing pages below p to make up
+// the window), straight from the parent's memory where it can and
+// otherwise from the server, and returns the page after the last one.
+func (h *handler) fetch(ri int, p uint64, w int) (uint64, error) {
 	r := &h.regions[ri]
 	end := p
 	for end < r.pages && end-p < uint64(w) && r.state[end] == missing {
@@ -399,7 +433,7 @@ func (h *handler) request(ri int, p uint64, w int) uint64 {
 		end++
 	}
 	if end == p {
-		return p
+		return p, nil
 	}
 	// Short of a window forward (the pages above are there already, as
 	// in a descending scan): fill it with the missing pages below.
@@ -408,12 +442,119 @@ func (h *handler) request(ri int, p uint64, w int) uint64 {
 		first--
 		r.state[first] = requested
 	}
+	if h.mem >= 0 {
+		return end, h.readDirect(ri, first, end)
+	}
+	h.request(ri, first, end)
+	return end, nil
+}
+
+// request asks the server for pages [first, end) of region ri.
+func (h *handler) request(ri int, first, end uint64) {
 	h.tag++
 	q := wire.Request{Region: uint32(ri), First: first, Count: uint32(end - first), Tag: h.tag}
 	h.out = q.Append(h.out)
 	h.queue = append(h.queue, inflight{q: q, sent: time.Now()})
 	h.c.requests.Add(1)
-	return end
+}
+
+// PM_UFFD_WP, pagemap's bit for a page that userfaultfd write-protects.
+const pagemapUffdWP = 1 << 57
+
+// Page kinds in a direct read.
+const (
+	directData  = iota // as at the fork: install the data read
+	directZero         // as at the fork, and all zero
+	directStale        // written since, or unprotected: ask the server
+)
+
+// readDirect reads pages [first, end) of region ri from the parent's
+// memory, then their pagemap entries, and installs the pages that were
+// still write-protected after they were read (see ParentMemory). The
+// rest are asked of the server. A read that fails (the parent is gone)
+// leaves the pages to the server too.
+func (h *handler) readDirect(ri int, first, end uint64) error {
+	r := &h.regions[ri]
+	n := int(end - first)
+	data, pm := h.db[:n*uffd.PageSize], h.pm[:n*8]
+	addr := r.pbase + uintptr(first)*uffd.PageSize
+	got := preadFull(h.mem, data, int64(addr)) / uffd.PageSize
+	if got > 0 && preadFull(h.pagemap, pm[:got*8], int64(addr/uffd.PageSize*8)) < got*8 {
+		got = 0
+	}
+	kind := h.kind[:n]
+	var direct, zero, prefetched uint64
+	for i := range kind {
+		page := data[i*uffd.PageSize : (i+1)*uffd.PageSize]
+		switch {
+		case i >= got || binary.LittleEndian.Uint64(pm[i*8:])&pagemapUffdWP == 0:
+			kind[i] = directStale
+			continue
+		case allZero(page):
+			kind[i] = directZero
+			zero++
+		default:
+			kind[i] = directData
+			direct++
+		}
+		// Counters first, as in complete.
+		if h.landed(ri, first+uint64(i), kind[i] == directData) {
+			prefetched++
+		}
+	}
+	h.c.fetched.Add(direct)
+	h.c.direct.Add(direct)
+	h.c.zeroFilled.Add(zero)
+	h.c.prefetched.Add(prefetched)
+	for i := 0; i < n; {
+		j := i + 1
+		for j < n && kind[j] == kind[i] {
+			j++
+		}
+		dst := r.base + uintptr(first+uint64(i))*uffd.PageSize
+		size := uintptr(j-i) * uffd.PageSize
+		var err error
+		switch kind[i] {
+		case directData:
+			_, _, err = h.u.Copy(dst, uintptr(unsafe.Pointer(&data[i*uffd.PageSize])), size, 0)
+		case directZero:
+			_, _, err = h.u.ZeroPage(dst, size, 0)
+		case directStale:
+			h.request(ri, first+uint64(i), first+uint64(j))
+		}
+		if err != nil {
+			return fmt.Errorf("install pages: %w", err)
+		}
+		i = j
+	}
+	return nil
+}
+
+// preadFull reads len(b) bytes at off, or as many as it can, and returns
+// how many it read.
+func preadFull(fd int, b []byte, off int64) int {
+	done := 0
+	for done < len(b) {
+		n, err := unix.Pread(fd, b[done:], off+int64(done))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || n <= 0 {
+			break
+		}
+		done += n
+	}
+	return done
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	return true
 }
 
 func (h *handler) flush() error {
@@ -517,6 +658,23 @@ func (h *handler) parse() error {
 	return nil
 }
 
+// landed marks page p of region ri present, just before it is installed,
+// and serves the faults waiting on it. It reports a data page that no
+// fault waited on: a prefetch.
+func (h *handler) landed(ri int, p uint64, data bool) bool {
+	h.regions[ri].state[p] = present
+	key := uint64(ri)<<40 | p
+	ts, ok := h.waiting[key]
+	if !ok {
+		return data
+	}
+	for _, t := range ts {
+		h.served(t)
+	}
+	delete(h.waiting, key)
+	return false
+}
+
 // complete installs the current response's pages, data with UFFDIO_COPY
 // and the rest with UFFDIO_ZEROPAGE, a run at a time; each wakes the
 // faults waiting in its run.
@@ -528,18 +686,10 @@ func (h *handler) complete(flags, data []byte) error {
 	// read them at once. Fault latency is measured to the install.
 	var fetched, prefetched uint64
 	for i, f := range flags {
-		p := q.First + uint64(i)
-		r.state[p] = present
 		if f == wire.PageData {
 			fetched++
 		}
-		key := uint64(q.Region)<<40 | p
-		if ts, ok := h.waiting[key]; ok {
-			for _, t := range ts {
-				h.served(t)
-			}
-			delete(h.waiting, key)
-		} else if f == wire.PageData {
+		if h.landed(int(q.Region), q.First+uint64(i), f == wire.PageData) {
 			prefetched++
 		}
 	}

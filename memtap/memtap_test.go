@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -114,6 +115,13 @@ var regionPages = []int{1024, 64}
 // sockets. The parent then overwrites every page, populated or not.
 func newParent(t *testing.T) *parent {
 	t.Helper()
+	return newParentWriting(t, func(int) bool { return true })
+}
+
+// newParentWriting is newParent with a parent that, after the freeze,
+// overwrites page i of each region where writes(i).
+func newParentWriting(t *testing.T, writes func(i int) bool) *parent {
+	t.Helper()
 	p := &parent{}
 	for r, n := range regionPages {
 		ram := mapRAM(t, n)
@@ -173,13 +181,31 @@ func newParent(t *testing.T) *parent {
 	if err := p.image.Serve(lu, p.key); err != nil {
 		t.Fatal(err)
 	}
-	// The parent runs on and writes everything.
+	// The parent runs on and writes.
 	for _, ram := range p.ram {
-		for i := range ram {
-			ram[i] = 0xEE
+		for i := range len(ram) / pageSize {
+			if writes(i) {
+				clear(ram[i*pageSize : (i+1)*pageSize])
+				ram[i*pageSize] = 0xEE
+			}
 		}
 	}
 	return p
+}
+
+// direct lets cfg read the parent (this process) directly.
+func (p *parent) direct(t *testing.T, cfg *memtap.Config) {
+	t.Helper()
+	var bases []uint64
+	for _, ram := range p.ram {
+		bases = append(bases, uint64(uintptr(unsafe.Pointer(&ram[0]))))
+	}
+	pm, err := memtap.OpenParent(os.Getpid(), bases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pm.Close() })
+	cfg.Parent = pm
 }
 
 func (p *parent) config(network string, child [][]byte) memtap.Config {
@@ -276,6 +302,50 @@ func TestForkedMemory(t *testing.T) {
 			}
 			if tt.maxWindow > 1 && (s.PagesPrefetched == 0 || s.Faults*4 > uint64(p.counts.data)) {
 				t.Errorf("prefetch: %d faults, %d pages prefetched for %d data pages", s.Faults, s.PagesPrefetched, p.counts.data)
+			}
+		})
+	}
+}
+
+// A child on the parent's host reads the pages the parent has not written
+// since the fork straight from the parent's memory, and the others, which
+// the server saved, through the server.
+func TestDirectParentReads(t *testing.T) {
+	written := func(i int) bool { return i%3 == 0 }
+	p := newParentWriting(t, written)
+	var unwrittenData uint64
+	for _, n := range regionPages {
+		for i := range n {
+			if kind(i) == kindData && !written(i) {
+				unwrittenData++
+			}
+		}
+	}
+	for _, window := range []int{1, 16} {
+		t.Run(fmt.Sprintf("window %d", window), func(t *testing.T) {
+			child := newChildRAM(t)
+			cfg := p.config("unix", child)
+			cfg.Window, cfg.MaxWindow = window, window
+			p.direct(t, &cfg)
+			c, err := memtap.Start(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			verify(t, child, false)
+			s := c.Stats()
+			t.Logf("stats: %+v", s)
+			if s.PagesDirect != unwrittenData {
+				t.Errorf("%d pages read directly, want the %d data pages the parent did not write", s.PagesDirect, unwrittenData)
+			}
+			if s.PagesFetched != uint64(p.counts.data) {
+				t.Errorf("fetched %d pages, want the %d data pages", s.PagesFetched, p.counts.data)
+			}
+			if s.PagesZeroFilled != uint64(p.counts.zero+p.counts.absent) {
+				t.Errorf("zero-filled %d pages, want %d zero + %d absent", s.PagesZeroFilled, p.counts.zero, p.counts.absent)
+			}
+			if s.Requests == 0 || s.BytesReceived < (uint64(p.counts.data)-unwrittenData)*pageSize {
+				t.Errorf("%d requests, %d bytes received: the written pages must come from the server", s.Requests, s.BytesReceived)
 			}
 		})
 	}
@@ -480,6 +550,22 @@ func TestServerLoss(t *testing.T) {
 			cfg := p.config("tcp", [][]byte{child, mapRAM(t, regionPages[1])})
 			return cfg, func() { p.srv.Close() }
 		}, "closed the connection"},
+		{"server closed, parent read directly", func(t *testing.T, child []byte) (memtap.Config, func()) {
+			// The parent writes nothing before the server goes; then
+			// it overwrites everything. Its protection went with the
+			// server, so no direct read may be installed after that.
+			p := newParentWriting(t, func(int) bool { return false })
+			cfg := p.config("unix", [][]byte{child, mapRAM(t, regionPages[1])})
+			p.direct(t, &cfg)
+			return cfg, func() {
+				p.srv.Close()
+				for _, ram := range p.ram {
+					for i := range ram {
+						ram[i] = 0xEE
+					}
+				}
+			}
+		}, "closed the connection"},
 		{"server hung", func(t *testing.T, child []byte) (memtap.Config, func()) {
 			key, _ := wire.NewKey()
 			addr := hungServer(t, key, uint64(regionPages[0]))
@@ -497,14 +583,20 @@ func TestServerLoss(t *testing.T) {
 			}
 			defer c.Close()
 			// A toucher walks RAM with copy() (memmove, where the
-			// runtime cannot preempt it) until it is stopped by a fault.
+			// runtime cannot preempt it) until it is stopped by a fault,
+			// and checks every page it gets against the image.
 			released := make(chan any, 1)
+			var wrong atomic.Int64
+			wrong.Store(-1)
 			go func() {
 				debug.SetPanicOnFault(true)
 				defer func() { released <- recover() }()
-				buf := make([]byte, pageSize)
+				buf, want := make([]byte, pageSize), make([]byte, pageSize)
 				for i := 0; ; i = (i + 37) % regionPages[0] {
 					copy(buf, child[i*pageSize:])
+					if pattern(want, 0, i); !bytes.Equal(buf, want) {
+						wrong.CompareAndSwap(-1, int64(i))
+					}
 				}
 			}()
 			time.Sleep(50 * time.Millisecond)
@@ -525,6 +617,9 @@ func TestServerLoss(t *testing.T) {
 			case v := <-released:
 				t.Fatalf("toucher left before the fence: %v", v)
 			default:
+			}
+			if i := wrong.Load(); i >= 0 {
+				t.Errorf("page %d was installed with contents other than the image's", i)
 			}
 			if err := c.Fence(); err != nil {
 				t.Fatal(err)

@@ -154,10 +154,15 @@ func TestForkDeadMemoryServer(t *testing.T) {
 
 func deadMemoryServer(t *testing.T, sig syscall.Signal) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	p := forktest(t, "mode=wait clones=4 size=16M", "--api-sock", sock)
+	// The clones need the server for the pages the parent has written
+	// since the fork (the others they may read from the parent's memory
+	// directly): the signal comes once the parent has overwritten the
+	// region's first page and before the clones touch it.
+	p := forktest(t, "mode=wait clones=4 size=16M delay=4", "--api-sock", sock)
 	for id := 1; id <= 4; id++ {
 		p.waitFor(t, fmt.Sprintf("[clone %d] forktest: clone %d running", id, id), 2*time.Minute)
 	}
+	p.waitFor(t, "forktest: parent overwrote the region's first page", time.Minute)
 	c := api.Dial(sock)
 	defer c.Close()
 	st, err := c.Status(context.Background())
@@ -181,7 +186,7 @@ func deadMemoryServer(t *testing.T, sig syscall.Signal) {
 		}
 		syscall.Kill(st.MemoryServerPID, syscall.SIGCONT)
 	}
-	// The clones wait 2 s of wall-clock time before they touch the
+	// The clones wait 4 s of wall-clock time before they touch the
 	// region: a clone that finished its wait before the signal would
 	// print "pattern ok" and fail the test below. memtap gives up on a
 	// dead server at once, on a silent one after 5 s.
@@ -270,7 +275,12 @@ func TestForkFromHost(t *testing.T) {
 		t.Fatalf("clone 2's control socket: %v", err)
 	}
 	if st.CloneID != 2 || st.Memtap == nil || st.Memtap.Faults == 0 {
-		t.Errorf("clone 2's status: %+v, want clone ID 2 with memtap faults", st)
+		t.Fatalf("clone 2's status: %+v, want clone ID 2 with memtap faults", st)
+	}
+	// A clone on its parent's host reads what the parent has not written
+	// since the fork straight from the parent's memory.
+	if st.Memtap.PagesDirect == 0 || st.Memtap.PagesDirect > st.Memtap.PagesFetched {
+		t.Errorf("clone 2's memtap: %+v, want some pages read from the parent directly", *st.Memtap)
 	}
 
 	out, code = run(t, time.Minute, bin, "fork", "--api-sock", sock, "--kill", "1")

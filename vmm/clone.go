@@ -80,6 +80,9 @@ func RestoreClone(path string, cfg CloneConfig) (_ *VM, err error) {
 			mc.Regions = append(mc.Regions, memtap.Region{Host: r.Host, Populated: h.Memory[i].Pages})
 		}
 		mc.Network, mc.Address, mc.Key = fi.Network, fi.Address, memtap.Key(fi.Key)
+		if mc.Parent = directParent(fi, len(regions), cfg.Logf); mc.Parent != nil {
+			defer mc.Parent.Close()
+		}
 		c, err := memtap.Start(mc)
 		if err != nil {
 			return err
@@ -95,6 +98,25 @@ func RestoreClone(path string, cfg CloneConfig) (_ *VM, err error) {
 	}
 	m.memtap = client
 	return m, nil
+}
+
+// directParent opens the parent's memory for memtap's direct reads when
+// the clone is the parent's own child process (so that the PID in the
+// descriptor cannot name another process); nil otherwise, or if the
+// parent's memory cannot be opened (then every page comes through the
+// memory server, which is said).
+func directParent(fi ForkInfo, regions int, logf func(string, ...any)) *memtap.ParentMemory {
+	if fi.ParentPID == 0 || fi.ParentPID != os.Getppid() || len(fi.ParentRAM) != regions {
+		return nil
+	}
+	pm, err := memtap.OpenParent(fi.ParentPID, fi.ParentRAM)
+	if err != nil {
+		if logf != nil {
+			logf("every page through the memory server: %v", err)
+		}
+		return nil
+	}
+	return pm
 }
 
 // finishForkCall makes the forking call return in the clone what a clone
@@ -133,7 +155,7 @@ func (m *VM) CloneID() uint32 { return m.devs.fork.ID() }
 
 // FormatMemtapStats is a one-line summary of a clone's memory statistics.
 func FormatMemtapStats(s memtap.Stats) string {
-	return fmt.Sprintf("%d faults, %d pages fetched, %d zero-filled locally, %d prefetched, %d requests, %s received, fault p50 %v p99 %v",
-		s.Faults, s.PagesFetched, s.PagesZeroFilled, s.PagesPrefetched, s.Requests, FormatSize(s.BytesReceived),
+	return fmt.Sprintf("%d faults, %d pages fetched, %d zero-filled locally, %d read from the parent directly, %d prefetched, %d requests, %s received, fault p50 %v p99 %v",
+		s.Faults, s.PagesFetched, s.PagesZeroFilled, s.PagesDirect, s.PagesPrefetched, s.Requests, FormatSize(s.BytesReceived),
 		s.Percentile(0.5).Round(time.Microsecond), s.Percentile(0.99).Round(time.Microsecond))
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -66,6 +67,11 @@ type ForkInfo struct {
 	// authenticates the clone family to it.
 	Network, Address string
 	Key              [32]byte
+	// ParentPID and ParentRAM (each RAM region's address in the parent)
+	// let a clone that is the parent's child process read unwritten pages
+	// from the parent's memory directly (memtap.ParentMemory).
+	ParentPID int
+	ParentRAM []uint64
 }
 
 // ForkResult reports a fork.
@@ -308,7 +314,10 @@ func (m *VM) freeze(ctx context.Context, caller *vcpu, call uint32, held bool) (
 	f.mu.Unlock()
 
 	info := ForkInfo{Checkpoint: img.id, Caller: -1, Call: call, Network: "unix",
-		Address: filepath.Join(f.dir, fmt.Sprintf("image-%d.sock", img.id))}
+		Address: filepath.Join(f.dir, fmt.Sprintf("image-%d.sock", img.id)), ParentPID: os.Getpid()}
+	for _, r := range m.mem.Regions() {
+		info.ParentRAM = append(info.ParentRAM, uint64(uintptr(unsafe.Pointer(&r.Host[0]))))
+	}
 	if _, err := rand.Read(info.Key[:]); err != nil {
 		return nil, fmt.Errorf("family key: %w", err)
 	}

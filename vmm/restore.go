@@ -44,6 +44,9 @@ func Restore(s *MachineState, fill func(*memory.Memory) error, rc RestoreConfig)
 	if m.mem, err = memory.New(s.Config.MemBytes); err != nil {
 		return nil, err
 	}
+	if err := m.forkPages(); err != nil {
+		return nil, err
+	}
 	if err := fill(m.mem); err != nil {
 		return nil, fmt.Errorf("load guest memory: %w", err)
 	}

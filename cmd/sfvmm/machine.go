@@ -51,7 +51,7 @@ func (m machine) Status() api.Status {
 	}
 	if s, ok := m.vm.MemtapStats(); ok {
 		st.Memtap = &api.MemtapStats{
-			Faults: s.Faults, PagesFetched: s.PagesFetched, PagesZeroFilled: s.PagesZeroFilled,
+			Faults: s.Faults, PagesFetched: s.PagesFetched, PagesDirect: s.PagesDirect, PagesZeroFilled: s.PagesZeroFilled,
 			PagesPrefetched: s.PagesPrefetched, Requests: s.Requests, BytesReceived: s.BytesReceived,
 			FaultLatencyMicros: s.FaultLatency[:],
 		}

@@ -11,9 +11,11 @@
  *           16 MiB after the region (never touched by the parent) reads
  *           zero, prints its ID and calls sf_exit(0). The parent joins and
  *           prints that all clones exited.
- *   wait    as fork, but the clones wait two seconds of wall-clock time
- *           (CMOS RTC) before touching the region, and the parent does
- *           not overwrite it: a test kills the memory server meanwhile.
+ *   wait    as fork, but the clones wait delay=N seconds (default 2) of
+ *           wall-clock time (CMOS RTC) before touching the region, and
+ *           the parent overwrites only its first page (which the clones,
+ *           starting there, then need the memory server for): a test
+ *           kills or stops the memory server meanwhile.
  *   misuse  makes every call a guest can get wrong and prints what each
  *           returned; one clone makes the parent-only calls.
  *   kill    forks 2 clones that spin for ever; the parent waits for a byte
@@ -123,12 +125,12 @@ static bool mode_is(const char *cmdline, const char *m)
 	return i == n && m[i] == 0;
 }
 
-static void clone_check(int32_t id, uint32_t words, uint32_t sum, bool wait)
+static void clone_check(int32_t id, uint32_t words, uint32_t sum, int delay)
 {
 	volatile uint32_t *p = (volatile uint32_t *)BASE;
-	if (wait) {
-		kprintf("forktest: clone %d running, touching the region in 2 s\n", id);
-		wait_seconds(2);
+	if (delay) {
+		kprintf("forktest: clone %d running, touching the region in %d s\n", id, delay);
+		wait_seconds(delay);
 	}
 	for (uint32_t i = 0; i < words; i++) {
 		if (p[i] != pattern(i)) {
@@ -269,10 +271,16 @@ void kmain(uint32_t magic, uint32_t mbi)
 		debug_exit(3);
 	}
 	if (id > 0)
-		clone_check(id, words, sum, wait);
+		clone_check(id, words, sum, wait ? (int)arg(b.cmdline, "delay", 2, false) : 0);
 
 	kprintf("forktest: parent forked\n");
-	if (!wait) {
+	if (wait) {
+		/* Quickly, before the clones look: they then need the
+		 * memory server for this page. */
+		for (uint32_t i = 0; i < 1024; i++)
+			p[i] = ~p[i];
+		kprintf("forktest: parent overwrote the region's first page\n");
+	} else {
 		for (uint32_t i = 0; i < words; i++)
 			p[i] = p[i] * 3 + 1;
 		kprintf("forktest: parent overwrote the region, checksum now 0x%x\n", checksum(p, words));

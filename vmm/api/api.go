@@ -91,6 +91,7 @@ type Status struct {
 type MemtapStats struct {
 	Faults          uint64 `json:"faults"`
 	PagesFetched    uint64 `json:"pages_fetched"`
+	PagesDirect     uint64 `json:"pages_direct"` // of those, read from the parent's memory directly
 	PagesZeroFilled uint64 `json:"pages_zero_filled"`
 	PagesPrefetched uint64 `json:"pages_prefetched"`
 	Requests        uint64 `json:"requests"`

@@ -132,7 +132,12 @@ func run(c config) error {
 	if err := im.Serve(ul, key); err != nil {
 		return err
 	}
-	transports := []struct{ name, network, addr string }{{"TCP", "tcp", tcpAddr}, {"Unix", "unix", sock}}
+	// Direct: the child reads pages the parent has not written since the
+	// fork from the parent's memory (memtap.ParentMemory), as sfvmm's
+	// clones on their parent's host do; the parent here writes none.
+	parent := []uint64{uint64(uintptr(unsafe.Pointer(&small[0]))), uint64(uintptr(unsafe.Pointer(&big[0])))}
+	transports := []transport{{"TCP", "tcp", tcpAddr, nil}, {"Unix", "unix", sock, nil},
+		{"Unix + direct reads (same host, sfvmm's clones)", "unix", sock, parent}}
 
 	// (a) Single-page fault service: rounds alternate floor and memtap,
 	// so that both see the same load on the machine.
@@ -146,7 +151,7 @@ func run(c config) error {
 		}
 		floor = append(floor, f...)
 		for k, tr := range transports {
-			ts, s, err := memtapTouches(tr.network, tr.addr, key, faultPages, scanPages, true, 1)
+			ts, s, err := memtapTouches(tr, key, faultPages, scanPages, true, 1)
 			if err != nil {
 				return err
 			}
@@ -180,7 +185,7 @@ func run(c config) error {
 		}
 		floorScan += f[0]
 		for k, tr := range transports {
-			ts, s, err := memtapTouches(tr.network, tr.addr, key, faultPages, scanPages, false, 0)
+			ts, s, err := memtapTouches(tr, key, faultPages, scanPages, false, 0)
 			if err != nil {
 				return err
 			}
@@ -364,7 +369,13 @@ func floorTouches(pages int, random bool) ([]time.Duration, error) {
 // memtapTouches starts memtap for a child of the benchmark image and times
 // touches of one of its regions (0: single-fault pages, 1: scan region).
 // window 1 turns prefetch off; 0 keeps memtap's defaults.
-func memtapTouches(network, addr string, key wire.Key, faultPages, scanPages int, single bool, window int) ([]time.Duration, memtap.Stats, error) {
+// transport is how a benchmark child reaches the parent's memory.
+type transport struct {
+	name, network, addr string
+	parent              []uint64 // region bases in this process, for direct reads; nil: none
+}
+
+func memtapTouches(tr transport, key wire.Key, faultPages, scanPages int, single bool, window int) ([]time.Duration, memtap.Stats, error) {
 	r0, err := mapRAM(faultPages, false)
 	if err != nil {
 		return nil, memtap.Stats{}, err
@@ -375,8 +386,16 @@ func memtapTouches(network, addr string, key wire.Key, faultPages, scanPages int
 		return nil, memtap.Stats{}, err
 	}
 	defer unix.Munmap(r1)
-	cfg := memtap.Config{Network: network, Address: addr, Key: key, Window: window, MaxWindow: window,
+	cfg := memtap.Config{Network: tr.network, Address: tr.addr, Key: key, Window: window, MaxWindow: window,
 		Regions: []memtap.Region{{Host: r0, Populated: all(faultPages)}, {Host: r1, Populated: all(scanPages)}}}
+	if tr.parent != nil {
+		pm, err := memtap.OpenParent(os.Getpid(), tr.parent)
+		if err != nil {
+			return nil, memtap.Stats{}, err
+		}
+		defer pm.Close()
+		cfg.Parent = pm
+	}
 	c, err := memtap.Start(cfg)
 	if err != nil {
 		return nil, memtap.Stats{}, err
@@ -394,7 +413,7 @@ func memtapTouches(network, addr string, key wire.Key, faultPages, scanPages int
 		last = r0[len(r0)-page:]
 	}
 	if *(*uint64)(unsafe.Pointer(&last[0]))>>63 != 1 {
-		return nil, memtap.Stats{}, fmt.Errorf("%s: child page does not hold the parent's data", network)
+		return nil, memtap.Stats{}, fmt.Errorf("%s: child page does not hold the parent's data", tr.name)
 	}
 	if err := c.Err(); err != nil {
 		return nil, memtap.Stats{}, err
