@@ -425,10 +425,13 @@ func (h *handler) readAhead(ri int, p uint64) error {
 // that is not missing, and then taking missing pages below p to make up
 // the window), straight from the parent's memory where it can and
 // otherwise from the server, and returns the page after the last one.
+// Direct reads also stop at pages the parent never populated: reading
+// them would make the parent map them, and they are zero-filled anyway.
 func (h *handler) fetch(ri int, p uint64, w int) (uint64, error) {
 	r := &h.regions[ri]
+	wanted := func(q uint64) bool { return r.state[q] == missing && (h.mem < 0 || r.pop.Get(q)) }
 	end := p
-	for end < r.pages && end-p < uint64(w) && r.state[end] == missing {
+	for end < r.pages && end-p < uint64(w) && wanted(end) {
 		r.state[end] = requested
 		end++
 	}
@@ -438,7 +441,7 @@ func (h *handler) fetch(ri int, p uint64, w int) (uint64, error) {
 	// Short of a window forward (the pages above are there already, as
 	// in a descending scan): fill it with the missing pages below.
 	first := p
-	for first > 0 && end-first < uint64(w) && r.state[first-1] == missing {
+	for first > 0 && end-first < uint64(w) && wanted(first-1) {
 		first--
 		r.state[first] = requested
 	}
