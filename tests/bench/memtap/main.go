@@ -24,7 +24,8 @@
 //     populated RAM, with transparent huge pages and with 4 KiB pages (as
 //     sfvmm maps the RAM of a VM that may fork): Seal, after Arm has
 //     write-protected the RAM while the parent ran on (and wrote 16
-//     pages). Arm's time is shown beside it. Median of -reps; target: the pause at most 2x apart.
+//     pages). Arm's time is shown beside it. Median of -reps; target:
+//     the pause at most 2x apart.
 package main
 
 import (
