@@ -168,6 +168,9 @@ func median(ds []time.Duration) time.Duration {
 
 const linuxCmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet"
 
+// cloneCrashed matches a clone's report that its guest or its VMM failed.
+var cloneCrashed = regexp.MustCompile(`^sfvmm clone \d+: (error: |guest ended: (triple fault|reset|error))`)
+
 // memtapRE matches a clone's statistics at exit.
 var memtapRE = regexp.MustCompile(`^sfvmm clone \d+: memtap: (\d+) faults, (\d+) pages fetched, (\d+) zero-filled locally, (\d+) read from the parent directly, (\d+) prefetched`)
 
@@ -223,12 +226,12 @@ func (b *bench) forkLatency(ns []int) (running, up map[int]time.Duration, stats 
 		lastRun, lastUp := l.At, l.At
 		for id := 1; id <= n; id++ {
 			re := regexp.MustCompile(fmt.Sprintf(`^sfvmm clone %d: running `, id))
-			r, _, _, err := p.WaitLine(i, re, true, b.timeout, fmt.Sprintf("clone %d of %d running", id, n))
+			r, _, _, err := p.WaitLineUnless(i, re, true, cloneCrashed, b.timeout, fmt.Sprintf("clone %d of %d running", id, n))
 			if err != nil {
 				return nil, nil, fetch{}, err
 			}
 			re = regexp.MustCompile(fmt.Sprintf(`^\[clone %d\] up %d %d\s*$`, id, n, id))
-			u, _, _, err := p.WaitLine(i, re, false, b.timeout, fmt.Sprintf("clone %d of %d up", id, n))
+			u, _, _, err := p.WaitLineUnless(i, re, false, cloneCrashed, b.timeout, fmt.Sprintf("clone %d of %d up", id, n))
 			if err != nil {
 				return nil, nil, fetch{}, err
 			}
@@ -331,19 +334,28 @@ func (b *bench) forkPause(size string) (time.Duration, error) {
 	defer c.Close()
 	ctx := context.Background()
 	var ds []time.Duration
+	retries := 0
 	for r := 0; r < b.runs; r++ {
 		from := p.Mark()
 		info, err := c.Fork(ctx, api.ForkRequest{Clones: 1})
 		if err != nil {
 			return 0, fmt.Errorf("fork with %s populated: %w", size, err)
 		}
+		_, _, _, err = p.WaitLineUnless(from, regexp.MustCompile(`^\[clone 1\] forktest: ticker id=1`), false, cloneCrashed, b.timeout, "the clone ticking")
+		if kerr := c.Kill(ctx, info.Ticket); err == nil {
+			err = kerr
+		}
+		if err != nil && retries < 2 {
+			// The nested sandbox crashes a guest now and then.
+			retries++
+			fmt.Fprintf(os.Stderr, "bench: fork with %s populated: the clone failed, running the round again: %v\n", size, err)
+			r--
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
 		ds = append(ds, time.Duration(info.PausedNanos))
-		if _, _, _, err := p.WaitLine(from, regexp.MustCompile(`^\[clone 1\] forktest: ticker id=1`), false, b.timeout, "the clone ticking"); err != nil {
-			return 0, err
-		}
-		if err := c.Kill(ctx, info.Ticket); err != nil {
-			return 0, err
-		}
 	}
 	return median(ds), nil
 }

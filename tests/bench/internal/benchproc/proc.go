@@ -113,12 +113,23 @@ func (p *Proc) Mark() int {
 // its submatches. It fails, naming what did not happen and showing the
 // output's tail, when the process exits or the time runs out first.
 func (p *Proc) WaitLine(from int, re *regexp.Regexp, wantStderr bool, timeout time.Duration, what string) (Line, int, []string, error) {
+	return p.WaitLineUnless(from, re, wantStderr, nil, timeout, what)
+}
+
+// WaitLineUnless is WaitLine that also fails as soon as a line on either
+// stream matches abort (nil: none), such as a guest's crash report, rather
+// than waiting out the timeout.
+func (p *Proc) WaitLineUnless(from int, re *regexp.Regexp, wantStderr bool, abort *regexp.Regexp, timeout time.Duration, what string) (Line, int, []string, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for i := from; ; {
 		p.mu.Lock()
 		for ; i < len(p.lines); i++ {
 			l := p.lines[i]
+			if abort != nil && abort.MatchString(l.Text) {
+				p.mu.Unlock()
+				return Line{}, 0, nil, fmt.Errorf("%s: %s", what, l.Text)
+			}
 			if l.Stderr != wantStderr {
 				continue
 			}
