@@ -71,7 +71,7 @@ fuzz:
 
 # The KVM tests, in the sandbox. QEMU's TCG with nested SVM is not a
 # faithful CPU: it has been seen to lose guest state across exits (XCR0,
-# see kernels/fpu), to take the sandbox guest down (its kernel once
+# see kernels/fpu), to take the sandbox guest down (its kernel has
 # panicked with a corrupted stack during forks), or to stall it (kvmbox
 # exits 123 or 124); see also vmm.forkPages. So: a run whose sandbox died or
 # stalled is repeated once, and tests that failed are run up to twice more
