@@ -61,7 +61,7 @@ func main() {
 	b := &bench{}
 	flag.StringVar(&b.sfvmm, "sfvmm", "sfvmm", "sfvmm binary")
 	flag.IntVar(&b.runs, "n", 3, "runs of each measurement (the tables show medians)")
-	counts := flag.String("clones", "1,4,16", "clone counts for the fork latency, comma-separated")
+	counts := flag.String("clones", "1,4,16", "clone counts for the fork latency, comma-separated; empty: skip that stage (and its cold boots)")
 	flag.DurationVar(&b.timeout, "timeout", 10*time.Minute, "bound on one boot or fork")
 	flag.Parse()
 	b.kernel = os.Getenv("SFVMM_LINUX_KERNEL")
@@ -84,6 +84,9 @@ func main() {
 	}()
 	var ns []int
 	for _, f := range strings.Split(*counts, ",") {
+		if strings.TrimSpace(*counts) == "" {
+			break
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > 16 {
 			fail(fmt.Errorf("-clones: %q is not a count from 1 to 16", f))
@@ -92,10 +95,13 @@ func main() {
 	}
 	start := time.Now()
 	fmt.Printf("sfvmm fork benchmark: %d runs each, medians\n\n", b.runs)
-	lat, up, linuxStats, err := b.forkLatency(ns)
-	if err != nil {
-		benchproc.KillAll()
-		fail(err)
+	var lat, up map[int]time.Duration
+	var linuxStats fetch
+	if len(ns) > 0 {
+		if lat, up, linuxStats, err = b.forkLatency(ns); err != nil {
+			benchproc.KillAll()
+			fail(err)
+		}
 	}
 	boot := map[int]time.Duration{}
 	for _, n := range ns {
@@ -104,10 +110,12 @@ func main() {
 			fail(err)
 		}
 	}
-	fmt.Println("Fork latency (sf_clone in a booted 1-vCPU 256 MiB Linux guest to all N clones running) against cold-booting N VMs to the same point")
-	fmt.Println()
-	fmt.Println("| N | fork to all N running | cold boot of N | fork / boot | target | fork to all N printing \"up\" | / boot |")
-	fmt.Println("| --- | --- | --- | --- | --- | --- | --- |")
+	if len(ns) > 0 {
+		fmt.Println("Fork latency (sf_clone in a booted 1-vCPU 256 MiB Linux guest to all N clones running) against cold-booting N VMs to the same point")
+		fmt.Println()
+		fmt.Println("| N | fork to all N running | cold boot of N | fork / boot | target | fork to all N printing \"up\" | / boot |")
+		fmt.Println("| --- | --- | --- | --- | --- | --- | --- |")
+	}
 	for _, n := range ns {
 		target := ""
 		if n == 4 {
@@ -150,8 +158,11 @@ func main() {
 	const touched = 16384 + 4096 // the pattern and the untouched region; code and stack add a few
 	fmt.Printf("| forktest, 4 clones, 64 MiB pattern + 16 MiB never touched | %d | %d | %d | %d | ≥ %d | %.2f |\n",
 		tiny.faults, tiny.fetched, tiny.direct, tiny.zero, touched, float64(tiny.fetched)/touched)
-	fmt.Printf("| Linux, %d clones (shell + sfctl) | %d | %d | %d | %d | %d (faults + prefetched) | — |\n\n",
-		linuxStats.clones, linuxStats.faults, linuxStats.fetched, linuxStats.direct, linuxStats.zero, linuxStats.faults+linuxStats.prefetched)
+	if len(ns) > 0 {
+		fmt.Printf("| Linux, %d clones (shell + sfctl) | %d | %d | %d | %d | %d (faults + prefetched) | — |\n",
+			linuxStats.clones, linuxStats.faults, linuxStats.fetched, linuxStats.direct, linuxStats.zero, linuxStats.faults+linuxStats.prefetched)
+	}
+	fmt.Println()
 	fmt.Printf("(run took %v)\n", time.Since(start).Round(time.Second))
 }
 
