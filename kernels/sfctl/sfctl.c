@@ -23,12 +23,29 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/io.h>
-#include <termios.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "../lib/sf.h"
 
 static const char *prog = "sfctl";
+
+/*
+ * drain lets a terminal send what was written to it, for at most 2 s.
+ * sf_exit ends the clone at once, and a kernel's serial driver holds
+ * output in a buffer: "echo done; sfctl exit" would lose its tail. A
+ * console that never drains must not keep the clone alive, hence no
+ * tcdrain(). Not a terminal: nothing to wait for.
+ */
+static void drain(int fd)
+{
+	for (int i = 0; i < 200; i++) {
+		int queued;
+		if (ioctl(fd, TIOCOUTQ, &queued) != 0 || queued == 0)
+			return;
+		usleep(10000);
+	}
+}
 
 static void usage(void)
 {
@@ -89,14 +106,8 @@ int main(int argc, char **argv)
 	} else if (!strcmp(cmd, "create") && nargs == 2) {
 		check("create", sf_create_clones(num(argv[2]), num(argv[3])));
 	} else if (!strcmp(cmd, "exit") && nargs <= 1) {
-		/*
-		 * The clone ends at once: first let the console send what the
-		 * script wrote to it (a kernel's serial driver holds output
-		 * in a buffer; "echo done; sfctl exit" would lose its tail).
-		 * Not a terminal: nothing to wait for.
-		 */
-		tcdrain(STDOUT_FILENO);
-		tcdrain(STDERR_FILENO);
+		drain(STDOUT_FILENO);
+		drain(STDERR_FILENO);
 		check("exit", sf_exit(nargs ? (uint32_t)num(argv[2]) : 0));
 	} else if (!strcmp(cmd, "join") && nargs == 1) {
 		int32_t failed = check("join", sf_join(num(argv[2])));
