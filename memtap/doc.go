@@ -11,14 +11,17 @@
 //     instead of data, and they too are zero-filled.
 //
 // A child on its parent's host may also read the parent's memory directly
-// (Config.Parent, which sfvmm's clones use when they are the parent's child
-// processes): a page the parent has not written since the fork is read from
+// (Config.Parent; sfvmm's clones do with `sfvmm clone --direct-reads`, when
+// they are the parent's child processes): a page the parent has not written since the fork is read from
 // the parent's /proc/PID/mem and installed if the parent's page table still
 // shows the memory server's write protection on it after the read, which
 // proves it unchanged. That saves the two process wake-ups of a round trip
 // through the server. Pages the parent has written come from the server,
 // which saved them; so does everything once the server is gone, since the
-// kernel drops its write protection with it.
+// kernel drops its write protection with it. Caveat: the reads take the
+// parent's mm lock, and while the server is stopped (not dead) a parent
+// thread waiting on it has been seen to keep them blocked, so a clone can
+// hang instead of failing within Config.Timeout.
 //
 // A fetch asks for a window of pages from the faulting one on (Config.Window,
 // 16 by default), installed with UFFDIO_COPY so that later touches do not

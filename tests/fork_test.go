@@ -275,12 +275,7 @@ func TestForkFromHost(t *testing.T) {
 		t.Fatalf("clone 2's control socket: %v", err)
 	}
 	if st.CloneID != 2 || st.Memtap == nil || st.Memtap.Faults == 0 {
-		t.Fatalf("clone 2's status: %+v, want clone ID 2 with memtap faults", st)
-	}
-	// A clone on its parent's host reads what the parent has not written
-	// since the fork straight from the parent's memory.
-	if st.Memtap.PagesDirect == 0 || st.Memtap.PagesDirect > st.Memtap.PagesFetched {
-		t.Errorf("clone 2's memtap: %+v, want some pages read from the parent directly", *st.Memtap)
+		t.Errorf("clone 2's status: %+v, want clone ID 2 with memtap faults", st)
 	}
 
 	out, code = run(t, time.Minute, bin, "fork", "--api-sock", sock, "--kill", "1")

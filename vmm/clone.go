@@ -24,6 +24,14 @@ type CloneConfig struct {
 	// Memtap tunes the clone's memory client; Regions, Network, Address
 	// and Key come from the descriptor.
 	Memtap memtap.Config
+	// DirectReads lets memtap read pages the parent has not written
+	// straight from the parent's memory (memtap.ParentMemory) when the
+	// clone is the parent's child process. Off by default: while the
+	// memory server is stopped, a read of the parent's memory has been
+	// seen to block for good (the parent's mm lock, held by a parent
+	// thread waiting on the server), and the clone then hangs instead of
+	// failing within memtap's timeout.
+	DirectReads bool
 }
 
 // RestoreClone builds clone cfg.ID of the fork descriptor at path, paused:
@@ -80,8 +88,10 @@ func RestoreClone(path string, cfg CloneConfig) (_ *VM, err error) {
 			mc.Regions = append(mc.Regions, memtap.Region{Host: r.Host, Populated: h.Memory[i].Pages})
 		}
 		mc.Network, mc.Address, mc.Key = fi.Network, fi.Address, memtap.Key(fi.Key)
-		if mc.Parent = directParent(fi, len(regions), cfg.Logf); mc.Parent != nil {
-			defer mc.Parent.Close()
+		if cfg.DirectReads {
+			if mc.Parent = directParent(fi, len(regions), cfg.Logf); mc.Parent != nil {
+				defer mc.Parent.Close()
+			}
 		}
 		c, err := memtap.Start(mc)
 		if err != nil {

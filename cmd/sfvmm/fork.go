@@ -94,6 +94,7 @@ func cloneCmd(args []string) int {
 	ticket := fs.Uint("ticket", 0, "the ticket the clone belongs to (for messages)")
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
+	direct := fs.Bool("direct-reads", false, "read unwritten pages from the parent's memory directly (experimental: can hang while the memory server is stopped)")
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
@@ -108,6 +109,7 @@ func cloneCmd(args []string) int {
 	vm, err := vmm.RestoreClone(*desc, vmm.CloneConfig{
 		RestoreConfig: vmm.RestoreConfig{Console: console, Logf: logf},
 		ID:            uint32(*id),
+		DirectReads:   *direct,
 	})
 	if err != nil {
 		logf("error: %v", err)
