@@ -280,14 +280,20 @@ func (b *bench) forkLatency(ns []int) (running, up map[int]time.Duration, stats 
 // round in which a guest crashes (the nested sandbox does that now and
 // then under load) is reported and run again, at most twice.
 func (b *bench) coldBoot(n int) (time.Duration, error) {
+	return b.rounds(fmt.Sprintf("cold boot of %d", n), func() (time.Duration, error) { return b.coldBootOnce(n) })
+}
+
+// rounds runs once b.runs times and returns the median of its results. A
+// round that fails (the nested sandbox crashes a guest now and then under
+// load) is reported and run again, at most twice in all.
+func (b *bench) rounds(what string, once func() (time.Duration, error)) (time.Duration, error) {
 	var ds []time.Duration
 	retries := 0
-	for r := 0; r < b.runs; r++ {
-		d, err := b.coldBootOnce(n)
+	for len(ds) < b.runs {
+		d, err := once()
 		if err != nil && retries < 2 {
 			retries++
-			fmt.Fprintf(os.Stderr, "bench: cold boot of %d failed, running the round again: %v\n", n, err)
-			r--
+			fmt.Fprintf(os.Stderr, "bench: %s failed, running the round again: %v\n", what, err)
 			continue
 		}
 		if err != nil {
@@ -344,31 +350,18 @@ func (b *bench) forkPause(size string) (time.Duration, error) {
 	c := api.Dial(sock)
 	defer c.Close()
 	ctx := context.Background()
-	var ds []time.Duration
-	retries := 0
-	for r := 0; r < b.runs; r++ {
+	return b.rounds("fork with "+size+" populated", func() (time.Duration, error) {
 		from := p.Mark()
 		info, err := c.Fork(ctx, api.ForkRequest{Clones: 1})
 		if err != nil {
-			return 0, fmt.Errorf("fork with %s populated: %w", size, err)
+			return 0, err
 		}
 		_, _, _, err = p.WaitLineUnless(from, regexp.MustCompile(`^\[clone 1\] forktest: ticker id=1`), false, cloneCrashed, b.timeout, "the clone ticking")
 		if kerr := c.Kill(ctx, info.Ticket); err == nil {
 			err = kerr
 		}
-		if err != nil && retries < 2 {
-			// The nested sandbox crashes a guest now and then.
-			retries++
-			fmt.Fprintf(os.Stderr, "bench: fork with %s populated: the clone failed, running the round again: %v\n", size, err)
-			r--
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		ds = append(ds, time.Duration(info.PausedNanos))
-	}
-	return median(ds), nil
+		return time.Duration(info.PausedNanos), err
+	})
 }
 
 // tinyFetch runs forktest's fork mode and returns its clones' average
