@@ -927,14 +927,19 @@ func TestGOMAXPROCSFaultStorm(t *testing.T) {
 	}
 	// The control: the same storm against an in-process handler hangs
 	// (it is killed at the limit), which is what makes the storm above
-	// adversarial. If it ever completes, the Go runtime has changed and
-	// this test no longer proves anything.
+	// adversarial. Whether it hangs is a race (the handler wins if it
+	// gets a P before every P holds a faulting thread; CI saw it win
+	// once), so it has three tries. If it never hangs, the Go runtime has
+	// changed and this test no longer proves anything.
 	t.Run("in-process control", func(t *testing.T) {
-		out, err, took := runChild(t, "in-process", cc, 3*time.Second)
-		t.Logf("in-process handler (%v): %v %s", took, err, out)
-		if err == nil || strings.Contains(out, "completed") {
-			t.Errorf("the in-process handler survived the storm: the storm is not adversarial")
+		for try := 1; try <= 3; try++ {
+			out, err, took := runChild(t, "in-process", cc, 3*time.Second)
+			t.Logf("in-process handler, try %d (%v): %v %s", try, took, err, out)
+			if err != nil && !strings.Contains(out, "completed") {
+				return
+			}
 		}
+		t.Errorf("the in-process handler survived the storm three times: the storm is not adversarial")
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,11 @@ func TestTripleFault(t *testing.T) {
 	r.Contains(t, "triple: faulting now")
 	if r.Exit.Reason != vmm.ExitTripleFault {
 		t.Errorf("exit %v, want a triple fault", r.Exit)
+	}
+	// KVM on AMD (the sandbox's CPU) resets the vCPU at the shutdown, so
+	// registers read afterwards are the reset vector's, not the fault's.
+	if strings.Contains(r.Exit.Detail, "rip 0xfff0 ") {
+		t.Errorf("the triple fault is reported at the reset vector: %s", r.Exit.Detail)
 	}
 	r.Status(t, vmm.StatusTripleFault)
 }

@@ -160,7 +160,7 @@ func (c *vcpu) run(m *VM) error {
 			// HLT is handled in the kernel with an in-kernel LAPIC; an
 			// interrupted run just re-enters (or sees the stop).
 		case kvm.ExitShutdown:
-			m.stop(Exit{Reason: ExitTripleFault, Detail: c.describe("guest triple fault")})
+			m.stop(Exit{Reason: ExitTripleFault, Detail: c.describeShutdown()})
 		case kvm.ExitSystemEvent:
 			switch rd.SystemEventType() {
 			case kvm.SystemEventShutdown:
@@ -184,6 +184,17 @@ func (c *vcpu) run(m *VM) error {
 func (c *vcpu) forkRegs() (forkdev.Regs, error) {
 	r, err := c.GetRegs()
 	return forkdev.Regs{EAX: uint32(r.RAX), EBX: uint32(r.RBX), ECX: uint32(r.RCX)}, err
+}
+
+// describeShutdown describes a triple fault. KVM on AMD resets the vCPU
+// at a shutdown intercept (svm.c, shutdown_interception: the VMCB is
+// undefined after one), so its registers there are the reset state's and
+// would point at the reset vector, not at the fault.
+func (c *vcpu) describeShutdown() string {
+	if amd(c.cpuid) {
+		return fmt.Sprintf("guest triple fault on vcpu %d (registers lost: KVM on AMD resets the vCPU at a shutdown)", c.ID)
+	}
+	return c.describe("guest triple fault")
 }
 
 // describe names what happened with the vCPU's instruction pointer and mode,

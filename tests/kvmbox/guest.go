@@ -50,6 +50,16 @@ func kernelCmdline(run, checkout string, debug bool) string {
 
 func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
 	o := b.opts
+	// One vCPU by default. With two, QEMU 7.2's multi-threaded TCG
+	// corrupts nested SVM guests now and then: sfvmm's clones, whose
+	// vCPUs fault on pages another process installs, were seen jumping
+	// into the middle of an instruction, reading wild addresses and
+	// triple faulting (about one run of TestForkTinyKernel in six here,
+	// three runs of three in CI), and the sandbox kernel panicked with
+	// "corrupted stack end detected inside scheduler". With one vCPU, 12
+	// runs of 12 passed; with two and thread=single, Linux guests stopped
+	// booting (their clock stood still). One vCPU costs about half as
+	// much time again per fork test.
 	return []string{
 		"-accel", "tcg,thread=multi",
 		"-cpu", "max,vendor=AuthenticAMD",

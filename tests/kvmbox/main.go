@@ -97,7 +97,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 			"       go run ./tests/kvmbox --print-kernel\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	fs.IntVar(&o.cpus, "cpus", 2, "vCPUs of the sandbox guest")
+	fs.IntVar(&o.cpus, "cpus", 1, "vCPUs of the sandbox guest (more run in parallel but corrupt nested guests; see guest.go)")
 	fs.StringVar(&o.mem, "mem", "3G", "memory of the sandbox guest (QEMU -m syntax: 3G, 4096M)")
 	fs.IntVar(&o.hosts, "hosts", 1, "network namespaces host0..hostN-1 to create (0 for none)")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "kill the sandbox after this long")

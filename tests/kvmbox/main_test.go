@@ -15,17 +15,17 @@ func TestParseArgs(t *testing.T) {
 		wantErr string
 	}{
 		{args: []string{"--", "sh", "-c", "exit 7"},
-			want: options{cpus: 2, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, cmd: []string{"sh", "-c", "exit 7"}}},
+			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, cmd: []string{"sh", "-c", "exit 7"}}},
 		{args: []string{"--hosts", "2", "--cpus=1", "--mem", "4096M", "--timeout", "90s", "--modules", "tun, vhost_net", "--", "go", "version"},
 			want: options{cpus: 1, mem: "4096M", hosts: 2, hostsSet: true, timeout: 90 * time.Second, modules: []string{"tun", "vhost_net"}, cmd: []string{"go", "version"}}},
 		// Without "--" the command starts at the first non-flag argument,
 		// and its own flags stay its own.
 		{args: []string{"-q", "ls", "-l"},
-			want: options{cpus: 2, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, quiet: true, cmd: []string{"ls", "-l"}}},
+			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, quiet: true, cmd: []string{"ls", "-l"}}},
 		{args: []string{"--modules=", "--hosts=0", "--", "true"},
-			want: options{cpus: 2, mem: "3G", hostsSet: true, timeout: 20 * time.Minute, cmd: []string{"true"}}},
+			want: options{cpus: 1, mem: "3G", hostsSet: true, timeout: 20 * time.Minute, cmd: []string{"true"}}},
 		{args: []string{"--print-kernel"},
-			want: options{cpus: 2, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, printKernel: true}},
+			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, printKernel: true}},
 		{args: []string{"--print-kernel", "--", "ls"}, wantErr: "takes no command"},
 		{args: []string{}, wantErr: "no command"},
 		{args: []string{"--"}, wantErr: "no command"},
