@@ -35,6 +35,13 @@ import (
 // Config describes a machine to boot.
 type Config struct {
 	KernelPath string
+	// UnpackKernel has a bzImage's kernel unpacked on the host and booted
+	// as the ELF vmlinux it holds: the guest skips its own decompression,
+	// and with it KASLR. The unpacked kernel is kept in KernelCache, a
+	// directory of the user's (DefaultKernelCache), and reused while the
+	// image is unchanged; with KernelCache "" it is unpacked on every boot.
+	UnpackKernel bool
+	KernelCache  string
 	// InitrdPath is the initramfs of a bzImage, or for a multiboot kernel
 	// QEMU's module list ("mod1 args,mod2").
 	InitrdPath string
@@ -191,22 +198,49 @@ func validate(cfg Config) error {
 	return nil
 }
 
+// headOf returns a kernel file's size and first boot.HeaderBytes.
+func headOf(f *os.File) (os.FileInfo, []byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	head := make([]byte, min(st.Size(), boot.HeaderBytes))
+	if _, err := f.ReadAt(head, 0); err != nil {
+		return nil, nil, err
+	}
+	return st, head, nil
+}
+
 func (m *VM) loadKernel() error {
 	f, err := os.Open(m.cfg.KernelPath)
 	if err != nil {
 		return fmt.Errorf("read kernel: %w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	st, head, err := headOf(f)
 	if err != nil {
-		return fmt.Errorf("read kernel: %w", err)
-	}
-	head := make([]byte, min(st.Size(), boot.HeaderBytes))
-	if _, err := io.ReadFull(f, head); err != nil {
 		return fmt.Errorf("read kernel: %w", err)
 	}
 	if m.kind, err = boot.DetectFile(head, f, st.Size()); err != nil {
 		return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
+	}
+	if m.kind == boot.BzImage && m.cfg.UnpackKernel {
+		vf, err := unpackedKernel(f, st, head, m.cfg.KernelCache, m.logf)
+		switch {
+		case errors.Is(err, boot.ErrPayloadFormat):
+			m.logf("kernel %s: %v; it decompresses itself", m.cfg.KernelPath, err)
+		case err != nil:
+			return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
+		case vf != nil:
+			defer vf.Close()
+			f = vf
+			if st, head, err = headOf(f); err != nil {
+				return fmt.Errorf("unpacked kernel of %s: %w", m.cfg.KernelPath, err)
+			}
+			if m.kind, err = boot.DetectFile(head, f, st.Size()); err != nil {
+				return fmt.Errorf("unpacked kernel of %s: %w", m.cfg.KernelPath, err)
+			}
+		}
 	}
 	p := boot.Params{Kernel: head, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs}
 	switch m.kind {

@@ -25,6 +25,9 @@ func runCmd(args []string) int {
 	kernel := fs.String("kernel", "", "kernel image: Linux bzImage, multiboot ELF, or ELF64 (required)")
 	initrd := fs.String("initrd", "", "initramfs for Linux; for multiboot, modules as QEMU takes them: 'file args,file2'")
 	cmdline := fs.String("cmdline", "", "kernel command line")
+	unpack := fs.Bool("unpack-kernel", true, "boot a bzImage's kernel unpacked on the host, once (kept in --kernel-cache): "+
+		"the guest skips its own decompression and KASLR; =false boots the bzImage as it is")
+	kernelCache := fs.String("kernel-cache", vmm.DefaultKernelCache(), "directory keeping unpacked kernels (\"\": none, unpack on every boot)")
 	cpus := fs.Int("cpus", 1, "number of vCPUs")
 	memory := fs.String("memory", "128M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
@@ -54,14 +57,16 @@ func runCmd(args []string) int {
 		return vmm.StatusError
 	}
 	vm, err := vmm.New(vmm.Config{
-		KernelPath: *kernel,
-		InitrdPath: *initrd,
-		Cmdline:    *cmdline,
-		CPUs:       *cpus,
-		MemBytes:   mem,
-		Console:    console,
-		Logf:       logf,
-		Fork:       fork,
+		KernelPath:   *kernel,
+		UnpackKernel: *unpack,
+		KernelCache:  *kernelCache,
+		InitrdPath:   *initrd,
+		Cmdline:      *cmdline,
+		CPUs:         *cpus,
+		MemBytes:     mem,
+		Console:      console,
+		Logf:         logf,
+		Fork:         fork,
 	})
 	if err != nil {
 		logf("error: %v", err)

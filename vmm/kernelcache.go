@@ -1,0 +1,143 @@
+package vmm
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/sfvmm/sfvmm/vmm/boot"
+)
+
+// DefaultKernelCache is where `sfvmm run` keeps unpacked kernels:
+// $XDG_CACHE_HOME/sfvmm/kernels, else ~/.cache/sfvmm/kernels; "" where
+// neither is known.
+func DefaultKernelCache() string {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "sfvmm", "kernels")
+}
+
+// keptKernels is how many unpacked kernels a cache keeps (the most
+// recently used); each is some 60 MiB.
+const keptKernels = 4
+
+// unpackedKernel returns the ELF vmlinux inside the bzImage f, unpacked
+// once into the cache directory dir ("": none) and reused while f's file is unchanged
+// (same path, inode, size, mtime and ctime: hashing the image would cost
+// more than the boot saves under emulation). Where dir cannot be used the
+// kernel is unpacked into an unlinked temporary file, and logf says why.
+// A bzImage whose payload sfvmm cannot decompress returns
+// boot.ErrPayloadFormat; one whose payload is corrupt, the decoder's error;
+// one whose header locates no payload, neither file nor error: the bzImage
+// loader then says what is wrong with it.
+func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, logf func(string, ...any)) (*os.File, error) {
+	if _, _, err := boot.Payload(head, st.Size()); err != nil {
+		return nil, nil
+	}
+	if dir == "" {
+		return unpackTemp(f, st, head)
+	}
+	name, err := cacheName(f.Name(), st)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, name)
+	if c, err := os.Open(path); err == nil {
+		now := time.Now()
+		os.Chtimes(path, now, now) // most recently used
+		return c, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		logf("kernel cache: %v; unpacking the kernel into a temporary file", err)
+		return unpackTemp(f, st, head)
+	}
+	tmp, err := os.CreateTemp(dir, name+".tmp*")
+	if err != nil {
+		logf("kernel cache: %v; unpacking the kernel into a temporary file", err)
+		return unpackTemp(f, st, head)
+	}
+	if _, err := boot.Unpack(head, f, st.Size(), tmp); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, err
+	}
+	// Renamed whole: a concurrent sfvmm finds the old name absent or the
+	// complete kernel, never a part of it.
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		logf("kernel cache: %v", err)
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		tmp.Close()
+		return nil, err
+	}
+	trimCache(dir)
+	return tmp, nil
+}
+
+// unpackTemp unpacks the kernel into a temporary file that is unlinked at
+// once: it lives as long as the returned file.
+func unpackTemp(f *os.File, st os.FileInfo, head []byte) (*os.File, error) {
+	tmp, err := os.CreateTemp("", "sfvmm-vmlinux-*")
+	if err != nil {
+		return nil, fmt.Errorf("unpack kernel: %w", err)
+	}
+	os.Remove(tmp.Name())
+	if _, err := boot.Unpack(head, f, st.Size(), tmp); err != nil {
+		tmp.Close()
+		return nil, err
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		tmp.Close()
+		return nil, err
+	}
+	return tmp, nil
+}
+
+// cacheName names the unpacked kernel of the image at path.
+func cacheName(path string, st os.FileInfo) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", errors.New("kernel cache: no inode information")
+	}
+	key := fmt.Sprintf("%s\x00%d\x00%d\x00%d\x00%d.%d\x00%d.%d", abs, sys.Dev, sys.Ino, st.Size(),
+		sys.Mtim.Sec, sys.Mtim.Nsec, sys.Ctim.Sec, sys.Ctim.Nsec)
+	return fmt.Sprintf("vmlinux-%x", sha256.Sum256([]byte(key)))[:8+32], nil
+}
+
+// trimCache removes all but the keptKernels most recently used kernels, and
+// what a crashed sfvmm left half unpacked.
+func trimCache(dir string) {
+	matches, _ := filepath.Glob(filepath.Join(dir, "vmlinux-*"))
+	type entry struct {
+		path string
+		used time.Time
+	}
+	var es []entry
+	for _, m := range matches {
+		fi, err := os.Stat(m)
+		switch {
+		case err != nil:
+		case filepath.Ext(m) == "":
+			es = append(es, entry{m, fi.ModTime()})
+		case time.Since(fi.ModTime()) > time.Hour:
+			os.Remove(m)
+		}
+	}
+	slices.SortFunc(es, func(a, b entry) int { return b.used.Compare(a.used) })
+	for _, e := range es[min(len(es), keptKernels):] {
+		os.Remove(e.path)
+	}
+}
