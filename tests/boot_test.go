@@ -105,13 +105,19 @@ const linuxCmdline = vmm.DefaultLinuxCmdline + " quiet"
 
 // Debian's kernel boots with 2 vCPUs to the busybox init, which sees both,
 // runs the command from the kernel command line and powers off: as the
-// bzImage (decompressing itself) and as the unpacked vmlinux that
-// Firecracker-style VMMs boot.
+// bzImage unpacked on the host (sfvmm run's default), as the bzImage
+// decompressing itself, and as the unpacked vmlinux that Firecracker-style
+// VMMs boot.
 func TestLinuxBoot(t *testing.T) {
 	bzImage, initrd := linuxKernel(t)
-	for _, tc := range []struct{ name, kernel string }{
-		{"bzImage", bzImage},
-		{"vmlinux", os.Getenv("SFVMM_LINUX_VMLINUX")},
+	cache := t.TempDir()
+	for _, tc := range []struct {
+		name, kernel string
+		unpack       bool
+	}{
+		{"bzImage unpacked on the host", bzImage, true},
+		{"bzImage decompressing itself", bzImage, false},
+		{"vmlinux", os.Getenv("SFVMM_LINUX_VMLINUX"), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.kernel == "" {
@@ -119,6 +125,7 @@ func TestLinuxBoot(t *testing.T) {
 			}
 			r := vmtest.Boot(t, vmtest.Options{
 				Kernel: tc.kernel, Initrd: initrd, CPUs: 2, Memory: 256 << 20,
+				UnpackKernel: tc.unpack, KernelCache: cache,
 				Cmdline: linuxCmdline + ` sfvmm.run="echo answer=$((6*7))"`,
 				Timeout: 5 * time.Minute,
 			})
@@ -127,6 +134,9 @@ func TestLinuxBoot(t *testing.T) {
 				t.Errorf("exit %v, want a power-off", r.Exit)
 			}
 			r.Status(t, 0)
+			if m, _ := filepath.Glob(filepath.Join(cache, "vmlinux-*")); tc.unpack && len(m) != 1 {
+				t.Errorf("kernel cache holds %v, want the unpacked kernel", m)
+			}
 		})
 	}
 }

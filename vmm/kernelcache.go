@@ -34,9 +34,8 @@ const keptKernels = 4
 // (same path, inode, size, mtime and ctime: hashing the image would cost
 // more than the boot saves under emulation). Where dir cannot be used the
 // kernel is unpacked into an unlinked temporary file, and logf says why.
-// A bzImage whose payload sfvmm cannot decompress returns
-// boot.ErrPayloadFormat; one whose payload is corrupt, the decoder's error;
-// one whose header locates no payload, neither file nor error: the bzImage
+// A bzImage whose payload sfvmm cannot decompress returns the reason; one
+// whose header locates no payload, neither file nor error: the bzImage
 // loader then says what is wrong with it.
 func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, logf func(string, ...any)) (*os.File, error) {
 	if _, _, err := boot.Payload(head, st.Size()); err != nil {

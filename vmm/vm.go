@@ -227,10 +227,10 @@ func (m *VM) loadKernel() error {
 	if m.kind == boot.BzImage && m.cfg.UnpackKernel {
 		vf, err := unpackedKernel(f, st, head, m.cfg.KernelCache, m.logf)
 		switch {
-		case errors.Is(err, boot.ErrPayloadFormat):
-			m.logf("kernel %s: %v; it decompresses itself", m.cfg.KernelPath, err)
 		case err != nil:
-			return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
+			// A payload sfvmm cannot read may still be one the
+			// kernel's own decompressor reads.
+			m.logf("kernel %s: not unpacked (%v); it decompresses itself", m.cfg.KernelPath, err)
 		case vf != nil:
 			defer vf.Close()
 			f = vf

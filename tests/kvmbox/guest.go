@@ -132,9 +132,10 @@ func (b *box) runNested(k *kernel, vmlinux, initrd string) (int, error) {
 	}()
 
 	// In the guest the host's TMPDIR may not exist and the Go build cache
-	// would be read-only; point both at writable places.
-	env := b.cmdEnv(k, "nested", "TMPDIR", "GOCACHE", "GOTMPDIR")
-	env = append(env, "GOCACHE="+filepath.Join(b.cache, "gocache"))
+	// and the user's cache directory (sfvmm's unpacked kernels) would be
+	// read-only; point them at writable places.
+	env := b.cmdEnv(k, "nested", "TMPDIR", "GOCACHE", "GOTMPDIR", "XDG_CACHE_HOME")
+	env = append(env, "GOCACHE="+filepath.Join(b.cache, "gocache"), "XDG_CACHE_HOME="+filepath.Join(b.cache, "xdg-cache"))
 	mods := o.modules
 	if o.hosts > 0 {
 		mods = append(append([]string(nil), mods...), "veth", "bridge")

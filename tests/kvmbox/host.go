@@ -52,7 +52,6 @@ var (
 	toolQEMU    = hostTool{"/usr/bin/qemu-system-x86_64", "qemu-system-x86"}
 	toolBusybox = hostTool{"/bin/busybox", "busybox-static"}
 	toolIP      = hostTool{"/usr/sbin/ip", "iproute2"}
-	toolXZ      = hostTool{"/usr/bin/xz", "xz-utils"}
 	toolPing    = hostTool{"/usr/bin/ping", "iputils-ping"}
 )
 

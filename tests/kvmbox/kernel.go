@@ -4,17 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"debug/elf"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/sfvmm/sfvmm/vmm/boot"
 )
 
 // kernel is a Debian linux-image package unpacked into the cache.
@@ -351,61 +351,30 @@ func (k *kernel) ensureVmlinux() (string, error) {
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
-	img, err := os.ReadFile(k.Vmlinuz)
+	img, err := os.Open(k.Vmlinuz)
 	if err != nil {
 		return "", err
 	}
-	payload, err := bzImagePayload(img)
+	defer img.Close()
+	st, err := img.Stat()
 	if err != nil {
+		return "", err
+	}
+	head := make([]byte, min(st.Size(), boot.HeaderBytes))
+	if _, err := img.ReadAt(head, 0); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(k.Dir, "vmlinux.tmp*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := boot.Unpack(head, img, st.Size(), tmp); err != nil {
+		tmp.Close()
 		return "", fmt.Errorf("%s: %w", k.Vmlinuz, err)
 	}
-	var tool []string
-	switch {
-	case bytes.HasPrefix(payload, []byte("\xfd7zXZ\x00")):
-		tool = []string{"xz", "-dc"}
-	case bytes.HasPrefix(payload, []byte("\x28\xb5\x2f\xfd")):
-		tool = []string{"zstd", "-dcq"}
-	case bytes.HasPrefix(payload, []byte("\x1f\x8b")):
-		tool = []string{"gzip", "-dc"}
-	default:
-		return "", fmt.Errorf("%s: unknown compression of the kernel payload (% x)", k.Vmlinuz, payload[:min(6, len(payload))])
-	}
-	cmd := exec.Command(tool[0], tool[1:]...)
-	cmd.Stdin = bytes.NewReader(payload)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	data, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("decompress kernel with %s: %w: %s", tool[0], err, stderr.String())
-	}
-	if !bytes.HasPrefix(data, []byte("\x7fELF")) {
-		return "", fmt.Errorf("decompressed kernel payload of %s is not an ELF file", k.Vmlinuz)
-	}
-	if err := writeFileAtomic(out, data); err != nil {
+	if err := tmp.Close(); err != nil {
 		return "", err
 	}
-	return out, nil
-}
-
-// bzImagePayload returns the compressed kernel inside a bzImage, without
-// the 4-byte decompressed size that follows it. The setup header (boot
-// protocol 2.08+) gives the payload's offset and length relative to the
-// end of the real-mode setup code.
-func bzImagePayload(img []byte) ([]byte, error) {
-	if len(img) < 0x250 || string(img[0x202:0x206]) != "HdrS" {
-		return nil, errors.New("not a bzImage (no HdrS setup header)")
-	}
-	if v := binary.LittleEndian.Uint16(img[0x206:]); v < 0x208 {
-		return nil, fmt.Errorf("boot protocol %#x is older than 2.08", v)
-	}
-	setupSects := int(img[0x1f1])
-	if setupSects == 0 {
-		setupSects = 4
-	}
-	off := (setupSects+1)*512 + int(binary.LittleEndian.Uint32(img[0x248:]))
-	n := int(binary.LittleEndian.Uint32(img[0x24c:]))
-	if n < 4 || off+n > len(img) {
-		return nil, fmt.Errorf("payload [%d, %d) outside the %d-byte image", off, off+n, len(img))
-	}
-	return img[off : off+n-4], nil
+	return out, os.Rename(tmp.Name(), out)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -126,30 +125,5 @@ func TestModulesDepRoundTrip(t *testing.T) {
 	}
 	if want := []string{"irqbypass", "kvm", "ccp", "kvm_amd"}; !reflect.DeepEqual(names, want) {
 		t.Errorf("load order %v, want %v", names, want)
-	}
-}
-
-func TestBzImagePayload(t *testing.T) {
-	img := make([]byte, 8192)
-	img[0x1f1] = 3 // setup sectors: payload area starts at (3+1)*512
-	copy(img[0x202:], "HdrS")
-	binary.LittleEndian.PutUint16(img[0x206:], 0x20f)
-	binary.LittleEndian.PutUint32(img[0x248:], 100) // payload_offset
-	binary.LittleEndian.PutUint32(img[0x24c:], 10)  // payload_length, with 4-byte size
-	copy(img[2048+100:], "\xfd7zXZ\x00SIZE")
-	got, err := bzImagePayload(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != "\xfd7zXZ\x00" {
-		t.Errorf("payload % x", got)
-	}
-
-	binary.LittleEndian.PutUint32(img[0x24c:], 1<<20)
-	if _, err := bzImagePayload(img); err == nil {
-		t.Error("payload past the end accepted")
-	}
-	if _, err := bzImagePayload(make([]byte, 8192)); err == nil {
-		t.Error("image without HdrS accepted")
 	}
 }

@@ -32,11 +32,11 @@
 //	SFVMM_HOSTS         with --hosts N: network namespaces host0 ... host{N-1}
 //	SFVMM_HOST_ADDRS    their addresses, 10.77.0.1 ... on one bridge
 //
-// In the sandbox GOCACHE points into build/kvmbox and TMPDIR is unset, as
-// the host's would be read-only or missing there.
+// In the sandbox GOCACHE and XDG_CACHE_HOME point into build/kvmbox and
+// TMPDIR is unset, as the host's would be read-only or missing there.
 //
 // kvmbox fetches what it needs with apt (qemu-system-x86, busybox-static,
-// iproute2, xz-utils, iputils-ping, and the linux-image package that
+// iproute2, iputils-ping, and the linux-image package that
 // linux-image-amd64 depends on, unpacked with dpkg -x) and caches the kernel
 // and initramfs under build/kvmbox. "kvmbox --print-kernel" only fetches
 // the kernel and prints SFVMM_LINUX_KERNEL. kvmbox is not a general VM
@@ -229,7 +229,7 @@ func run(o *options) (int, error) {
 	if !o.quiet && !o.nested {
 		logf("%s; running CMD in the nested QEMU sandbox", why)
 	}
-	if err := ensureTools(toolQEMU, toolBusybox, toolIP, toolXZ, toolPing); err != nil {
+	if err := ensureTools(toolQEMU, toolBusybox, toolIP, toolPing); err != nil {
 		return exitSetup, fmt.Errorf("host tools: %w", err)
 	}
 	k, err := ensureKernel(b.cache, o.kernelPkg)

@@ -61,9 +61,7 @@ func Unpack(head []byte, r io.ReaderAt, size int64, w io.Writer) (int64, error) 
 	var dec io.Reader
 	switch {
 	case bytes.HasPrefix(magic, []byte("\xfd7zXZ\x00")):
-		// xz's dictionary for a kernel is at most 32 MiB (scripts/xz_wrap.sh);
-		// a payload asking for more is refused rather than obeyed.
-		x, err := xz.NewReader(br, 64<<20)
+		x, err := xz.NewReader(br, xzDictMax)
 		if err != nil {
 			return 0, fmt.Errorf("xz payload: %w", err)
 		}
@@ -97,6 +95,11 @@ func Unpack(head []byte, r io.ReaderAt, size int64, w io.Writer) (int64, error) 
 	}
 	return written, nil
 }
+
+// xzDictMax is the largest xz dictionary Unpack allocates: Linux's
+// scripts/xz_wrap.sh compresses with a 32 MiB one, and a payload asking
+// for more is refused rather than obeyed.
+var xzDictMax uint32 = 32 << 20
 
 // maxVmlinux bounds an unpacked kernel (Debian's is about 64 MiB).
 const maxVmlinux = 1 << 30

@@ -28,12 +28,16 @@ import (
 
 // Options describes a guest to boot. Zero values take the defaults noted.
 type Options struct {
-	Kernel  string // path of the kernel image (required)
-	Initrd  string
-	Cmdline string
-	CPUs    int           // default 1
-	Memory  uint64        // bytes; default 128 MiB
-	Timeout time.Duration // default 2 minutes; the test fails when it passes
+	Kernel string // path of the kernel image (required)
+	// UnpackKernel and KernelCache are vmm.Config's: a bzImage's kernel
+	// unpacked on the host, kept in KernelCache.
+	UnpackKernel bool
+	KernelCache  string
+	Initrd       string
+	Cmdline      string
+	CPUs         int           // default 1
+	Memory       uint64        // bytes; default 128 MiB
+	Timeout      time.Duration // default 2 minutes; the test fails when it passes
 }
 
 // Result is how a guest ended and what it printed on its serial console.
@@ -115,7 +119,8 @@ func Start(t testing.TB, o Options) *Running {
 	}
 	serial := newSyncBuffer()
 	vm, err := vmm.New(vmm.Config{
-		KernelPath: o.Kernel, InitrdPath: o.Initrd, Cmdline: o.Cmdline,
+		KernelPath: o.Kernel, UnpackKernel: o.UnpackKernel, KernelCache: o.KernelCache,
+		InitrdPath: o.Initrd, Cmdline: o.Cmdline,
 		CPUs: o.CPUs, MemBytes: o.Memory, Console: serial, Logf: t.Logf,
 	})
 	if err != nil {
