@@ -52,7 +52,7 @@ func parseCloneStats(t *testing.T, out string) map[int]cloneStats {
 func TestForkTinyKernel(t *testing.T) {
 	p := forktest(t, "mode=fork clones=4 size=64M")
 	if code := p.wait(t, 5*time.Minute); code != 1 {
-		t.Fatalf("exit status %d, want 1 (debug-exit 0):\n%s", code, p.Output())
+		t.Fatalf("exit status %d, want 1 (debug-exit 0): %s\n%s", code, p.trouble(), p.Output())
 	}
 	out := p.Output()
 	m := regexp.MustCompile(`forktest: 67108864 bytes written at 0x1000000, checksum (0x[0-9a-f]+)`).FindStringSubmatch(out)
@@ -104,7 +104,7 @@ func TestForkTinyKernel(t *testing.T) {
 func TestForkMisuse(t *testing.T) {
 	p := forktest(t, "mode=misuse cap=4", "--fork-capacity", "4")
 	if code := p.wait(t, 3*time.Minute); code != 1 {
-		t.Fatalf("exit status %d, want 1 (debug-exit 0):\n%s", code, p.Output())
+		t.Fatalf("exit status %d, want 1 (debug-exit 0): %s\n%s", code, p.trouble(), p.Output())
 	}
 	out := p.Output()
 	for _, want := range []string{
@@ -129,7 +129,7 @@ func TestForkKill(t *testing.T) {
 	p.waitFor(t, "[clone 2] forktest: clone 2 spinning", 2*time.Minute)
 	p.typeLine(t, "k")
 	if code := p.wait(t, time.Minute); code != 1 {
-		t.Fatalf("exit status %d, want 1 (debug-exit 0):\n%s", code, p.Output())
+		t.Fatalf("exit status %d, want 1 (debug-exit 0): %s\n%s", code, p.trouble(), p.Output())
 	}
 	out := p.Output()
 	for _, want := range []string{"forktest: sf_kill -> 0", "forktest: sf_join after sf_kill -> -2", "forktest: parent goes on after sf_kill"} {
@@ -222,7 +222,7 @@ func TestForkLinuxSfctl(t *testing.T) {
 	p := start(t, sfvmmPath(t), "run", "--kernel", kernel, "--initrd", initrd, "--cpus", "2", "--memory", "256M",
 		"--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
 	if code := p.wait(t, 5*time.Minute); code != 0 {
-		t.Fatalf("exit status %d, want 0:\n%s", code, p.Output())
+		t.Fatalf("exit status %d, want 0: %s\n%s", code, p.trouble(), p.Output())
 	}
 	out := p.Output()
 	m := regexp.MustCompile(`parent sum ([0-9a-f]{32})`).FindStringSubmatch(out)

@@ -79,6 +79,25 @@ func start(t *testing.T, name string, args ...string) *proc {
 
 // waitFor waits until the output contains want, and fails the test if the
 // process exits or the timeout passes first.
+// trouble is the lines of the output that say why a guest ended badly
+// (a clone's exit other than sf_exit(0), a CPU exception, an error),
+// joined: a failure message leads with them, as a CI log may show only a
+// failure's first and last lines.
+func (p *proc) trouble() string {
+	var lines []string
+	for _, l := range strings.Split(p.Output(), "\n") {
+		bad := strings.Contains(l, "guest ended:") && !strings.Contains(l, "sf_exit status 0") && !strings.Contains(l, "debug-exit code 1") ||
+			strings.Contains(l, "exception ") || strings.Contains(l, "error")
+		if bad {
+			lines = append(lines, strings.TrimSpace(l))
+		}
+	}
+	if len(lines) == 0 {
+		return "no clone or parent said why"
+	}
+	return strings.Join(lines, "; ")
+}
+
 func (p *proc) waitFor(t *testing.T, want string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
