@@ -105,6 +105,7 @@ const (
 	CapMaxVCPUs         = 66
 	CapImmediateExit    = 136
 	CapTSCDeadlineTimer = 72
+	CapHaltPoll         = 182
 )
 
 // MP states.
