@@ -19,8 +19,9 @@ import (
 // A run directory, build/kvmbox/run-XXXX, is how the host and the guest
 // talk; the guest sees it at the same path through the checkout's 9p share.
 // The host writes run.sh (what to run, see runScript) and modules (extra
-// modules to insmod); the guest writes started, stdout, stderr and rc.
-// console.log is the guest's serial console.
+// modules to insmod); the guest writes started, stdout, stderr and rc,
+// and touches heartbeat every 2 s while CMD runs. console.log is the
+// guest's serial console.
 const (
 	fileScript  = "run.sh"
 	fileModules = "modules"
@@ -28,6 +29,7 @@ const (
 	fileStdout  = "stdout"
 	fileStderr  = "stderr"
 	fileRC      = "rc"
+	fileBeat    = "heartbeat"
 	fileConsole = "console.log"
 )
 
@@ -74,6 +76,10 @@ func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
 		"-append", kernelCmdline(run, b.root, o.verbose),
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path=" + b.root + ",mount_tag=checkout,security_model=none,multidevs=remap",
+		// The QEMU monitor, for a person looking into a stalled sandbox
+		// ("info registers", "info cpus"); --keep leaves it in the run
+		// directory.
+		"-monitor", "unix:" + filepath.Join(run, "monitor.sock") + ",server=on,wait=off",
 	}
 }
 
@@ -88,6 +94,9 @@ func (b *box) runScript(run string, env []string) string {
 	p("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	p("exec </dev/null >>%s 2>>%s", shellQuote(filepath.Join(run, fileStdout)), shellQuote(filepath.Join(run, fileStderr)))
 	p(": >%s", shellQuote(filepath.Join(run, fileStarted)))
+	// The heartbeat needs the guest's timers, which is what a stalled
+	// sandbox lacks (see stallWatch).
+	p("(while :; do : >%s; sleep 2; done) &", shellQuote(filepath.Join(run, fileBeat)))
 	for _, batch := range hostsSetup(b.opts.hosts) {
 		cmd := shellJoin(batch.args())
 		p("%s <<'EOF' || { echo %s >&2; exit %d; }", cmd, shellQuote("kvmbox: --hosts network setup failed: "+cmd), exitSetup)
@@ -206,6 +215,7 @@ func (b *box) runNested(k *kernel, vmlinux, initrd string) (int, error) {
 	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
+	stall := stallWatch{beat: filepath.Join(run, fileBeat), window: o.stallTimeout}
 	var waitErr error
 loop:
 	for {
@@ -214,6 +224,15 @@ loop:
 			break loop
 		case <-tick.C:
 			poll()
+			if !upAt.IsZero() && doneAt.IsZero() && stall.stalled(time.Now()) {
+				qemu.Process.Kill()
+				<-exited
+				poll()
+				keep = true
+				return exitGuestDied, fmt.Errorf("the sandbox's heartbeat stopped for %v while CMD ran: its CPU no longer "+
+					"takes interrupts (seen under QEMU 7.2 TCG, halted or spinning with its timer interrupt pending); "+
+					"killed QEMU (--stall-timeout 0 waits instead). Guest console: %s", o.stallTimeout, filepath.Join(run, fileConsole))
+			}
 		case <-ctx.Done():
 			qemu.Process.Kill()
 			<-exited
@@ -262,6 +281,29 @@ loop:
 			upAt.Sub(bootStart).Seconds(), rc, doneAt.Sub(upAt).Seconds(), time.Since(b.start).Seconds())
 	}
 	return rc, nil
+}
+
+// stallWatch tells a stalled sandbox from a busy or merely waiting one by
+// the guest's heartbeat file, which a shell loop touches every 2 s. Under
+// QEMU 7.2 TCG the sandbox's CPU was seen to stop taking interrupts for
+// good, its LAPIC timer's vector pending (halted, or spinning on a lock
+// with interrupts enabled); nothing in the guest runs on time then, and
+// CMD's own timeouts never fire.
+type stallWatch struct {
+	beat    string
+	window  time.Duration // 0: never stalled
+	checked time.Time
+}
+
+// stalled reports whether the heartbeat is older than the window. Before
+// the first beat it is not.
+func (w *stallWatch) stalled(now time.Time) bool {
+	if w.window <= 0 || now.Sub(w.checked) < time.Second {
+		return false
+	}
+	w.checked = now
+	fi, err := os.Stat(w.beat)
+	return err == nil && now.Sub(fi.ModTime()) >= w.window
 }
 
 // tail copies what has been appended to a file since the last call.

@@ -67,21 +67,24 @@ const (
 )
 
 type options struct {
-	cpus        int
-	mem         string
-	hosts       int
-	hostsSet    bool // --hosts given explicitly
-	timeout     time.Duration
-	modules     []string
-	nested      bool // use the sandbox even if /dev/kvm works
-	direct      bool // use /dev/kvm even if it is not hardware-assisted
-	noBuild     bool
-	keep        bool
-	verbose     bool
-	quiet       bool
-	printKernel bool
-	kernelPkg   string
-	cmd         []string
+	cpus     int
+	mem      string
+	hosts    int
+	hostsSet bool // --hosts given explicitly
+	timeout  time.Duration
+	// stallTimeout: a sandbox whose heartbeat stopped this long while
+	// CMD ran is taken for stalled and killed.
+	stallTimeout time.Duration
+	modules      []string
+	nested       bool // use the sandbox even if /dev/kvm works
+	direct       bool // use /dev/kvm even if it is not hardware-assisted
+	noBuild      bool
+	keep         bool
+	verbose      bool
+	quiet        bool
+	printKernel  bool
+	kernelPkg    string
+	cmd          []string
 }
 
 var memRE = regexp.MustCompile(`^[0-9]+[MG]?$`)
@@ -101,6 +104,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.mem, "mem", "3G", "memory of the sandbox guest (QEMU -m syntax: 3G, 4096M)")
 	fs.IntVar(&o.hosts, "hosts", 1, "network namespaces host0..hostN-1 to create (0 for none)")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "kill the sandbox after this long")
+	fs.DurationVar(&o.stallTimeout, "stall-timeout", 30*time.Second, "kill the sandbox when its heartbeat stopped this long while CMD ran (0: never); exit status 123")
 	mods := fs.String("modules", "tun", "extra kernel modules to load in the sandbox, comma-separated")
 	fs.BoolVar(&o.nested, "nested", false, "use the QEMU sandbox even where /dev/kvm is usable")
 	fs.BoolVar(&o.direct, "direct", false, "run CMD directly on /dev/kvm even if it is not hardware-assisted")
@@ -136,6 +140,8 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--hosts %d: want 0..%d", o.hosts, maxHosts)
 	case o.timeout <= 0:
 		return nil, fmt.Errorf("--timeout %v: want a positive duration", o.timeout)
+	case o.stallTimeout < 0:
+		return nil, fmt.Errorf("--stall-timeout %v: want zero or a positive duration", o.stallTimeout)
 	}
 	return o, nil
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -15,17 +17,17 @@ func TestParseArgs(t *testing.T) {
 		wantErr string
 	}{
 		{args: []string{"--", "sh", "-c", "exit 7"},
-			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, cmd: []string{"sh", "-c", "exit 7"}}},
+			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, stallTimeout: 30 * time.Second, modules: []string{"tun"}, cmd: []string{"sh", "-c", "exit 7"}}},
 		{args: []string{"--hosts", "2", "--cpus=1", "--mem", "4096M", "--timeout", "90s", "--modules", "tun, vhost_net", "--", "go", "version"},
-			want: options{cpus: 1, mem: "4096M", hosts: 2, hostsSet: true, timeout: 90 * time.Second, modules: []string{"tun", "vhost_net"}, cmd: []string{"go", "version"}}},
+			want: options{cpus: 1, mem: "4096M", hosts: 2, hostsSet: true, timeout: 90 * time.Second, stallTimeout: 30 * time.Second, modules: []string{"tun", "vhost_net"}, cmd: []string{"go", "version"}}},
 		// Without "--" the command starts at the first non-flag argument,
 		// and its own flags stay its own.
 		{args: []string{"-q", "ls", "-l"},
-			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, quiet: true, cmd: []string{"ls", "-l"}}},
+			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, stallTimeout: 30 * time.Second, modules: []string{"tun"}, quiet: true, cmd: []string{"ls", "-l"}}},
 		{args: []string{"--modules=", "--hosts=0", "--", "true"},
-			want: options{cpus: 1, mem: "3G", hostsSet: true, timeout: 20 * time.Minute, cmd: []string{"true"}}},
+			want: options{cpus: 1, mem: "3G", hostsSet: true, timeout: 20 * time.Minute, stallTimeout: 30 * time.Second, cmd: []string{"true"}}},
 		{args: []string{"--print-kernel"},
-			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, modules: []string{"tun"}, printKernel: true}},
+			want: options{cpus: 1, mem: "3G", hosts: 1, timeout: 20 * time.Minute, stallTimeout: 30 * time.Second, modules: []string{"tun"}, printKernel: true}},
 		{args: []string{"--print-kernel", "--", "ls"}, wantErr: "takes no command"},
 		{args: []string{}, wantErr: "no command"},
 		{args: []string{"--"}, wantErr: "no command"},
@@ -34,6 +36,7 @@ func TestParseArgs(t *testing.T) {
 		{args: []string{"--cpus", "0", "--", "true"}, wantErr: "--cpus 0"},
 		{args: []string{"--mem", "lots", "--", "true"}, wantErr: "--mem"},
 		{args: []string{"--timeout", "0s", "--", "true"}, wantErr: "--timeout"},
+		{args: []string{"--stall-timeout", "-1s", "--", "true"}, wantErr: "--stall-timeout"},
 		{args: []string{"--bogus", "--", "true"}, wantErr: "not defined"},
 	}
 	for _, tt := range tests {
@@ -52,5 +55,28 @@ func TestParseArgs(t *testing.T) {
 				t.Fatalf("got  %+v\nwant %+v", *got, tt.want)
 			}
 		})
+	}
+}
+
+// A heartbeat older than the window is a stall; a fresh one, or none yet,
+// is not.
+func TestStallWatch(t *testing.T) {
+	beat := filepath.Join(t.TempDir(), "heartbeat")
+	w := stallWatch{beat: beat, window: 30 * time.Second}
+	now := time.Now()
+	if w.stalled(now) {
+		t.Errorf("stalled before the first beat")
+	}
+	if err := os.WriteFile(beat, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if w.stalled(now.Add(2 * time.Second)) {
+		t.Errorf("stalled with a fresh beat")
+	}
+	if !w.stalled(now.Add(time.Minute)) {
+		t.Errorf("not stalled with a beat a minute old")
+	}
+	if (&stallWatch{beat: beat}).stalled(now.Add(time.Hour)) {
+		t.Errorf("a zero window stalled")
 	}
 }
