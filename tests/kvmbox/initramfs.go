@@ -16,14 +16,12 @@ import (
 // modules.dep.
 var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "kvm_amd"}
 
-// moduleParams are insmod arguments per module name. Under QEMU 7.2 TCG
-// with -cpu max,vendor=AuthenticAMD, kvm_amd finds SVM with NPT and vGIF;
-// with vGIF in use the sandbox's CPU was seen halted for good with an
-// interrupt pending in its LAPIC (IRR) and interrupts enabled, deaf even
-// to an NMI from QEMU's monitor (which a cleared global interrupt flag
-// would explain): the sandbox stalled in about one run of
-// TestForkLinuxSfctl in five. vgif=0 keeps KVM to CLGI/STGI.
-var moduleParams = map[string]string{"kvm_amd": "vgif=0"}
+// moduleParams are insmod arguments per module name, should one need
+// any. None do: under QEMU 7.2 TCG with -cpu max,vendor=AuthenticAMD,
+// kvm_amd finds SVM with NPT and loads with its defaults (npt=1, nested=1,
+// avic=0). (vgif=0 was tried against the sandbox's stalls, see
+// stallWatch; they recurred.)
+var moduleParams = map[string]string{}
 
 // initScript is the guest's /init (busybox sh, PID 1). It loads the
 // modules, mounts the host's root read-only and the checkout read-write
