@@ -36,7 +36,7 @@ kernels: deps
 	$(MAKE) -C kernels all initramfs
 
 demo: deps kernels
-	$(KVMBOX) -- sh -c 'set -x; sfvmm run --cpus 2 --memory 256M --kernel "$$SFVMM_LINUX_KERNEL" \
+	$(KVMBOX_2CPU) -- sh -c 'set -x; sfvmm run --cpus 2 --memory 256M --kernel "$$SFVMM_LINUX_KERNEL" \
 		--initrd $(CURDIR)/$(BUILD)/kernels/initramfs.cpio \
 		--cmdline '\''$(LINUX_CMDLINE) sfvmm.run="uname -sr; echo I see $$(nproc) CPUs; cat /proc/meminfo | head -1; \
 			t=$$(sfctl ticket 2); id=$$(sfctl clone $$t); \
@@ -107,28 +107,28 @@ kvmtest:
 
 bench: bench-boot bench-snapshot bench-memtap bench-fork
 
-# The sandbox benchmarks run with two sandbox vCPUs, as the tests did until
-# this session: a one-vCPU sandbox stalls too often for runs of minutes
+# The demo and the sandbox benchmarks run with two sandbox vCPUs, as the
+# tests did before: a one-vCPU sandbox stalls too often for runs of minutes
 # (see kvmtest), and with two the 2-vCPU guests and the clones get a CPU
 # each, as on a real host. Two vCPUs' TCG has corrupted fork clones now and
 # then; bench-fork notices a clone's crash and reruns its round.
-BENCH_KVMBOX = $(KVMBOX) --cpus 2
+KVMBOX_2CPU = $(KVMBOX) --cpus 2
 
 bench-boot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/boot ./tests/bench/boot
-	$(BENCH_KVMBOX) -- $(BUILD)/bench/boot -root $(CURDIR)
+	$(KVMBOX_2CPU) -- $(BUILD)/bench/boot -root $(CURDIR)
 
 # Snapshot size, pause and restore against QEMU's migrate to a file and
 # -incoming, for Linux guests of several sizes (takes several minutes).
 bench-snapshot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/snapshot ./tests/bench/snapshot
-	$(BENCH_KVMBOX) --mem 6G --timeout 60m -- $(BUILD)/bench/snapshot -root $(CURDIR) $(BENCH_SNAPSHOT_FLAGS)
+	$(KVMBOX_2CPU) --mem 6G --timeout 60m -- $(BUILD)/bench/snapshot -root $(CURDIR) $(BENCH_SNAPSHOT_FLAGS)
 
 # Fork latency against cold boots, the parent's pause against populated
 # memory, pages fetched per clone (in the sandbox; several minutes).
 bench-fork: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/fork ./tests/bench/fork
-	$(BENCH_KVMBOX) --mem 4G --timeout 60m -- $(BUILD)/bench/fork -root $(CURDIR) $(BENCH_FORK_FLAGS)
+	$(KVMBOX_2CPU) --mem 4G --timeout 60m -- $(BUILD)/bench/fork -root $(CURDIR) $(BENCH_FORK_FLAGS)
 
 # memtap's page-fault service against a plain userfaultfd handler, on the
 # host (root, userfaultfd; no KVM).
