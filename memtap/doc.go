@@ -11,8 +11,8 @@
 //     instead of data, and they too are zero-filled.
 //
 // A child on its parent's host may also read the parent's memory directly
-// (Config.Parent; sfvmm's clones do with `sfvmm clone --direct-reads`, when
-// they are the parent's child processes): a page the parent has not written since the fork is read from
+// (Config.Parent; sfvmm's clones do unless `sfvmm clone --direct-reads=false`,
+// when they are the parent's child processes): a page the parent has not written since the fork is read from
 // the parent's /proc/PID/mem and installed if the parent's page table still
 // shows the memory server's write protection on it after the read, which
 // proves it unchanged. That saves the two process wake-ups of a round trip

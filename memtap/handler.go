@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -67,8 +68,12 @@ func runHelper() error {
 			acked <- struct{}{}
 		}
 	}()
-	err = h.loop(p[0])
-	if err == nil {
+	done := make(chan error, 2)
+	go func() { done <- h.loop(p[0]) }()
+	if h.mem >= 0 {
+		go h.watchDirect(done)
+	}
+	if err = <-done; err == nil {
 		return nil
 	}
 	if ctl.Send(note{Fatal: err.Error()}) == nil {
@@ -134,6 +139,9 @@ type handler struct {
 	// what each page read is.
 	mem, pagemap int
 	db, pm, kind []byte
+	// readingSince is when the direct read in progress began (Unix
+	// nanoseconds), or 0: watchDirect's view of the handler.
+	readingSince atomic.Int64
 
 	sock     int        // the server connection, non-blocking
 	out      []byte     // requests not yet written
@@ -481,10 +489,12 @@ func (h *handler) readDirect(ri int, first, end uint64) error {
 	n := int(end - first)
 	data, pm := h.db[:n*uffd.PageSize], h.pm[:n*8]
 	addr := r.pbase + uintptr(first)*uffd.PageSize
+	h.readingSince.Store(time.Now().UnixNano())
 	got := preadFull(h.mem, data, int64(addr)) / uffd.PageSize
 	if got > 0 && preadFull(h.pagemap, pm[:got*8], int64(addr/uffd.PageSize*8)) < got*8 {
 		got = 0
 	}
+	h.readingSince.Store(0)
 	kind := h.kind[:n]
 	var direct, zero, prefetched uint64
 	for i := range kind {
@@ -531,6 +541,23 @@ func (h *handler) readDirect(ri int, first, end uint64) error {
 		i = j
 	}
 	return nil
+}
+
+// watchDirect reports a direct read of the parent's memory that has not
+// returned within the server timeout. While the memory server was stopped
+// such a read was once seen to block for good (waiting, we suspect, on
+// the parent's memory map, held up by a parent thread stuck on the
+// server); it cannot be interrupted, but the error ends the child as a
+// silent server would, and the helper's exit ends the read.
+func (h *handler) watchDirect(done chan<- error) {
+	t := time.NewTicker(h.cfg.Timeout / 10)
+	defer t.Stop()
+	for range t.C {
+		if s := h.readingSince.Load(); s != 0 && time.Since(time.Unix(0, s)) > h.cfg.Timeout {
+			done <- fmt.Errorf("a read of the parent's memory has not returned in %v: is the parent or its memory server stopped?", h.cfg.Timeout)
+			return
+		}
+	}
 }
 
 // preadFull reads len(b) bytes at off, or as many as it can, and returns

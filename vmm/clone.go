@@ -26,11 +26,10 @@ type CloneConfig struct {
 	Memtap memtap.Config
 	// DirectReads lets memtap read pages the parent has not written
 	// straight from the parent's memory (memtap.ParentMemory) when the
-	// clone is the parent's child process. Off by default: while the
-	// memory server is stopped, a read of the parent's memory has been
-	// seen to block for good (the parent's mm lock, held by a parent
-	// thread waiting on the server), and the clone then hangs instead of
-	// failing within memtap's timeout.
+	// clone is the parent's child process (sfvmm clone does by default).
+	// While the memory server was stopped, such a read has been seen to
+	// block for good; memtap then fails the clone after its timeout, as
+	// for a silent server.
 	DirectReads bool
 }
 

@@ -94,7 +94,7 @@ func cloneCmd(args []string) int {
 	ticket := fs.Uint("ticket", 0, "the ticket the clone belongs to (for messages)")
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
-	direct := fs.Bool("direct-reads", false, "read unwritten pages from the parent's memory directly (experimental: can hang while the memory server is stopped)")
+	direct := fs.Bool("direct-reads", true, "read pages the parent has not written since the fork from its memory directly, when the clone is its child process (=false: every page through the memory server)")
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
