@@ -328,15 +328,6 @@ func (m *VM) createVM() (err error) {
 	if err := m.kvm.CreateIRQChip(); err != nil {
 		return err
 	}
-	// No halt polling: an idle vCPU's thread sleeps at once instead of
-	// spinning up to halt_poll_ns (200 µs by default) for a wake-up. sfvmm
-	// runs many clones per host, where a polling vCPU takes the CPU from
-	// one with work. Kernels before 5.16 lack the capability and poll.
-	if m.sys.CheckExtension(kvm.CapHaltPoll) > 0 {
-		if err := m.kvm.EnableCap(kvm.CapHaltPoll, 0); err != nil {
-			return err
-		}
-	}
 	if err := m.kvm.CreatePIT2(); err != nil {
 		return err
 	}

@@ -87,7 +87,6 @@ var (
 	reqSetIdentityMapAddr = iow(0x48, 8)
 	reqCreateIRQChip      = io(0x60)
 	reqIRQLine            = iow(0x61, 8)
-	reqEnableCap          = iow(0xa3, sizeof[enableCap]())
 	reqCreatePIT2         = iow(0x77, 64)
 	reqRun                = io(0x80)
 	reqGetRegs            = ior(0x81, sizeof[Regs]())

@@ -143,22 +143,6 @@ func (vm *VM) SetIdentityMapAddr(addr uint64) error {
 	return err
 }
 
-// enableCap is struct kvm_enable_cap.
-type enableCap struct {
-	Cap   uint32
-	Flags uint32
-	Args  [4]uint64
-	Pad   [64]uint8
-}
-
-// EnableCap turns on a VM capability with its arguments (KVM_ENABLE_CAP).
-func (vm *VM) EnableCap(c uint32, args ...uint64) error {
-	e := enableCap{Cap: c}
-	copy(e.Args[:], args)
-	_, err := call(vm.fd, "KVM_ENABLE_CAP", reqEnableCap, unsafe.Pointer(&e))
-	return err
-}
-
 // CreateIRQChip creates the in-kernel PICs, IOAPIC and LAPICs.
 func (vm *VM) CreateIRQChip() error {
 	_, err := callValue(vm.fd, "KVM_CREATE_IRQCHIP", reqCreateIRQChip, 0)

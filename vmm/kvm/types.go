@@ -105,7 +105,6 @@ const (
 	CapMaxVCPUs         = 66
 	CapImmediateExit    = 136
 	CapTSCDeadlineTimer = 72
-	CapHaltPoll         = 182
 )
 
 // MP states.
