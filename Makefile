@@ -75,7 +75,7 @@ fuzz:
 # two vCPUs (hence kvmbox's one), and to stall with one: its CPU halted for
 # good with an interrupt pending (kvmbox notices in 30 s and exits 123; its
 # --timeout gives 124). See also vmm.forkPages. So: when the sandbox died
-# or stalled, the tests it had not passed are run again, up to four times
+# or stalled, the tests it had not passed are run again, up to six times
 # (a stall costs about 30 s and strikes about one suite run in two); tests
 # that failed are run up to twice more on their own and, if they pass then,
 # are listed as FLAKY above the summary. A test that fails three times
@@ -88,7 +88,7 @@ kvmtest:
 	@rm -f $(BUILD)/test/kvm*.log
 	set -o pipefail; ($(KVMTEST_RUN) | tee ../$(BUILD)/test/kvm.log); status=$$?; \
 	$(TEST2JSON) < $(BUILD)/test/kvm.log > $(BUILD)/test/kvm.json; \
-	for again in 1 2 3 4; do \
+	for again in 1 2 3 4 5 6; do \
 		[ $$status = 123 ] || [ $$status = 124 ] || break; \
 		passed=$$($(KVMTEST_PASSED)); \
 		echo "kvmtest: the sandbox guest died or stalled (kvmbox status $$status); running the KVM tests it had not passed again"; \
