@@ -42,7 +42,7 @@ func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, logf fu
 		return nil, nil
 	}
 	if dir == "" {
-		return unpackTemp(f, st, head)
+		return unpackTemp(f, st.Size())
 	}
 	name, err := cacheName(f.Name(), st)
 	if err != nil {
@@ -54,51 +54,54 @@ func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, logf fu
 		os.Chtimes(path, now, now) // most recently used
 		return c, nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		logf("kernel cache: %v; unpacking the kernel into a temporary file", err)
-		return unpackTemp(f, st, head)
+	var out *os.File
+	err = os.MkdirAll(dir, 0o700)
+	if err == nil {
+		out, err = os.CreateTemp(dir, name+".tmp*")
 	}
-	tmp, err := os.CreateTemp(dir, name+".tmp*")
 	if err != nil {
 		logf("kernel cache: %v; unpacking the kernel into a temporary file", err)
-		return unpackTemp(f, st, head)
+		return unpackTemp(f, st.Size())
 	}
-	if _, err := boot.Unpack(head, f, st.Size(), tmp); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
+	if err := unpackTo(out, f, st.Size()); err != nil {
+		os.Remove(out.Name())
 		return nil, err
 	}
 	// Renamed whole: a concurrent sfvmm finds the old name absent or the
 	// complete kernel, never a part of it.
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
+	if err := os.Rename(out.Name(), path); err != nil {
+		os.Remove(out.Name())
 		logf("kernel cache: %v", err)
 	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		tmp.Close()
-		return nil, err
-	}
 	trimCache(dir)
-	return tmp, nil
+	return out, nil
 }
 
 // unpackTemp unpacks the kernel into a temporary file that is unlinked at
 // once: it lives as long as the returned file.
-func unpackTemp(f *os.File, st os.FileInfo, head []byte) (*os.File, error) {
+func unpackTemp(f *os.File, size int64) (*os.File, error) {
 	tmp, err := os.CreateTemp("", "sfvmm-vmlinux-*")
 	if err != nil {
 		return nil, fmt.Errorf("unpack kernel: %w", err)
 	}
 	os.Remove(tmp.Name())
-	if _, err := boot.Unpack(head, f, st.Size(), tmp); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		tmp.Close()
+	if err := unpackTo(tmp, f, size); err != nil {
 		return nil, err
 	}
 	return tmp, nil
+}
+
+// unpackTo unpacks the size-byte bzImage f into out and rewinds out for
+// reading; on an error it closes out.
+func unpackTo(out, f *os.File, size int64) error {
+	_, err := boot.Unpack(f, size, out)
+	if err == nil {
+		_, err = out.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		out.Close()
+	}
+	return err
 }
 
 // cacheName names the unpacked kernel of the image at path.

@@ -360,16 +360,12 @@ func (k *kernel) ensureVmlinux() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	head := make([]byte, min(st.Size(), boot.HeaderBytes))
-	if _, err := img.ReadAt(head, 0); err != nil {
-		return "", err
-	}
 	tmp, err := os.CreateTemp(k.Dir, "vmlinux.tmp*")
 	if err != nil {
 		return "", err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := boot.Unpack(head, img, st.Size(), tmp); err != nil {
+	if _, err := boot.Unpack(img, st.Size(), tmp); err != nil {
 		tmp.Close()
 		return "", fmt.Errorf("%s: %w", k.Vmlinuz, err)
 	}

@@ -46,12 +46,15 @@ func Payload(head []byte, size int64) (off, n int64, err error) {
 	return off, n - 4, nil
 }
 
-// Unpack writes the ELF vmlinux that a bzImage carries compressed to w,
-// reading the size-byte image from r and its setup header from head.
-// Payloads compressed with xz (Debian's kernels; with the x86 BCJ filter)
-// and gzip are read; other formats give ErrPayloadFormat. It returns the
-// vmlinux's size.
-func Unpack(head []byte, r io.ReaderAt, size int64, w io.Writer) (int64, error) {
+// Unpack writes the ELF vmlinux that the size-byte bzImage in r carries
+// compressed to w. Payloads compressed with xz (Debian's kernels; with the
+// x86 BCJ filter) and gzip are read; other formats give ErrPayloadFormat.
+// It returns the vmlinux's size.
+func Unpack(r io.ReaderAt, size int64, w io.Writer) (int64, error) {
+	head := make([]byte, min(size, hdrMinLen))
+	if _, err := r.ReadAt(head, 0); err != nil {
+		return 0, fmt.Errorf("read the setup header: %w", err)
+	}
 	off, n, err := Payload(head, size)
 	if err != nil {
 		return 0, err
@@ -101,8 +104,9 @@ func Unpack(head []byte, r io.ReaderAt, size int64, w io.Writer) (int64, error) 
 // for more is refused rather than obeyed.
 var xzDictMax uint32 = 32 << 20
 
-// maxVmlinux bounds an unpacked kernel (Debian's is about 64 MiB).
-const maxVmlinux = 1 << 30
+// maxVmlinux bounds an unpacked kernel (Debian's is about 64 MiB): a
+// hostile image cannot fill the cache directory.
+const maxVmlinux = 256 << 20
 
 // sizeTrailer reads the 4-byte decompressed size after the payload, or
 // zeroes if it cannot be read.

@@ -47,7 +47,7 @@ func gzipped(b []byte) []byte {
 
 func unpack(img []byte) ([]byte, error) {
 	var out bytes.Buffer
-	n, err := Unpack(img, bytes.NewReader(img), int64(len(img)), &out)
+	n, err := Unpack(bytes.NewReader(img), int64(len(img)), &out)
 	if err == nil && n != int64(out.Len()) {
 		return nil, errors.New("Unpack's count differs from what it wrote")
 	}
