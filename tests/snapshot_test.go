@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -123,6 +124,7 @@ func TestSnapshotRestoreSnapshotEqual(t *testing.T) {
 const (
 	msrTSC       = 0x10
 	lapicCurrent = 0x390 // the LAPIC timer's current count
+	lapicIRR     = 0x200 // the interrupt request register, 8 of 32 bits
 )
 
 // Interrupt request bits the in-kernel PIT raises: its timer runs in wall
@@ -151,6 +153,11 @@ func clearClocks(s *vmm.MachineState) {
 			}
 		}
 		copy(v.LAPIC.Regs[lapicCurrent:lapicCurrent+4], []byte{0, 0, 0, 0})
+		// The PIT's interrupt, delivered through the IOAPIC to a vCPU
+		// that is not running, waits in its LAPIC's IRR.
+		for r := lapicIRR; r < lapicIRR+8*16; r += 16 {
+			clear(v.LAPIC.Regs[r : r+4])
+		}
 	}
 }
 
@@ -162,6 +169,12 @@ func diffStates(a, b *vmm.MachineState) []string {
 		for f := 0; f < va.NumField(); f++ {
 			if !reflect.DeepEqual(va.Field(f).Interface(), vb.Field(f).Interface()) {
 				out = append(out, fmt.Sprintf("vcpu %d: %s differs", i, va.Type().Field(f).Name))
+			}
+		}
+		la, lb := a.VCPUs[i].LAPIC.Regs, b.VCPUs[i].LAPIC.Regs
+		for r := 0; r < len(la); r += 16 {
+			if x, y := la[r:r+4], lb[r:r+4]; !bytes.Equal(x, y) {
+				out = append(out, fmt.Sprintf("vcpu %d: LAPIC register %#x was %x, after restore %x", i, r, x, y))
 			}
 		}
 		ma, mb := map[uint32]uint64{}, map[uint32]uint64{}

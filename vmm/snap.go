@@ -72,9 +72,9 @@ func (m *VM) populated() ([]snapshot.Region, []*snapshot.Bitmap, error) {
 	var regions []snapshot.Region
 	var bitmaps []*snapshot.Bitmap
 	for _, r := range m.mem.Regions() {
-		vec := make([]byte, r.Size/memory.PageSize)
-		if err := mincore(r.Host, vec); err != nil {
-			return nil, nil, fmt.Errorf("mincore guest RAM at %#x: %w", r.GPA, err)
+		vec, err := r.Residency()
+		if err != nil {
+			return nil, nil, err
 		}
 		regions = append(regions, snapshot.Region{GPA: r.GPA, Host: r.Host})
 		bitmaps = append(bitmaps, snapshot.FromResidency(vec))

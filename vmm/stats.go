@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 	"github.com/sfvmm/sfvmm/vmm/memory"
@@ -24,17 +21,6 @@ func (m *VM) ResidentGuestBytes() (uint64, error) {
 		pages += bm.Count()
 	}
 	return pages * memory.PageSize, nil
-}
-
-func mincore(b []byte, vec []byte) error {
-	if len(b) == 0 {
-		return nil
-	}
-	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0])))
-	if e != 0 {
-		return e
-	}
-	return nil
 }
 
 // ExitStats summarises the vCPUs' exits to the VMM: the cost a guest's

@@ -140,9 +140,6 @@ func New(cfg Config) (_ *VM, err error) {
 	if m.mem, err = memory.New(cfg.MemBytes); err != nil {
 		return nil, err
 	}
-	if err := m.forkPages(); err != nil {
-		return nil, err
-	}
 	if err := m.loadKernel(); err != nil {
 		return nil, err
 	}
@@ -382,7 +379,9 @@ func (m *VM) addDevices() error {
 // a few in a hundred on 4 KiB pages; the sandbox's kernel itself has
 // panicked with a corrupted kernel stack during fork runs, which points at
 // the emulated nested paging rather than at sfvmm. Real hardware may not
-// need this; the sandbox cannot tell.
+// need this; the sandbox cannot tell. A machine New boots runs on huge
+// pages until its first fork (see Memory.SplitHugePages); a restored one,
+// a clone above all, is on 4 KiB pages from the start.
 func (m *VM) forkPages() error {
 	if m.fork == nil {
 		return nil

@@ -36,13 +36,18 @@ const (
 // kernelCmdline is fixed apart from where the run directory and checkout
 // are. Under TCG every avoided probe counts: no i8042 probe, no timer
 // check, no mitigations; panic=-1 and QEMU's -no-reboot turn an init
-// that dies into QEMU exiting instead of a hang.
-func kernelCmdline(run, checkout string, debug bool) string {
+// that dies into QEMU exiting instead of a hang. A one-vCPU sandbox never
+// halts its CPU (idle=poll): QEMU 7.2 loses the timer interrupt of a
+// halted TCG CPU now and then (see stallWatch).
+func kernelCmdline(run, checkout string, cpus int, debug bool) string {
 	args := []string{
 		"console=ttyS0", "quiet", "loglevel=4", "panic=-1", "rdinit=/init",
 		"mitigations=off", "no_timer_check", "tsc=reliable", "i8042.noaux", "i8042.nokbd",
 		"i8042.nopnp", "random.trust_cpu=on",
 		"kvmbox.run=" + run, "kvmbox.checkout=" + checkout,
+	}
+	if cpus == 1 {
+		args = append(args, "idle=poll")
 	}
 	if debug {
 		args = append(args, "kvmbox.debug")
@@ -74,7 +79,7 @@ func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
 		"-serial", "file:" + filepath.Join(run, fileConsole),
 		"-kernel", vmlinux,
 		"-initrd", initrd,
-		"-append", kernelCmdline(run, b.root, o.verbose),
+		"-append", kernelCmdline(run, b.root, o.cpus, o.verbose),
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path=" + b.root + ",mount_tag=checkout,security_model=none,multidevs=remap",
 	}

@@ -35,10 +35,22 @@ type Region struct {
 	Host []byte // the host mapping; len(Host) == Size
 }
 
+// Residency returns the region's mincore(2) vector: a byte per page, bit 0
+// set where the page is present in host memory.
+func (r Region) Residency() ([]byte, error) {
+	vec := make([]byte, r.Size/PageSize)
+	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&r.Host[0])), uintptr(len(r.Host)), uintptr(unsafe.Pointer(&vec[0])))
+	if e != 0 {
+		return nil, fmt.Errorf("mincore guest RAM at %#x: %w", r.GPA, e)
+	}
+	return vec, nil
+}
+
 // Memory is a VM's guest RAM.
 type Memory struct {
 	size    uint64
 	regions []Region
+	small   bool // on 4 KiB pages for good (SmallPages)
 }
 
 // ErrRange reports a guest-physical access outside RAM.
@@ -69,9 +81,12 @@ func New(size uint64) (*Memory, error) {
 	return m, nil
 }
 
+// HugePageSize is the size of a transparent huge page and of KVM's large
+// stage-2 (EPT/NPT) mappings on x86.
+const HugePageSize = 2 << 20
+
 func (m *Memory) add(gpa, size uint64) error {
-	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	b, err := mapAligned(size)
 	if err != nil {
 		return fmt.Errorf("map %d bytes of guest memory: %w", size, err)
 	}
@@ -84,12 +99,84 @@ func (m *Memory) add(gpa, size uint64) error {
 	return nil
 }
 
+// mapAligned maps size bytes of private anonymous memory starting on a
+// 2 MiB boundary. KVM maps a huge page into the guest only where the host
+// address and the guest-physical one agree modulo 2 MiB (every region's GPA
+// is 2 MiB aligned); kernels before 6.7 place a large anonymous mapping
+// wherever it fits, and then each 4 KiB guest page cost its own stage-2
+// fault (20,000 of them in a Linux boot). It maps 2 MiB more than asked
+// and unmaps the slack on both sides.
+func mapAligned(size uint64) ([]byte, error) {
+	p, err := unix.MmapPtr(-1, 0, nil, uintptr(size+HugePageSize), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, err
+	}
+	head := (HugePageSize - uintptr(p)%HugePageSize) % HugePageSize
+	if head > 0 {
+		if err := unix.MunmapPtr(p, head); err != nil {
+			unix.MunmapPtr(p, uintptr(size+HugePageSize))
+			return nil, err
+		}
+	}
+	start := unsafe.Add(p, head)
+	if tail := HugePageSize - head; tail > 0 {
+		if err := unix.MunmapPtr(unsafe.Add(start, size), tail); err != nil {
+			unix.MunmapPtr(start, uintptr(size)+tail)
+			return nil, err
+		}
+	}
+	return unsafe.Slice((*byte)(start), size), nil
+}
+
 // SmallPages turns transparent huge pages off for guest RAM: pages touched
-// from now on are 4 KiB. Call it before anything touches guest RAM.
+// from now on are 4 KiB. Call it before anything touches guest RAM, or use
+// SplitHugePages.
 func (m *Memory) SmallPages() error {
 	for _, r := range m.regions {
 		if err := unix.Madvise(r.Host, unix.MADV_NOHUGEPAGE); err != nil {
 			return fmt.Errorf("guest memory: no huge pages: %w", err)
+		}
+	}
+	m.small = true
+	return nil
+}
+
+// SplitHugePages puts guest RAM that may already hold huge pages on 4 KiB
+// pages for good, keeping its contents: no new huge pages, and every huge
+// page mapped now is split into 4 KiB mappings (so that userfaultfd's write
+// protection works page by page from the start). It may run while the
+// guest does. After the first call it costs nothing.
+//
+// Linux has no call that splits a huge page of anonymous memory; a mapping
+// boundary inside one does. So after advising no more huge pages, for each
+// 2 MiB chunk that was resident (only those can hold a huge page) it gives
+// the chunk's second page advice that makes it a mapping of its own
+// (MADV_RANDOM, of no effect on anonymous memory), which splits the huge
+// page, and takes the advice back, which joins the mappings again.
+func (m *Memory) SplitHugePages() error {
+	if m.small {
+		return nil
+	}
+	if err := m.SmallPages(); err != nil {
+		return err
+	}
+	for _, r := range m.regions {
+		vec, err := r.Residency()
+		if err != nil {
+			return fmt.Errorf("guest memory: split huge pages: %w", err)
+		}
+		for off := uint64(0); off+HugePageSize <= r.Size; off += HugePageSize {
+			if vec[off/PageSize]&1 == 0 {
+				continue
+			}
+			page := r.Host[off+PageSize : off+2*PageSize]
+			if err := unix.Madvise(page, unix.MADV_RANDOM); err != nil {
+				return fmt.Errorf("guest memory: split huge page at %#x: %w", r.GPA+off, err)
+			}
+			if err := unix.Madvise(page, unix.MADV_NORMAL); err != nil {
+				return fmt.Errorf("guest memory: split huge page at %#x: %w", r.GPA+off, err)
+			}
 		}
 	}
 	return nil
@@ -144,7 +231,7 @@ func (m *Memory) WriteAt(p []byte, gpa int64) (int, error) {
 func (m *Memory) Close() error {
 	var errs []error
 	for _, r := range m.regions {
-		errs = append(errs, unix.Munmap(r.Host))
+		errs = append(errs, unix.MunmapPtr(unsafe.Pointer(&r.Host[0]), uintptr(len(r.Host))))
 	}
 	m.regions = nil
 	return errors.Join(errs...)

@@ -2,8 +2,11 @@ package memory
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"strings"
 	"testing"
+	"unsafe"
 )
 
 func TestLayout(t *testing.T) {
@@ -27,8 +30,16 @@ func TestLayout(t *testing.T) {
 			if r.GPA != tc.want[i].GPA || r.Size != tc.want[i].Size || uint64(len(r.Host)) != r.Size {
 				t.Errorf("size %#x region %d: %#x+%#x, want %#x+%#x", tc.size, i, r.GPA, r.Size, tc.want[i].GPA, tc.want[i].Size)
 			}
+			// KVM maps huge pages only where host and guest addresses
+			// agree modulo 2 MiB.
+			if host := uintptr(unsafe.Pointer(&r.Host[0])); host%HugePageSize != 0 {
+				t.Errorf("size %#x region %d: host address %#x is not 2 MiB aligned", tc.size, i, host)
+			}
+			r.Host[0], r.Host[len(r.Host)-1] = 1, 2
 		}
-		m.Close()
+		if err := m.Close(); err != nil {
+			t.Errorf("size %#x: close: %v", tc.size, err)
+		}
 	}
 }
 
@@ -100,5 +111,85 @@ func TestMapFile(t *testing.T) {
 	}
 	if err := m.MapFile(f, []int64{1}); err == nil {
 		t.Error("an unaligned offset was accepted")
+	}
+}
+
+// smapsOf returns the /proc/self/smaps fields of the mappings that overlap
+// b, summed, and how many mappings that is.
+func smapsOf(t *testing.T, b []byte) (fields map[string]uint64, mappings int) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo := uint64(uintptr(unsafe.Pointer(&b[0])))
+	hi := lo + uint64(len(b))
+	fields = map[string]uint64{}
+	in := false
+	for line := range strings.Lines(string(data)) {
+		var start, end uint64
+		if n, _ := fmt.Sscanf(line, "%x-%x ", &start, &end); n == 2 {
+			in = start < hi && end > lo
+			if in {
+				mappings++
+			}
+			continue
+		}
+		var key string
+		var kib uint64
+		if n, _ := fmt.Sscanf(line, "%s %d kB", &key, &kib); in && n == 2 {
+			fields[strings.TrimSuffix(key, ":")] += kib
+		}
+	}
+	return fields, mappings
+}
+
+func TestSplitHugePages(t *testing.T) {
+	thp, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil || strings.Contains(string(thp), "[never]") {
+		t.Skipf("transparent huge pages are off here (%q, %v)", thp, err)
+	}
+	const size = 16 << 20
+	m, err := New(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	host := m.Regions()[0].Host
+	for i := 0; i < size; i += PageSize {
+		host[i] = byte(i / PageSize)
+	}
+	before, n := smapsOf(t, host)
+	if before["AnonHugePages"] == 0 || n != 1 {
+		t.Fatalf("before: %d KiB in huge pages in %d mappings, want some in 1 (THP: %q)", before["AnonHugePages"], n, thp)
+	}
+	if err := m.SplitHugePages(); err != nil {
+		t.Fatal(err)
+	}
+	after, n := smapsOf(t, host)
+	if after["AnonHugePages"] != 0 || n != 1 || after["Rss"] != before["Rss"] {
+		t.Errorf("after: %d KiB in huge pages, %d KiB resident, in %d mappings; want 0, %d, 1",
+			after["AnonHugePages"], after["Rss"], n, before["Rss"])
+	}
+	for i := 0; i < size; i += PageSize {
+		if host[i] != byte(i/PageSize) {
+			t.Fatalf("page %d changed: %d", i/PageSize, host[i])
+		}
+	}
+	// New pages are small too.
+	m2, err := New(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if err := m2.SplitHugePages(); err != nil {
+		t.Fatal(err)
+	}
+	h2 := m2.Regions()[0].Host
+	for i := 0; i < size; i += PageSize {
+		h2[i] = 1
+	}
+	if f, _ := smapsOf(t, h2); f["AnonHugePages"] != 0 {
+		t.Errorf("%d KiB of huge pages after SplitHugePages", f["AnonHugePages"])
 	}
 }
