@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os/exec"
 	"regexp"
@@ -100,10 +101,18 @@ func (p *proc) trouble() string {
 
 func (p *proc) waitFor(t *testing.T, want string, timeout time.Duration) {
 	t.Helper()
+	p.waitUntil(t, fmt.Sprintf("%q", want), func(out string) bool { return printed(out, want) }, timeout)
+}
+
+// waitUntil waits until ok holds for the output, and fails the test
+// (saying it waited for what) if the process exits or the timeout passes
+// first.
+func (p *proc) waitUntil(t *testing.T, what string, ok func(out string) bool, timeout time.Duration) {
+	t.Helper()
 	deadline := time.After(timeout)
 	for {
 		p.mu.Lock()
-		found := printed(p.out.String(), want)
+		found := ok(p.out.String())
 		ch := p.changed
 		p.mu.Unlock()
 		if found {
@@ -112,12 +121,12 @@ func (p *proc) waitFor(t *testing.T, want string, timeout time.Duration) {
 		select {
 		case <-ch:
 		case <-p.done:
-			if printed(p.Output(), want) {
+			if ok(p.Output()) {
 				return
 			}
-			t.Fatalf("%s exited before printing %q:\n%s", p.cmd.Path, want, p.Output())
+			t.Fatalf("%s exited before printing %s:\n%s", p.cmd.Path, what, p.Output())
 		case <-deadline:
-			t.Fatalf("%s did not print %q within %v:\n%s", p.cmd.Path, want, timeout, p.Output())
+			t.Fatalf("%s did not print %s within %v:\n%s", p.cmd.Path, what, timeout, p.Output())
 		}
 	}
 }
