@@ -120,11 +120,10 @@ func mapAligned(size uint64) ([]byte, error) {
 		}
 	}
 	start := unsafe.Add(p, head)
-	if tail := HugePageSize - head; tail > 0 {
-		if err := unix.MunmapPtr(unsafe.Add(start, size), tail); err != nil {
-			unix.MunmapPtr(start, uintptr(size)+tail)
-			return nil, err
-		}
+	tail := HugePageSize - head // never 0: head is less than 2 MiB
+	if err := unix.MunmapPtr(unsafe.Add(start, size), tail); err != nil {
+		unix.MunmapPtr(start, uintptr(size)+tail)
+		return nil, err
 	}
 	return unsafe.Slice((*byte)(start), size), nil
 }
