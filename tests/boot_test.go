@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -123,13 +125,19 @@ func TestLinuxBoot(t *testing.T) {
 			if tc.kernel == "" {
 				t.Fatal("SFVMM_LINUX_VMLINUX is not set: run through tests/kvmbox or `make test`")
 			}
-			r := vmtest.Boot(t, vmtest.Options{
+			running := vmtest.Start(t, vmtest.Options{
 				Kernel: tc.kernel, Initrd: initrd, CPUs: 2, Memory: 256 << 20,
 				UnpackKernel: tc.unpack, KernelCache: cache,
 				Cmdline: linuxCmdline + ` sfvmm.run="echo answer=$((6*7))"`,
 				Timeout: 5 * time.Minute,
 			})
+			r := running.Wait(t)
 			r.Contains(t, "sfvmm-init: 2 cpus", "answer=42", "sfvmm-init: command exited 0")
+			stats, err := running.VM.KVMStats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkStage2Faults(t, stats)
 			if r.Exit.Reason != vmm.ExitPowerOff {
 				t.Errorf("exit %v, want a power-off", r.Exit)
 			}
@@ -138,5 +146,53 @@ func TestLinuxBoot(t *testing.T) {
 				t.Errorf("kernel cache holds %v, want the unpacked kernel", m)
 			}
 		})
+	}
+	// The command line's machine may fork (by default), which must not
+	// cost its boot huge pages either.
+	t.Run("sfvmm run", func(t *testing.T) {
+		out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", "--stats", "--cpus", "2", "--memory", "256M",
+			"--kernel", bzImage, "--initrd", initrd, "--kernel-cache", cache,
+			"--cmdline", linuxCmdline+` sfvmm.run="echo answer=$((6*7))"`)
+		if code != 0 || !strings.Contains(out, "answer=42") {
+			t.Fatalf("exit %d, want 0 and answer=42:\n%s", code, out)
+		}
+		m := kvmStatsRE.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no KVM statistics in the output:\n%s", out)
+		}
+		stats := map[string]uint64{}
+		for _, kv := range strings.Fields(m[1]) {
+			k, v, _ := strings.Cut(kv, "=")
+			stats[k], _ = strconv.ParseUint(v, 10, 64)
+		}
+		checkStage2Faults(t, stats)
+	})
+}
+
+var kvmStatsRE = regexp.MustCompile(`stats: kvm: (.*)`)
+
+// maxLinuxBootFaults bounds the stage-2 (NPT/EPT) page faults KVM takes in
+// a Linux boot: about 50 with guest RAM on 2 MiB pages, 20,000 on 4 KiB
+// pages, as when guest RAM was not 2 MiB aligned or a machine that may fork
+// was put on small pages from the start.
+const maxLinuxBootFaults = 2000
+
+// checkStage2Faults fails the test if the boot took more than
+// maxLinuxBootFaults stage-2 faults, where the host's KVM counts them
+// (pf_taken, Linux 6.0) and offers transparent huge pages.
+func checkStage2Faults(t *testing.T, stats map[string]uint64) {
+	t.Helper()
+	n, ok := stats["pf_taken"]
+	if !ok {
+		t.Logf("this host's KVM does not count stage-2 faults (pf_taken)")
+		return
+	}
+	if thp, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err != nil || strings.Contains(string(thp), "[never]") {
+		t.Logf("%d stage-2 faults; no transparent huge pages on this host (%q, %v)", n, thp, err)
+		return
+	}
+	t.Logf("%d stage-2 faults", n)
+	if n > maxLinuxBootFaults {
+		t.Errorf("the boot took %d stage-2 faults, want at most %d: is guest RAM on huge pages?", n, maxLinuxBootFaults)
 	}
 }

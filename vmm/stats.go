@@ -66,3 +66,36 @@ func sum(m map[uint32]uint64) (n uint64) {
 	}
 	return n
 }
+
+// KVMStats is the vCPUs' KVM statistics (kvm.VCPU.Stats), each summed over
+// the vCPUs: the exits KVM handled itself as well as those it passed to
+// sfvmm ("exits"), its stage-2 (EPT/NPT) page faults ("pf_taken"), and
+// so on, as the host kernel names them. Call it after Run has returned.
+func (m *VM) KVMStats() (map[string]uint64, error) {
+	total := map[string]uint64{}
+	for _, c := range m.vcpus {
+		s, err := c.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("vcpu %d: %w", c.ID, err)
+		}
+		for k, v := range s {
+			total[k] += v
+		}
+	}
+	return total, nil
+}
+
+// kvmStatsShown are the KVM statistics FormatKVMStats reports, where the host
+// kernel has them.
+var kvmStatsShown = []string{"exits", "pf_taken", "halt_exits", "irq_exits", "io_exits", "mmio_exits"}
+
+// FormatKVMStats lists the statistics of kvmStatsShown that s has.
+func FormatKVMStats(s map[string]uint64) string {
+	var parts []string
+	for _, k := range kvmStatsShown {
+		if v, ok := s[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	return strings.Join(parts, " ")
+}

@@ -31,7 +31,7 @@ func runCmd(args []string) int {
 	cpus := fs.Int("cpus", 1, "number of vCPUs")
 	memory := fs.String("memory", "128M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
-	stats := fs.Bool("stats", false, "print memory statistics at exit (peak RSS, guest RAM touched)")
+	stats := fs.Bool("stats", false, "print statistics at exit (peak RSS, guest RAM touched, exits, KVM's counters)")
 	apiSock := fs.String("api-sock", "", "serve the control API (HTTP/JSON) on this Unix socket")
 	ff := addForkFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -212,4 +212,9 @@ func printStats(vm *vmm.VM, logf func(string, ...any)) {
 	peak := uint64(ru.Maxrss) << 10
 	logf("stats: peak_rss_kib=%d guest_resident_kib=%d vmm_overhead_kib=%d", peak>>10, guest>>10, (peak-min(peak, guest))>>10)
 	logf("stats: %s", vm.ExitStats())
+	if ks, err := vm.KVMStats(); err != nil {
+		logf("stats: kvm: %v", err)
+	} else {
+		logf("stats: kvm: %s", vmm.FormatKVMStats(ks))
+	}
 }

@@ -47,6 +47,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_GET_LAPIC", reqGetLAPIC, 0x8400ae8e},
 		{"KVM_IRQ_LINE", reqIRQLine, 0x4008ae61},
 		{"KVM_CREATE_PIT2", reqCreatePIT2, 0x4040ae77},
+		{"KVM_GET_STATS_FD", reqGetStatsFD, 0xaece},
 		{"KVM_GET_VCPU_EVENTS", reqGetVCPUEvents, 0x8040ae9f},
 		{"KVM_SET_VCPU_EVENTS", reqSetVCPUEvents, 0x4040aea0},
 		{"KVM_GET_PIT2", reqGetPIT2, 0x8070ae9f},
