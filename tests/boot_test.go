@@ -179,7 +179,7 @@ const maxLinuxBootFaults = 2000
 
 // checkStage2Faults fails the test if the boot took more than
 // maxLinuxBootFaults stage-2 faults, where the host's KVM counts them
-// (pf_taken, Linux 6.0) and offers transparent huge pages.
+// (pf_taken, in kernels since 2022) and offers transparent huge pages.
 func checkStage2Faults(t *testing.T, stats map[string]uint64) {
 	t.Helper()
 	n, ok := stats["pf_taken"]
