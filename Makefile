@@ -35,13 +35,21 @@ sfvmm:
 kernels: deps
 	$(MAKE) -C kernels all initramfs
 
-demo: deps kernels
-	$(KVMBOX_2CPU) -- sh -c 'set -x; sfvmm run --cpus 2 --memory 256M --kernel "$$SFVMM_LINUX_KERNEL" \
+DEMO_RUN = $(KVMBOX_2CPU) -- sh -c 'set -x; sfvmm run --cpus 2 --memory 256M --kernel "$$SFVMM_LINUX_KERNEL" \
 		--initrd $(CURDIR)/$(BUILD)/kernels/initramfs.cpio \
 		--cmdline '\''$(LINUX_CMDLINE) sfvmm.run="uname -sr; echo I see $$(nproc) CPUs; cat /proc/meminfo | head -1; \
 			t=$$(sfctl ticket 2); id=$$(sfctl clone $$t); \
 			if [ $$id != 0 ]; then echo clone $$id: forked from the running guest, sees $$(nproc) CPUs; sfctl exit; fi; \
 			sfctl join $$t && echo parent: both clones exited"'\'''
+
+# A nested sandbox that stalls (kvmbox status 123: QEMU 7.2's TCG, not
+# sfvmm; see tests/kvmbox) runs the demo again, twice at most.
+demo: deps kernels
+	@for try in 1 2 3; do \
+		$(DEMO_RUN); status=$$?; \
+		[ $$status = 123 ] || exit $$status; \
+		echo "demo: the nested sandbox stalled (a QEMU 7.2 TCG bug); running the demo again"; \
+	done; exit 123
 
 # Every test: vet and format checks, host unit tests, brief fuzzing, then
 # the KVM tests in the sandbox; it ends with the count of tests run.
