@@ -18,7 +18,6 @@ const (
 	// (6.18 has about 60 vCPU statistics, names of 48 bytes).
 	maxStats        = 4096
 	maxStatNameSize = 1024
-	maxStatsData    = 1 << 20
 )
 
 // Stats reads the vCPU's KVM statistics by name ("exits", "pf_taken",
@@ -32,83 +31,47 @@ func (c *VCPU) Stats() (map[string]uint64, error) {
 	}
 	f := os.NewFile(r, "kvm-vcpu-stats")
 	defer f.Close()
-	return ParseStats(f)
-}
-
-// ReaderAt is io.ReaderAt (this package's io is an ioctl number).
-type ReaderAt interface {
-	ReadAt(p []byte, off int64) (n int, err error)
-}
-
-// readFull reads len(b) bytes at off; only a short read is an error.
-func readFull(r ReaderAt, b []byte, off int64) error {
-	n, err := r.ReadAt(b, off)
-	switch {
-	case n == len(b):
-		return nil
-	case err != nil:
-		return err
-	default:
-		return fmt.Errorf("%d of %d bytes", n, len(b))
+	var b bytes.Buffer // a few KiB
+	if _, err := b.ReadFrom(f); err != nil {
+		return nil, fmt.Errorf("kvm stats: %w", err)
 	}
+	return ParseStats(b.Bytes())
 }
 
 // ParseStats reads a KVM binary statistics file (the format of
 // KVM_GET_STATS_FD). A malformed file is an error that says what is wrong.
-func ParseStats(r ReaderAt) (map[string]uint64, error) {
-	hb := make([]byte, statsHeaderSize)
-	if err := readFull(r, hb, 0); err != nil {
-		return nil, fmt.Errorf("kvm stats: header: %w", err)
+func ParseStats(b []byte) (map[string]uint64, error) {
+	if len(b) < statsHeaderSize {
+		return nil, fmt.Errorf("kvm stats: header: %d bytes of %d", len(b), statsHeaderSize)
 	}
-	var h struct {
-		Flags, NameSize, NumDesc, IDOffset, DescOffset, DataOffset uint32
+	le := binary.LittleEndian
+	nameSize, numDesc := le.Uint32(b[4:]), le.Uint32(b[8:])
+	descOffset, dataOffset := uint64(le.Uint32(b[16:])), uint64(le.Uint32(b[20:]))
+	if numDesc > maxStats {
+		return nil, fmt.Errorf("kvm stats: %d statistics, more than %d", numDesc, maxStats)
 	}
-	if _, err := binary.Decode(hb, binary.LittleEndian, &h); err != nil {
-		return nil, fmt.Errorf("kvm stats: header: %w", err)
+	if nameSize == 0 || nameSize > maxStatNameSize {
+		return nil, fmt.Errorf("kvm stats: name size %d, want 1 to %d", nameSize, maxStatNameSize)
 	}
-	if h.NumDesc > maxStats {
-		return nil, fmt.Errorf("kvm stats: %d statistics, more than %d", h.NumDesc, maxStats)
+	descSize := statsDescSize + uint64(nameSize)
+	if descOffset+uint64(numDesc)*descSize > uint64(len(b)) {
+		return nil, fmt.Errorf("kvm stats: %d descriptors at %d, beyond the file's %d bytes", numDesc, descOffset, len(b))
 	}
-	if h.NameSize == 0 || h.NameSize > maxStatNameSize {
-		return nil, fmt.Errorf("kvm stats: name size %d, want 1 to %d", h.NameSize, maxStatNameSize)
-	}
-	descSize := statsDescSize + int64(h.NameSize)
-	descs := make([]byte, int64(h.NumDesc)*descSize)
-	if err := readFull(r, descs, int64(h.DescOffset)); err != nil {
-		return nil, fmt.Errorf("kvm stats: %d descriptors at %d: %w", h.NumDesc, h.DescOffset, err)
-	}
-	type stat struct {
-		name   string
-		offset uint32
-	}
-	var stats []stat
-	var dataEnd uint64
-	for i := range int64(h.NumDesc) {
-		d := descs[i*descSize : (i+1)*descSize]
-		flags := binary.LittleEndian.Uint32(d[0:])
-		size := binary.LittleEndian.Uint16(d[6:])
-		offset := binary.LittleEndian.Uint32(d[8:])
+	out := map[string]uint64{}
+	for i := range uint64(numDesc) {
+		d := b[descOffset+i*descSize : descOffset+(i+1)*descSize]
+		flags, size, offset := le.Uint32(d[0:]), le.Uint16(d[6:]), uint64(le.Uint32(d[8:]))
 		name, _, _ := bytes.Cut(d[statsDescSize:], []byte{0})
 		if len(name) == 0 {
 			return nil, fmt.Errorf("kvm stats: descriptor %d has no name", i)
 		}
-		end := uint64(offset) + 8*uint64(size)
-		if end > maxStatsData {
-			return nil, fmt.Errorf("kvm stats: %s: %d values at %d, beyond %d bytes of data", name, size, offset, maxStatsData)
+		if end := dataOffset + offset + 8*uint64(size); end > uint64(len(b)) {
+			return nil, fmt.Errorf("kvm stats: %s: %d values at %d, beyond the file's %d bytes", name, size, dataOffset+offset, len(b))
 		}
-		dataEnd = max(dataEnd, end)
 		if flags&statsTypeMask >= statsTypeHist || size != 1 {
 			continue
 		}
-		stats = append(stats, stat{string(name), offset})
-	}
-	data := make([]byte, dataEnd)
-	if err := readFull(r, data, int64(h.DataOffset)); err != nil {
-		return nil, fmt.Errorf("kvm stats: %d bytes of data at %d: %w", dataEnd, h.DataOffset, err)
-	}
-	out := make(map[string]uint64, len(stats))
-	for _, s := range stats {
-		out[s.name] = binary.LittleEndian.Uint64(data[s.offset:])
+		out[string(name)] = le.Uint64(b[dataOffset+offset:])
 	}
 	return out, nil
 }
