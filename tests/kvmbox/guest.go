@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -36,18 +35,13 @@ const (
 // kernelCmdline is fixed apart from where the run directory and checkout
 // are. Under TCG every avoided probe counts: no i8042 probe, no timer
 // check, no mitigations; panic=-1 and QEMU's -no-reboot turn an init
-// that dies into QEMU exiting instead of a hang. A one-vCPU sandbox never
-// halts its CPU (idle=poll): QEMU 7.2 loses the timer interrupt of a
-// halted TCG CPU now and then (see stallWatch).
-func kernelCmdline(run, checkout string, cpus int, debug bool) string {
+// that dies into QEMU exiting instead of a hang.
+func kernelCmdline(run, checkout string, debug bool) string {
 	args := []string{
 		"console=ttyS0", "quiet", "loglevel=4", "panic=-1", "rdinit=/init",
 		"mitigations=off", "no_timer_check", "tsc=reliable", "i8042.noaux", "i8042.nokbd",
 		"i8042.nopnp", "random.trust_cpu=on",
 		"kvmbox.run=" + run, "kvmbox.checkout=" + checkout,
-	}
-	if cpus == 1 {
-		args = append(args, "idle=poll")
 	}
 	if debug {
 		args = append(args, "kvmbox.debug")
@@ -57,19 +51,8 @@ func kernelCmdline(run, checkout string, cpus int, debug bool) string {
 
 func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
 	o := b.opts
-	// One vCPU by default. With two, QEMU 7.2's multi-threaded TCG
-	// corrupts nested SVM guests now and then: sfvmm's clones, whose
-	// vCPUs fault on pages another process installs, were seen jumping
-	// into the middle of an instruction, reading wild addresses and
-	// triple faulting (about one run of TestForkTinyKernel in six here,
-	// three runs of three in CI), and the sandbox kernel panicked with
-	// "corrupted stack end detected inside scheduler". With one vCPU, 12
-	// runs of 12 passed; with two and thread=single, Linux guests stopped
-	// booting (their clock stood still). One vCPU costs about half as
-	// much time again per fork test, and has a QEMU bug of its own: the
-	// sandbox stalls now and then (see stallWatch).
 	args := []string{
-		"-accel", "tcg,thread=multi",
+		"-accel", "tcg,thread=" + o.tcgThread,
 		"-cpu", "max,vendor=AuthenticAMD",
 		"-smp", strconv.Itoa(o.cpus),
 		"-m", o.mem,
@@ -79,7 +62,7 @@ func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
 		"-serial", "file:" + filepath.Join(run, fileConsole),
 		"-kernel", vmlinux,
 		"-initrd", initrd,
-		"-append", kernelCmdline(run, b.root, o.cpus, o.verbose),
+		"-append", kernelCmdline(run, b.root, o.verbose),
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path=" + b.root + ",mount_tag=checkout,security_model=none,multidevs=remap",
 	}
@@ -128,7 +111,10 @@ func (b *box) runScript(run string, env []string) string {
 
 // runNested boots the sandbox guest, runs CMD there and returns its exit
 // status.
-func (b *box) runNested(k *kernel, vmlinux, initrd string) (int, error) {
+// runNested boots the sandbox guest on kernel sk (vmlinux, initrd), runs
+// CMD there with guest kernel k in its environment, and returns CMD's exit
+// status.
+func (b *box) runNested(q *outerQEMU, sk, k *kernel, vmlinux, initrd string) (int, error) {
 	o := b.opts
 	for _, p := range []string{b.root, b.cwd} {
 		if strings.ContainsAny(p, " \t\n'\"\\,") {
@@ -159,7 +145,7 @@ func (b *box) runNested(k *kernel, vmlinux, initrd string) (int, error) {
 	}
 	var modList strings.Builder
 	if len(mods) > 0 {
-		paths, err := k.modulePaths(mods)
+		paths, err := sk.modulePaths(mods)
 		if err != nil {
 			return exitSetup, fmt.Errorf("--modules: %w", err)
 		}
@@ -185,7 +171,7 @@ func (b *box) runNested(k *kernel, vmlinux, initrd string) (int, error) {
 	defer stopSignals()
 
 	var qemuErr bytes.Buffer
-	qemu := exec.Command(toolQEMU.path, b.qemuArgs(vmlinux, initrd, run)...)
+	qemu := q.command(b.qemuArgs(vmlinux, initrd, run)...)
 	qemu.Stdin = nil
 	qemu.Stdout, qemu.Stderr = &qemuErr, &qemuErr
 	if o.verbose {

@@ -26,9 +26,14 @@ func isRoot() bool { return os.Geteuid() == 0 }
 func runOutput(name string, args ...string) (string, error) { return runOutputIn("", name, args...) }
 
 func runOutputIn(dir, name string, args ...string) (string, error) {
+	return runOutputEnv(dir, nil, name, args...)
+}
+
+// runOutputEnv is runOutputIn with extra environment variables.
+func runOutputEnv(dir string, env []string, name string, args ...string) (string, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C")
+	cmd.Env = append(append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C"), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sfvmm/sfvmm/vmm/boot"
+	"github.com/xi2/xz"
 )
 
 // kernel is a Debian linux-image package unpacked into the cache.
@@ -25,17 +27,23 @@ type kernel struct {
 	Vmlinuz string // absolute path of boot/vmlinuz-<Release>
 }
 
-// ModDir is the module tree, lib/modules/<release>.
+// ModDir is the module tree, lib/modules/<release>, or usr/lib/modules in
+// packages of a merged-/usr release (Debian 13).
 func (k *kernel) ModDir() string {
-	return filepath.Join(k.Dir, "lib", "modules", k.Release)
+	d := filepath.Join(k.Dir, "lib", "modules", k.Release)
+	if usr := filepath.Join(k.Dir, "usr", "lib", "modules", k.Release); !exists(d) && exists(usr) {
+		return usr
+	}
+	return d
 }
 
 var kernelPkgRE = regexp.MustCompile(`linux-image-(\d[\w.+-]*-amd64)\b`)
 
-// currentKernelPackage asks apt which linux-image-6.1.0-NN-amd64 the
-// linux-image-amd64 metapackage pulls in today.
-func currentKernelPackage() (string, error) {
-	out, err := runOutput("apt-cache", "depends", "linux-image-amd64")
+// currentKernelPackage asks apt (the host's, or a private one for another
+// suite when env names its configuration) which linux-image-<release>-amd64
+// the linux-image-amd64 metapackage pulls in today.
+func currentKernelPackage(env []string) (string, error) {
+	out, err := runOutputEnv("", env, "apt-cache", "depends", "linux-image-amd64")
 	if err == nil {
 		for _, line := range strings.Split(out, "\n") {
 			line = strings.TrimSpace(line)
@@ -55,9 +63,22 @@ func currentKernelPackage() (string, error) {
 // apt-get download and unpacking it with dpkg -x on first use. pkg may be
 // empty, meaning the one linux-image-amd64 depends on. The cache holds one
 // directory per package version, so a newer Debian kernel is fetched when
-// the metapackage moves on.
-func ensureKernel(cache, pkg string) (*kernel, error) {
+// the metapackage moves on. apt is nil for the host's own suite, or a
+// private configuration for another one.
+func ensureKernel(cache, pkg string, apt *suiteApt) (*kernel, error) {
 	current := filepath.Join(cache, "kernel", "current")
+	var aptEnv []string
+	if apt != nil {
+		current += "-" + apt.suite
+		aptEnv = apt.env()
+	}
+	aptUpdate := func() error {
+		if apt != nil {
+			return apt.update()
+		}
+		_, err := runOutput("apt-get", "update")
+		return err
+	}
 	if pkg == "" {
 		// Asking apt costs more than a second on a busy machine; its
 		// answer changes only with a Debian point release, so reuse it
@@ -71,16 +92,16 @@ func ensureKernel(cache, pkg string) (*kernel, error) {
 		}
 	}
 	if pkg == "" {
-		p, err := currentKernelPackage()
+		p, err := currentKernelPackage(aptEnv)
 		if err != nil && isRoot() {
 			// Fresh machines often have no package lists yet.
-			if _, uerr := runOutput("apt-get", "update"); uerr == nil {
-				p, err = currentKernelPackage()
+			if uerr := aptUpdate(); uerr == nil {
+				p, err = currentKernelPackage(aptEnv)
 			}
 		}
 		if err != nil {
 			// Offline or not Debian: fall back to whatever is cached.
-			if k := newestCachedKernel(cache); k != nil {
+			if k := newestCachedKernel(cache); k != nil && apt == nil {
 				warnf("could not ask apt for the current kernel (%v); using cached %s", err, k.Package)
 				return k, nil
 			}
@@ -107,14 +128,14 @@ func ensureKernel(cache, pkg string) (*kernel, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dl)
-	if _, err := runOutputIn(dl, "apt-get", "download", pkg); err != nil {
+	if _, err := runOutputEnv(dl, aptEnv, "apt-get", "download", pkg); err != nil {
 		if !isRoot() {
 			return nil, fmt.Errorf("apt-get download %s: %w", pkg, err)
 		}
-		if _, uerr := runOutput("apt-get", "update"); uerr != nil {
+		if uerr := aptUpdate(); uerr != nil {
 			return nil, fmt.Errorf("apt-get download %s: %w (apt-get update failed too: %v)", pkg, err, uerr)
 		}
-		if _, err := runOutputIn(dl, "apt-get", "download", pkg); err != nil {
+		if _, err := runOutputEnv(dl, aptEnv, "apt-get", "download", pkg); err != nil {
 			return nil, fmt.Errorf("apt-get download %s: %w", pkg, err)
 		}
 	}
@@ -128,6 +149,9 @@ func ensureKernel(cache, pkg string) (*kernel, error) {
 	}
 	tk := *k
 	tk.Dir = tmp
+	if err := unpackModules(tk.ModDir()); err != nil {
+		return nil, fmt.Errorf("unpack modules of %s: %w", pkg, err)
+	}
 	if err := writeModulesDep(tk.ModDir()); err != nil {
 		return nil, fmt.Errorf("index modules of %s: %w", pkg, err)
 	}
@@ -189,8 +213,8 @@ func parseModinfo(sec []byte) (depends []string) {
 // ("kernel/a.ko: kernel/b.ko ...", dependencies listed so that loading them
 // back to front works), from each module's .modinfo. Debian's package
 // leaves modules.dep to depmod at install time, and kmod is not needed
-// here otherwise. Debian 12 ships plain .ko files; compressed ones would
-// need unpacking first, because busybox insmod cannot read them.
+// here otherwise. Compressed modules must have been unpacked first
+// (unpackModules): busybox insmod cannot read them.
 func writeModulesDep(modDir string) error {
 	direct := map[string][]string{} // module name -> names it depends on
 	path := map[string]string{}     // module name -> path relative to modDir
@@ -286,6 +310,39 @@ func loadOrder(deps map[string][]string, roots []string) ([]string, error) {
 	return order, nil
 }
 
+// unpackModules replaces each xz-compressed module under modDir
+// (foo.ko.xz, as Debian 13 ships them) with the plain foo.ko that busybox
+// insmod and debug/elf read.
+func unpackModules(modDir string) error {
+	return filepath.WalkDir(modDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".ko.xz") {
+			return err
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		r, err := xz.NewReader(in, 0)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		out := strings.TrimSuffix(p, ".xz")
+		f, err := os.Create(out)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, r); err != nil {
+			f.Close()
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		return os.Remove(p)
+	})
+}
+
 // readModulesDep reads a modules.dep written by writeModulesDep (or
 // depmod) back into direct-enough dependency lists and paths.
 func readModulesDep(modDir string) (deps map[string][]string, paths map[string]string, err error) {
@@ -325,20 +382,41 @@ func readModulesDep(modDir string) (deps map[string][]string, paths map[string]s
 }
 
 // modulePaths resolves module names to absolute .ko paths in load order.
+// Modules built into the kernel (modules.builtin: Debian 13 builds virtio
+// PCI in) need no loading and are left out.
 func (k *kernel) modulePaths(names []string) ([]string, error) {
 	deps, paths, err := readModulesDep(k.ModDir())
 	if err != nil {
 		return nil, err
 	}
+	builtin := readBuiltin(k.ModDir())
+	for n := range builtin {
+		if _, ok := deps[n]; !ok {
+			deps[n] = nil
+		}
+	}
 	order, err := loadOrder(deps, names)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]string, len(order))
-	for i, n := range order {
-		out[i] = paths[n]
+	var out []string
+	for _, n := range order {
+		if !builtin[n] {
+			out = append(out, paths[n])
+		}
 	}
 	return out, nil
+}
+
+// readBuiltin returns the names of the modules built into the kernel; a
+// tree without modules.builtin has none.
+func readBuiltin(modDir string) map[string]bool {
+	data, _ := os.ReadFile(filepath.Join(modDir, "modules.builtin"))
+	names := map[string]bool{}
+	for _, l := range strings.Fields(string(data)) {
+		names[modName(l)] = true
+	}
+	return names
 }
 
 // ensureVmlinux unpacks the kernel proper from the bzImage into

@@ -54,6 +54,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/sfvmm/sfvmm/vmm/boot"
 )
 
 // Exit statuses of kvmbox itself, as opposed to CMD's.
@@ -74,17 +76,20 @@ type options struct {
 	timeout  time.Duration
 	// stallTimeout: a sandbox whose heartbeat stopped this long while
 	// CMD ran is taken for stalled and killed.
-	stallTimeout time.Duration
-	modules      []string
-	nested       bool // use the sandbox even if /dev/kvm works
-	direct       bool // use /dev/kvm even if it is not hardware-assisted
-	noBuild      bool
-	keep         bool
-	verbose      bool
-	quiet        bool
-	printKernel  bool
-	kernelPkg    string
-	cmd          []string
+	stallTimeout  time.Duration
+	modules       []string
+	nested        bool // use the sandbox even if /dev/kvm works
+	direct        bool // use /dev/kvm even if it is not hardware-assisted
+	noBuild       bool
+	keep          bool
+	verbose       bool
+	quiet         bool
+	printKernel   bool
+	kernelPkg     string
+	qemu          string // qemuDebian13 or qemuSystem
+	sandboxKernel string // kernelSystem or kernelDebian13
+	tcgThread     string // QEMU's -accel tcg,thread=
+	cmd           []string
 }
 
 var memRE = regexp.MustCompile(`^[0-9]+[MG]?$`)
@@ -100,7 +105,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 			"       go run ./tests/kvmbox --print-kernel\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	fs.IntVar(&o.cpus, "cpus", 1, "vCPUs of the sandbox guest (more run in parallel but corrupt nested guests; see guest.go)")
+	fs.IntVar(&o.cpus, "cpus", 2, "vCPUs of the sandbox guest")
 	fs.StringVar(&o.mem, "mem", "3G", "memory of the sandbox guest (QEMU -m syntax: 3G, 4096M)")
 	fs.IntVar(&o.hosts, "hosts", 1, "network namespaces host0..hostN-1 to create (0 for none)")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "kill the sandbox after this long")
@@ -113,6 +118,9 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.verbose, "v", false, "show the guest console and QEMU's messages")
 	fs.BoolVar(&o.quiet, "q", false, "no progress or timing lines on stderr")
 	fs.BoolVar(&o.printKernel, "print-kernel", false, "fetch the Debian kernel if needed and print its path")
+	fs.StringVar(&o.qemu, "qemu", qemuDebian13, "the sandbox's emulator: "+qemuDebian13+" (Debian 13's QEMU 10, fetched into build/kvmbox) or "+qemuSystem+" (the host's qemu-system-x86_64)")
+	fs.StringVar(&o.sandboxKernel, "sandbox-kernel", kernelSystem, "the sandbox guest's kernel: "+kernelSystem+" (the host's Debian kernel package, also the guest kernel of the tests) or "+kernelDebian13+" (Debian 13's)")
+	fs.StringVar(&o.tcgThread, "tcg-thread", "multi", "QEMU's TCG threading: multi (a host thread per vCPU) or single")
 	fs.StringVar(&o.kernelPkg, "kernel-package", "", "Debian linux-image package to use (default: what linux-image-amd64 depends on)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -140,6 +148,12 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("--hosts %d: want 0..%d", o.hosts, maxHosts)
 	case o.timeout <= 0:
 		return nil, fmt.Errorf("--timeout %v: want a positive duration", o.timeout)
+	case o.qemu != qemuDebian13 && o.qemu != qemuSystem:
+		return nil, fmt.Errorf("--qemu %q: want %s or %s", o.qemu, qemuDebian13, qemuSystem)
+	case o.sandboxKernel != kernelSystem && o.sandboxKernel != kernelDebian13:
+		return nil, fmt.Errorf("--sandbox-kernel %q: want %s or %s", o.sandboxKernel, kernelSystem, kernelDebian13)
+	case o.tcgThread != "multi" && o.tcgThread != "single":
+		return nil, fmt.Errorf("--tcg-thread %q: want multi or single", o.tcgThread)
 	case o.stallTimeout < 0:
 		return nil, fmt.Errorf("--stall-timeout %v: want zero or a positive duration", o.stallTimeout)
 	}
@@ -203,7 +217,7 @@ func run(o *options) (int, error) {
 	defer unlock()
 
 	if o.printKernel {
-		k, err := ensureKernel(b.cache, o.kernelPkg)
+		k, err := ensureKernel(b.cache, o.kernelPkg, nil)
 		if err != nil {
 			return exitSetup, fmt.Errorf("fetch kernel: %w", err)
 		}
@@ -223,7 +237,7 @@ func run(o *options) (int, error) {
 		direct = true
 	}
 	if direct {
-		k, err := ensureKernel(b.cache, o.kernelPkg)
+		k, err := ensureKernel(b.cache, o.kernelPkg, nil)
 		if err != nil {
 			warnf("no Debian kernel for SFVMM_LINUX_KERNEL: %v", err)
 		} else if _, err := k.ensureVmlinux(); err != nil {
@@ -235,24 +249,44 @@ func run(o *options) (int, error) {
 	if !o.quiet && !o.nested {
 		logf("%s; running CMD in the nested QEMU sandbox", why)
 	}
-	if err := ensureTools(toolQEMU, toolBusybox, toolIP, toolPing); err != nil {
+	if err := ensureTools(toolBusybox, toolIP, toolPing); err != nil {
 		return exitSetup, fmt.Errorf("host tools: %w", err)
 	}
-	k, err := ensureKernel(b.cache, o.kernelPkg)
+	q, err := ensureOuterQEMU(b.cache, o.qemu)
+	if err != nil {
+		return exitSetup, err
+	}
+	k, err := ensureKernel(b.cache, o.kernelPkg, nil)
 	if err != nil {
 		return exitSetup, fmt.Errorf("fetch kernel: %w", err)
 	}
-	vmlinux, err := k.ensureVmlinux()
+	sk := k // the sandbox's own kernel
+	if o.sandboxKernel == kernelDebian13 {
+		apt, err := newSuiteApt(filepath.Join(b.cache, "apt-"+debian13), debian13)
+		if err != nil {
+			return exitSetup, err
+		}
+		if sk, err = ensureKernel(b.cache, "", apt); err != nil {
+			return exitSetup, fmt.Errorf("fetch Debian 13's kernel: %w", err)
+		}
+	}
+	vmlinux, err := sk.ensureVmlinux()
+	if errors.Is(err, boot.ErrPayloadFormat) {
+		// Debian 13 compresses its kernel with zstd, which sfvmm's
+		// unpacker does not read; QEMU boots the bzImage itself, a few
+		// seconds slower under TCG.
+		vmlinux, err = sk.Vmlinuz, nil
+	}
 	if err != nil {
 		return exitSetup, fmt.Errorf("unpack kernel: %w", err)
 	}
-	initrd, err := buildInitramfs(b.cache, k)
+	initrd, err := buildInitramfs(b.cache, sk)
 	if err != nil {
 		return exitSetup, fmt.Errorf("build initramfs: %w", err)
 	}
 	pruneRunDirs(b.cache)
 	unlock()
-	return b.runNested(k, vmlinux, initrd)
+	return b.runNested(q, sk, k, vmlinux, initrd)
 }
 
 // cmdEnv is CMD's environment: the caller's, minus what only makes sense

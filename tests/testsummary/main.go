@@ -7,9 +7,8 @@
 // when any test failed or no test ran. make test ends with it so that a
 // reader sees how many tests ran, host and sandbox together.
 //
-// Files are read in order and a test's last result counts: make test reruns
-// KVM tests that failed once in the sandbox, and a test that failed and then
-// passed is listed as FLAKY (and counted as passed).
+// A test reported more than once (the same test in two files) counts as
+// failed if any of its runs failed: a failure is never hidden by a pass.
 package main
 
 import (
@@ -32,9 +31,8 @@ type event struct {
 }
 
 type counts struct {
-	result   map[string]string   // test name -> its last result (pass, fail, skip)
+	result   map[string]string   // test name -> its result (pass, fail, skip); fail sticks
 	order    []string            // test names in first-seen order
-	flaky    []string            // failed, then passed on a rerun
 	badPkgs  map[string]bool     // packages whose last result was a failure
 	output   map[string][]string // test name -> its output lines
 	pkgLines []string            // each package's closing line
@@ -45,10 +43,9 @@ func (c *counts) record(name, action string) {
 	if !seen {
 		c.order = append(c.order, name)
 	}
-	if prev == "fail" && action == "pass" {
-		c.flaky = append(c.flaky, name)
+	if prev != "fail" {
+		c.result[name] = action
 	}
-	c.result[name] = action
 }
 
 func (c *counts) tally() (passed, failed, skipped []string) {
@@ -177,7 +174,7 @@ func main() {
 	for _, l := range []struct {
 		what  string
 		names []string
-	}{{"FLAKY", c.flaky}, {"FAILED", failed}, {"SKIPPED", skipped}, {"FAILED PACKAGE", badPkgs}} {
+	}{{"FAILED", failed}, {"SKIPPED", skipped}, {"FAILED PACKAGE", badPkgs}} {
 		sort.Strings(l.names)
 		for _, n := range l.names {
 			fmt.Printf("%s %s\n", l.what, n)

@@ -143,10 +143,6 @@ func main() {
 	}
 
 	tiny, err := b.tinyFetch()
-	for retry := 0; err != nil && retry < 2; retry++ {
-		fmt.Fprintf(os.Stderr, "bench: forktest fork failed, running it again: %v\n", err)
-		tiny, err = b.tinyFetch()
-	}
 	if err != nil {
 		benchproc.KillAll()
 		fail(err)
@@ -276,28 +272,19 @@ func (b *bench) forkLatency(ns []int) (running, up map[int]time.Duration, stats 
 }
 
 // coldBoot starts n VMs of the same guest at once and returns the median
-// over b.runs of the time until the last prints "up" from its init. A
-// round in which a guest crashes (the nested sandbox does that now and
-// then under load) is reported and run again, at most twice.
+// over b.runs of the time until the last prints "up" from its init.
 func (b *bench) coldBoot(n int) (time.Duration, error) {
 	return b.rounds(fmt.Sprintf("cold boot of %d", n), func() (time.Duration, error) { return b.coldBootOnce(n) })
 }
 
 // rounds runs once b.runs times and returns the median of its results. A
-// round that fails (the nested sandbox crashes a guest now and then under
-// load) is reported and run again, at most twice in all.
+// round that fails ends the benchmark: a crashed guest is a finding.
 func (b *bench) rounds(what string, once func() (time.Duration, error)) (time.Duration, error) {
 	var ds []time.Duration
-	retries := 0
 	for len(ds) < b.runs {
 		d, err := once()
-		if err != nil && retries < 2 {
-			retries++
-			fmt.Fprintf(os.Stderr, "bench: %s failed, running the round again: %v\n", what, err)
-			continue
-		}
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("%s: %w", what, err)
 		}
 		ds = append(ds, d)
 	}
