@@ -269,7 +269,7 @@ func (m *VM) loadKernel() error {
 		}
 		if m.kind == boot.Multiboot {
 			// QEMU hands a multiboot kernel its own file name first.
-			p.Cmdline = strings.TrimSpace(m.cfg.KernelPath + " " + m.cfg.Cmdline)
+			p.Cmdline = boot.MultibootCmdline(m.cfg.KernelPath, m.cfg.Cmdline)
 			if m.cfg.InitrdPath != "" {
 				if p.Modules, err = boot.ParseModules(m.cfg.InitrdPath, os.ReadFile); err != nil {
 					return fmt.Errorf("multiboot modules: %w", err)

@@ -16,15 +16,22 @@
 //	0x0_9000 - 0x0_efff   bzImage and ELF64 page tables: PML4, PDPT, 4 PDs of 2 MiB pages
 //	0x2_0000 - 0x2_ffff   bzImage command line
 //	0x9_fc00 - 0xf_ffff   reserved in the e820 / multiboot memory map
-//	0xe_0000 - 0xe_ffff   ACPI tables (RSDP first)
-//	0xf_0000 - 0xf_ffff   MP floating pointer and configuration table
+//	0xe_0000 - 0xf_ffff   ACPI tables (RSDP first), from 0xe_0000
+//	0xf_0000 - 0xf_ffff   MP floating pointer and configuration table, from 0xf_0000
 //	0x10_0000             bzImage protected-mode kernel
 //	below 3 GiB           bzImage initrd, as high as initrd_addr_max allows
+//
+// The ACPI and MP tables are written after the kernel, each at the lowest
+// free address of its range: an ELF kernel may have segments there (one
+// linked at 1 MiB without a linker script has its ELF headers at 0xff000),
+// and only a kernel that leaves a table no room is refused.
 //
 // Multiboot kernels get only the GDT in low memory, so that 0x1000-0x9_fbff
 // stays theirs (test kernels put AP trampolines at 0x8000); their multiboot
 // information, memory map, command lines and modules follow the kernel's last
-// byte, page aligned, as QEMU places them.
+// byte, page aligned. QEMU puts the command lines and modules there too, but
+// the information structure at 0x9500 and the memory map at 0x9000, where
+// its option ROM can reach them in real mode; sfvmm has no such constraint.
 package boot
 
 import (
@@ -32,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/sfvmm/sfvmm/vmm/boot/acpi"
 	"github.com/sfvmm/sfvmm/vmm/boot/mptable"
@@ -109,7 +117,8 @@ type Params struct {
 	InitrdSize int64
 	// Cmdline is the bzImage command line, or the multiboot info's
 	// cmdline (which, as with QEMU, starts with the kernel's file name:
-	// the VMM prepends it). ELF64 kernels get no boot information.
+	// the VMM prepends it with MultibootCmdline). ELF64 kernels get no
+	// boot information.
 	Cmdline string
 	Initrd  []byte   // bzImage only
 	Modules []Module // multiboot only
@@ -205,9 +214,7 @@ func Load(mem *memory.Memory, p Params) (*Entry, error) {
 	if len(p.Modules) > 0 && kind != Multiboot {
 		return nil, fmt.Errorf("load %s: modules are only for multiboot kernels", kind)
 	}
-	if err := writeTables(mem, cpus); err != nil {
-		return nil, err
-	}
+	p.CPUs = cpus
 	switch kind {
 	case BzImage:
 		return loadBzImage(mem, p)
@@ -220,27 +227,45 @@ func Load(mem *memory.Memory, p Params) (*Entry, error) {
 	}
 }
 
-// writeTables writes the ACPI tables and the MP table into the BIOS area.
-func writeTables(mem *memory.Memory, cpus int) error {
-	t, err := acpi.Build(acpiBase, cpus)
+// writeTables writes the MP table and the ACPI tables where guests scan for
+// them, each at the lowest address of its window that none of the kernel's
+// loaded segments (kernel) covers, and returns the RSDP's address. It runs
+// after the kernel is loaded so that only a kernel filling a window
+// conflicts with the tables: a kernel linked at 1 MiB without a linker
+// script has its ELF headers in a segment at 0xff000, which QEMU loads and
+// so must sfvmm. The MP table goes first, its window being the narrower.
+func writeTables(mem *memory.Memory, cpus int, kernel []span) (rsdp uint64, err error) {
+	// The tables' sizes do not depend on where they go: build once to
+	// learn the size, then again for the address found.
+	mp, err := mptable.Build(mptableWindow, cpus)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if len(t.Data) > acpiMax {
-		return fmt.Errorf("acpi: %d bytes of tables exceed the %d reserved", len(t.Data), acpiMax)
-	}
-	if _, err := mem.WriteAt(t.Data, acpiBase); err != nil {
-		return fmt.Errorf("acpi: write tables: %w", err)
-	}
-	mp, err := mptable.Build(mptableBase, cpus)
+	mpAt, err := findFree(mptableWindow, biosAreaEnd, uint64(len(mp)), mptableAlign, kernel)
 	if err != nil {
-		return err
+		return 0, fmt.Errorf("mptable: %w", err)
 	}
-	if len(mp) > mptableMax {
-		return fmt.Errorf("mptable: %d bytes exceed the %d reserved", len(mp), mptableMax)
+	if mp, err = mptable.Build(mpAt, cpus); err != nil {
+		return 0, err
 	}
-	if _, err := mem.WriteAt(mp, mptableBase); err != nil {
-		return fmt.Errorf("mptable: write table: %w", err)
+	if _, err := mem.WriteAt(mp, int64(mpAt)); err != nil {
+		return 0, fmt.Errorf("mptable: write table: %w", err)
 	}
-	return nil
+
+	used := append(slices.Clip(kernel), span{mpAt, uint64(len(mp)), "MP table"})
+	t, err := acpi.Build(acpiWindow, cpus)
+	if err != nil {
+		return 0, err
+	}
+	acpiAt, err := findFree(acpiWindow, biosAreaEnd, uint64(len(t.Data)), acpiAlign, used)
+	if err != nil {
+		return 0, fmt.Errorf("acpi: %w", err)
+	}
+	if t, err = acpi.Build(acpiAt, cpus); err != nil {
+		return 0, err
+	}
+	if _, err := mem.WriteAt(t.Data, int64(acpiAt)); err != nil {
+		return 0, fmt.Errorf("acpi: write tables: %w", err)
+	}
+	return t.RSDP(), nil
 }

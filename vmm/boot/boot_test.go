@@ -1,11 +1,13 @@
 package boot
 
 import (
+	"bytes"
 	"errors"
 	"math/rand"
 	"strings"
 	"testing"
 
+	"github.com/sfvmm/sfvmm/vmm/boot/mptable"
 	"github.com/sfvmm/sfvmm/vmm/memory"
 )
 
@@ -90,8 +92,18 @@ func TestLoadRefuses(t *testing.T) {
 		{"multiboot segment beyond RAM", 16 << 20, Params{Kernel: makeELF(elfClass32, 0x200_0000, []seg{{paddr: 0x200_0000, data: mbHeaderBytes(0), memsz: 0x1000}})},
 			"multiboot: segment at 0x2000000 size 4096 is beyond RAM (16 MiB)"},
 		{"multiboot bss beyond RAM", 16 << 20, Params{Kernel: makeMultibootELF(payload(64, 1), 16<<20)}, "multiboot: segment at 0x100000 size 16777292 is beyond RAM (16 MiB)"},
-		{"multiboot segment in BIOS area", 16 << 20, Params{Kernel: makeELF(elfClass32, 0xf8000, []seg{{paddr: 0xf8000, data: mbHeaderBytes(0)}})},
-			"multiboot: segment at 0xf8000 size 12: [0xf8000, 0xf800c) overlaps the BIOS area"},
+		{"multiboot segment filling the MP table's range", 16 << 20, Params{Kernel: makeELF(elfClass32, 0xe0000, []seg{{paddr: 0xe0000, data: mbHeaderBytes(0), memsz: 0x20000}})},
+			"multiboot: mptable: no room for 240 bytes in [0xf0000, 0x100000) beside the kernel segment at [0xe0000, 0x100000)"},
+		{"multiboot segment leaving the ACPI tables no room", 16 << 20, Params{Kernel: makeELF(elfClass32, 0xe0000, []seg{{paddr: 0xe0000, data: mbHeaderBytes(0), memsz: 0x1ff00}})},
+			"multiboot: acpi: no room for 688 bytes in [0xe0000, 0x100000) beside the kernel segment at [0xe0000, 0xfff00) and the MP table at [0xfff00, 0xffff0)"},
+		{"ELF64 segment filling the BIOS area", 16 << 20, Params{Kernel: makeELF(elfClass64, 0xe0000, []seg{{paddr: 0x9f000, data: payload(64, 1), memsz: 0x61000}})},
+			"elf64: mptable: no room for 240 bytes in [0xf0000, 0x100000) beside the kernel segment at [0x9f000, 0x100000)"},
+		{"multiboot code segment beyond RAM", 128 << 20, Params{Kernel: makeELF(elfClass32, 0x10_0000, []seg{
+			{paddr: 0x10_0000, data: mbHeaderBytes(0)}, {paddr: 0x804_8114, data: payload(0x24, 1)}})},
+			"multiboot: segment at 0x8048114 size 36 is beyond RAM (128 MiB)"},
+		{"multiboot note segment with bss beyond RAM", 128 << 20, Params{Kernel: makeELF(elfClass32, 0x10_0000, []seg{
+			{paddr: 0x10_0000, data: mbHeaderBytes(0)}, {paddr: 0x804_8114, data: payload(0x24, 1), memsz: 0x30, note: true}})},
+			"multiboot: segment at 0x8048114 size 48 is beyond RAM (128 MiB)"},
 		{"multiboot segment over GDT", 16 << 20, Params{Kernel: makeELF(elfClass32, 0x400, []seg{{paddr: 0x400, data: mbHeaderBytes(0), memsz: 0x200}})}, "overlaps the GDT"},
 		{"multiboot ELF64", 16 << 20, Params{Kernel: makeELF(elfClass64, 0x10_0000, []seg{{paddr: 0x10_0000, data: mbHeaderBytes(0)}})}, "ELF64 images must use the a.out kludge"},
 		{"multiboot unknown required flag", 16 << 20, Params{Kernel: makeELF(elfClass32, 0x10_0000, []seg{{paddr: 0x10_0000, data: mbHeaderBytes(1 << 3)}})}, "requires features 0x8"},
@@ -204,8 +216,8 @@ func checkLong64(t *testing.T, mem *memory.Memory, e *Entry) {
 }
 
 // checkTables finds the MP floating pointer and the RSDP the way a guest
-// does and counts the processors both describe.
-func checkTables(t *testing.T, mem *memory.Memory, cpus int) {
+// does, counts the processors both describe, and returns their addresses.
+func checkTables(t *testing.T, mem *memory.Memory, cpus int) (mpAddr, rsdpAddr uint64) {
 	t.Helper()
 	bios := read(t, mem, 0xe0000, 0x20000)
 	sum := func(b []byte) (s byte) {
@@ -251,6 +263,63 @@ func checkTables(t *testing.T, mem *memory.Memory, cpus int) {
 	}
 	if string(madt[:4]) != "APIC" || sum(madt) != 0 || procs != cpus {
 		t.Errorf("MADT %q: checksum %#x, %d processors, want %d", madt[:4], sum(madt), procs, cpus)
+	}
+	return 0xe0000 + uint64(mp), 0xe0000 + uint64(rsdp)
+}
+
+// TestLoadTablesAroundKernel loads kernels with segments where the MP and
+// ACPI tables go by default: the tables move to the lowest free place in
+// the range guests scan, and the kernel's bytes stay as loaded.
+func TestLoadTablesAroundKernel(t *testing.T) {
+	const cpus = 2
+	mp, err := mptable.Build(0xf0000, cpus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mpLen := uint64(len(mp))
+	text := append(mbHeaderBytes(mbPageAlign|mbMemInfo), payload(0x100, 0x41)...)
+	for _, tc := range []struct {
+		name     string
+		class    byte
+		segs     []seg
+		mp, rsdp uint64
+		info     uint64 // multiboot: the info's address (from 1 MiB when the kernel ends in the BIOS area)
+	}{
+		// gcc -m32 -Wl,-Ttext=0x100000 without a linker script: the ELF
+		// headers in a read-only segment of their own at 0xff000.
+		{"ELF headers at 0xff000", elfClass32, []seg{{paddr: 0xff000, data: payload(0x114, 0x51)}, {paddr: 0x10_0000, data: text, memsz: 0x3000}},
+			0xf0000, 0xe0000, 0x10_3000},
+		{"segment over the MP table's place", elfClass32, []seg{{paddr: 0xf0000, data: text, memsz: 0x2010}},
+			0xf2010, 0xe0000, 0x10_0000},
+		{"segment over the ACPI tables' place", elfClass32, []seg{{paddr: 0xe0000, data: text, memsz: 0x8010}},
+			0xf0000, 0xe8040, 0x10_0000},
+		{"segment over both", elfClass32, []seg{{paddr: 0xe0000, data: text, memsz: 0x18000}},
+			0xf8000, alignUp(0xf8000+mpLen, 64), 0x10_0000},
+		{"ELF64 segment over the MP table's place", elfClass64, []seg{{paddr: 0xf0000, data: payload(0x100, 0x61)}, {paddr: 0x20_0000, data: payload(0x100, 0x71)}},
+			0xf0100, 0xe0000, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := makeELF(tc.class, tc.segs[len(tc.segs)-1].paddr, tc.segs)
+			mem := newMem(t, 16<<20)
+			e, err := Load(mem, Params{Kernel: img, CPUs: cpus})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range tc.segs {
+				memsz := max(s.memsz, uint64(len(s.data)))
+				want := append(bytes.Clone(s.data), make([]byte, memsz-uint64(len(s.data)))...)
+				if got := read(t, mem, s.paddr, memsz); !bytes.Equal(got, want) {
+					t.Errorf("segment at %#x differs after Load", s.paddr)
+				}
+			}
+			mpAt, rsdpAt := checkTables(t, mem, cpus)
+			if mpAt != tc.mp || rsdpAt != tc.rsdp {
+				t.Errorf("MP floating pointer at %#x, RSDP at %#x; want %#x, %#x", mpAt, rsdpAt, tc.mp, tc.rsdp)
+			}
+			if tc.info != 0 && e.RBX != tc.info {
+				t.Errorf("multiboot information at %#x, want %#x", e.RBX, tc.info)
+			}
+		})
 	}
 }
 

@@ -40,7 +40,7 @@ type elfFile struct {
 	Machine uint16
 	Entry   uint64
 	Loads   []elfSegment
-	Notes   []elfSegment // PT_NOTE headers of an ELF64 file (within the file)
+	Notes   []elfSegment // PT_NOTE headers (Off and Filesz, within the file)
 }
 
 // parseELF reads the ELF header and the PT_LOAD program headers of a
@@ -86,29 +86,27 @@ func parseELFSized(b []byte, size int64) (*elfFile, error) {
 	}
 	for i := uint64(0); i < phnum; i++ {
 		h := b[phoff+i*phentsize:]
+		typ := le.Uint32(h[0:])
 		var s elfSegment
 		if f.Class == elfClass32 {
-			if le.Uint32(h[0:]) != ptLoad {
-				continue
-			}
 			s = elfSegment{
 				Off: uint64(le.Uint32(h[4:])), Vaddr: uint64(le.Uint32(h[8:])), Paddr: uint64(le.Uint32(h[12:])),
 				Filesz: uint64(le.Uint32(h[16:])), Memsz: uint64(le.Uint32(h[20:])),
 			}
 		} else {
-			if typ := le.Uint32(h[0:]); typ == ptNote {
-				n := elfSegment{Off: le.Uint64(h[8:]), Filesz: le.Uint64(h[32:])}
-				if n.Off <= uint64(size) && n.Filesz <= uint64(size)-n.Off {
-					f.Notes = append(f.Notes, n)
-				}
-				continue
-			} else if typ != ptLoad {
-				continue
-			}
 			s = elfSegment{
 				Off: le.Uint64(h[8:]), Vaddr: le.Uint64(h[16:]), Paddr: le.Uint64(h[24:]),
 				Filesz: le.Uint64(h[32:]), Memsz: le.Uint64(h[40:]),
 			}
+		}
+		if typ == ptNote {
+			if s.Off <= uint64(size) && s.Filesz <= uint64(size)-s.Off {
+				f.Notes = append(f.Notes, elfSegment{Off: s.Off, Filesz: s.Filesz})
+			}
+			continue
+		}
+		if typ != ptLoad {
+			continue
 		}
 		if s.Filesz > s.Memsz {
 			return nil, fmt.Errorf("segment %d: file size %d exceeds memory size %d", i, s.Filesz, s.Memsz)
@@ -151,24 +149,59 @@ func (f *elfFile) physEntry() uint64 {
 // loadSegments copies each PT_LOAD segment of f to its physical address and
 // zeroes its bss, refusing segments outside RAM or over a reserved span;
 // the bytes come from file when it is set (straight into guest RAM), else
-// from b. It returns the end of the highest segment.
-func loadSegments(mem *memory.Memory, f *elfFile, b []byte, file io.ReaderAt, reserved []span) (uint64, error) {
-	var end uint64
+// from b. It returns where the segments went, for the tables and the boot
+// information to keep clear of.
+//
+// Like QEMU's load_elf, it loads every PT_LOAD segment, the ELF headers at
+// 0xff000 of a kernel linked at 1 MiB without a linker script included. The
+// one segment it leaves out is a segment of ELF notes beyond RAM: ld without
+// a script puts .note.gnu.build-id in a segment of its own at its default
+// base, 0x08048000, past the end of a 128 MiB guest, and nothing needs it to
+// run (QEMU drops whatever lies beyond RAM). Any other segment beyond RAM is
+// refused: the kernel would run without its code or data.
+func loadSegments(mem *memory.Memory, f *elfFile, b []byte, file io.ReaderAt, reserved []span) ([]span, error) {
+	var loaded []span
 	for _, s := range f.Loads {
 		dst, err := mem.Slice(s.Paddr, s.Memsz)
 		if err != nil {
-			return 0, fmt.Errorf("segment at %#x size %d is beyond RAM (%d MiB)", s.Paddr, s.Memsz, mem.Size()>>20)
+			if f.onlyNotes(s) {
+				continue
+			}
+			return nil, fmt.Errorf("segment at %#x size %d is beyond RAM (%d MiB)", s.Paddr, s.Memsz, mem.Size()>>20)
 		}
 		if err := checkFree(s.Paddr, s.Memsz, reserved); err != nil {
-			return 0, fmt.Errorf("segment at %#x size %d: %w", s.Paddr, s.Memsz, err)
+			return nil, fmt.Errorf("segment at %#x size %d: %w", s.Paddr, s.Memsz, err)
 		}
 		if err := place(mem, s.Paddr, b, file, int64(s.Off), int64(s.Filesz)); err != nil {
-			return 0, fmt.Errorf("segment at %#x: %w", s.Paddr, err)
+			return nil, fmt.Errorf("segment at %#x: %w", s.Paddr, err)
 		}
 		clear(dst[s.Filesz:])
-		end = max(end, s.Paddr+s.Memsz)
+		loaded = append(loaded, span{s.Paddr, s.Memsz, "kernel segment"})
 	}
-	return end, nil
+	return loaded, nil
+}
+
+// onlyNotes reports whether segment s holds nothing but ELF notes: no bss,
+// and its file bytes within those of a PT_NOTE header.
+func (f *elfFile) onlyNotes(s elfSegment) bool {
+	if s.Filesz != s.Memsz {
+		return false
+	}
+	for _, n := range f.Notes {
+		if s.Off >= n.Off && s.Off+s.Filesz <= n.Off+n.Filesz {
+			return true
+		}
+	}
+	return false
+}
+
+// spansEnd is where the highest of spans ends (0 for none).
+func spansEnd(spans []span) uint64 {
+	var e uint64
+	for _, s := range spans {
+		e = max(e, s.Addr+s.Size)
+	}
+	return e
 }
 
 // loadELF64 loads an x86-64 ELF kernel at its physical addresses and enters
@@ -182,14 +215,17 @@ func loadELF64(mem *memory.Memory, p Params) (*Entry, error) {
 		{gdtAddr, 0x100, "GDT"},
 		{stackBase, stackTop + 0x10 - stackBase, "boot stack"},
 		{pml4Addr, pageTablesEnd - pml4Addr, "page tables"},
-		biosArea(),
 	}
-	if _, err := loadSegments(mem, f, p.Kernel, nil, reserved); err != nil {
+	loaded, err := loadSegments(mem, f, p.Kernel, nil, reserved)
+	if err != nil {
 		return nil, fmt.Errorf("elf64: %w", err)
 	}
 	entry := f.physEntry()
 	if entry >= 1<<32 {
 		return nil, fmt.Errorf("elf64: entry point %#x is outside the identity-mapped low 4 GiB", f.Entry)
+	}
+	if _, err := writeTables(mem, p.CPUs, loaded); err != nil {
+		return nil, fmt.Errorf("elf64: %w", err)
 	}
 	e, err := long64Entry(mem, entry, stackTop, 0)
 	if err != nil {

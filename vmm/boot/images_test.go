@@ -60,11 +60,12 @@ type seg struct {
 	paddr, vaddr uint64
 	data         []byte
 	memsz        uint64
+	note         bool // a PT_NOTE header covers the data too
 }
 
 // makeELF builds an ELF file of the given class (1 or 2) with PT_LOAD
-// segments whose data starts at file offset 0x1000; prefix is written at
-// that offset before the first segment's data (a multiboot header).
+// segments whose data starts at file offset 0x1000, followed by the PT_NOTE
+// headers of the note segments.
 func makeELF(class byte, entry uint64, segs []seg) []byte {
 	ehsize, phsize := 52, 32
 	machine := uint16(emI386)
@@ -73,6 +74,7 @@ func makeELF(class byte, entry uint64, segs []seg) []byte {
 	}
 	off := 0x1000
 	img := make([]byte, off)
+	var notes []int // program header indexes of the note segments
 	copy(img, "\x7fELF")
 	img[4], img[5], img[6] = class, elfDataLSB, 1
 	le.PutUint16(img[16:], elfTypeExec)
@@ -101,20 +103,30 @@ func makeELF(class byte, entry uint64, segs []seg) []byte {
 			le.PutUint32(ph[20:], uint32(memsz))
 			le.PutUint32(ph[24:], 7)
 		}
+		if s.note {
+			notes = append(notes, i)
+		}
 		img = append(img, s.data...)
 	}
+	// A PT_NOTE header is its PT_LOAD's copy with another type.
+	for i, n := range notes {
+		ph := img[ehsize+(len(segs)+i)*phsize:]
+		copy(ph[:phsize], img[ehsize+n*phsize:])
+		le.PutUint32(ph[0:], ptNote)
+	}
+	phnum := uint16(len(segs) + len(notes))
 	if class == elfClass64 {
 		le.PutUint64(img[24:], entry)
 		le.PutUint64(img[32:], uint64(ehsize))
 		le.PutUint16(img[52:], uint16(ehsize))
 		le.PutUint16(img[54:], uint16(phsize))
-		le.PutUint16(img[56:], uint16(len(segs)))
+		le.PutUint16(img[56:], phnum)
 	} else {
 		le.PutUint32(img[24:], uint32(entry))
 		le.PutUint32(img[28:], uint32(ehsize))
 		le.PutUint16(img[40:], uint16(ehsize))
 		le.PutUint16(img[42:], uint16(phsize))
-		le.PutUint16(img[44:], uint16(len(segs)))
+		le.PutUint16(img[44:], phnum)
 	}
 	return img
 }

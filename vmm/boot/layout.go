@@ -2,6 +2,8 @@ package boot
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/sfvmm/sfvmm/vmm/boot/mptable"
 	"github.com/sfvmm/sfvmm/vmm/memory"
@@ -23,11 +25,15 @@ const (
 
 	ebdaStart    = 0x9_fc00 // end of usable conventional memory (639 KiB)
 	biosAreaEnd  = 0x10_0000
-	acpiBase     = 0xe_0000
-	acpiMax      = 0x1_0000
-	mptableBase  = 0xf_0000
-	mptableMax   = 0x1_0000
 	highMemStart = 0x10_0000 // 1 MiB
+
+	// Guests without firmware to ask scan 0xe0000-0xfffff for the ACPI
+	// RSDP and 0xf0000-0xfffff for the MP floating pointer; each set of
+	// tables goes in its window, at the lowest free address.
+	acpiWindow    = 0xe_0000
+	acpiAlign     = 64 // acpi.Build's alignment
+	mptableWindow = 0xf_0000
+	mptableAlign  = 16 // the MP spec's, for the floating pointer
 
 	maxCPUs = mptable.MaxCPUs
 )
@@ -87,18 +93,37 @@ func (s span) overlaps(addr, size uint64) bool {
 
 func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
 
+func (s span) String() string { return fmt.Sprintf("%s at [%#x, %#x)", s.Name, s.Addr, s.Addr+s.Size) }
+
 // checkFree refuses [addr, addr+size) when it overlaps a reserved span.
 func checkFree(addr, size uint64, reserved []span) error {
 	for _, s := range reserved {
 		if s.overlaps(addr, size) {
-			return fmt.Errorf("[%#x, %#x) overlaps the %s at [%#x, %#x)", addr, addr+size, s.Name, s.Addr, s.Addr+s.Size)
+			return fmt.Errorf("[%#x, %#x) overlaps the %v", addr, addr+size, s)
 		}
 	}
 	return nil
 }
 
-// biosArea is reserved for every kind: the memory map marks it reserved and
-// the MP and ACPI tables live in it.
-func biosArea() span {
-	return span{ebdaStart, biosAreaEnd - ebdaStart, "BIOS area (MP and ACPI tables)"}
+// findFree returns the lowest align-aligned address a with [a, a+size)
+// inside [start, end) and clear of every span in used. When there is none,
+// the error names the spans that take the window.
+func findFree(start, end, size, align uint64, used []span) (uint64, error) {
+	for a := alignUp(start, align); a+size <= end; {
+		i := slices.IndexFunc(used, func(s span) bool { return s.overlaps(a, size) })
+		if i < 0 {
+			return a, nil
+		}
+		a = alignUp(used[i].Addr+used[i].Size, align) // past the span: a only grows
+	}
+	var in []string
+	for _, s := range used {
+		if s.overlaps(start, end-start) {
+			in = append(in, s.String())
+		}
+	}
+	if len(in) == 0 {
+		return 0, fmt.Errorf("%d bytes do not fit in [%#x, %#x)", size, start, end)
+	}
+	return 0, fmt.Errorf("no room for %d bytes in [%#x, %#x) beside the %s", size, start, end, strings.Join(in, " and the "))
 }

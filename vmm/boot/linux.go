@@ -111,13 +111,17 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	if err := place(mem, kernelAddr, img, p.KernelFile, int64(setupLen), int64(kernelLen)); err != nil {
 		return nil, fmt.Errorf("bzimage: write kernel: %w", err)
 	}
+	rsdp, err := writeTables(mem, p.CPUs, nil) // the kernel is above 1 MiB
+	if err != nil {
+		return nil, fmt.Errorf("bzimage: %w", err)
+	}
 
 	zp := make([]byte, memory.PageSize)
 	copy(zp[hdrSetupSects:hdrEnd], img[hdrSetupSects:hdrEnd])
 	zp[hdrTypeOfLoader] = loaderUnknown
 	zp[hdrLoadFlags] |= canUseHeap
 	le.PutUint16(zp[hdrHeapEndPtr:], heapEnd)
-	le.PutUint64(zp[bpACPIRSDPAddr:], acpiBase)
+	le.PutUint64(zp[bpACPIRSDPAddr:], rsdp)
 
 	e, err := finishZeroPage(mem, p, zp, max(kernelEnd, runEnd), low, kernelAddr+entry64Offset)
 	if err != nil {
@@ -243,15 +247,18 @@ func loadVmlinux(mem *memory.Memory, p Params) (*Entry, error) {
 		{stackBase, stackTop + 0x10 - stackBase, "boot stack"},
 		{pml4Addr, pageTablesEnd - pml4Addr, "page tables"},
 		{cmdlineAddr, cmdlineMax, "command line"},
-		biosArea(),
 	}
-	end, err := loadSegments(mem, f, p.Kernel, p.KernelFile, reserved)
+	loaded, err := loadSegments(mem, f, p.Kernel, p.KernelFile, reserved)
 	if err != nil {
 		return nil, fmt.Errorf("vmlinux: %w", err)
 	}
 	entry := f.physEntry()
 	if entry >= 1<<32 {
 		return nil, fmt.Errorf("vmlinux: entry point %#x is outside the identity-mapped low 4 GiB", f.Entry)
+	}
+	rsdp, err := writeTables(mem, p.CPUs, loaded)
+	if err != nil {
+		return nil, fmt.Errorf("vmlinux: %w", err)
 	}
 	zp := make([]byte, memory.PageSize)
 	le.PutUint16(zp[bootFlagOffset:], bootFlag)
@@ -263,8 +270,8 @@ func loadVmlinux(mem *memory.Memory, p Params) (*Entry, error) {
 	le.PutUint32(zp[hdrInitrdAddrMax:], vmlinuxInitrdMax)
 	le.PutUint32(zp[hdrKernelAlign:], vmlinuxKernelAlign)
 	le.PutUint32(zp[hdrCmdlineSize:], vmlinuxCmdlineSize)
-	le.PutUint64(zp[bpACPIRSDPAddr:], acpiBase)
-	e, err := finishZeroPage(mem, p, zp, end, lowEnd(mem), entry)
+	le.PutUint64(zp[bpACPIRSDPAddr:], rsdp)
+	e, err := finishZeroPage(mem, p, zp, spansEnd(loaded), lowEnd(mem), entry)
 	if err != nil {
 		return nil, fmt.Errorf("vmlinux: %w", err)
 	}

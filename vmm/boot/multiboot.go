@@ -22,6 +22,7 @@ const (
 
 	// multiboot_info flags
 	mbiMem      = 1 << 0
+	mbiBootDev  = 1 << 1
 	mbiCmdline  = 1 << 2
 	mbiMods     = 1 << 3
 	mbiMmap     = 1 << 6
@@ -32,6 +33,7 @@ const (
 	loaderName  = "sfvmm"
 	mbStackTop  = 0x7c00 // where the boot sector was; a multiboot kernel sets its own stack
 	mbInfoAlign = memory.PageSize
+	bootDevice  = 0x8000_ffff // QEMU's boot_device: BIOS drive 0x80, no partition
 )
 
 // Offsets in struct multiboot_info.
@@ -39,6 +41,7 @@ const (
 	mbiFlags      = 0
 	mbiMemLower   = 4
 	mbiMemUpper   = 8
+	mbiBootDevice = 12
 	mbiCmdlinePtr = 16
 	mbiModsCount  = 20
 	mbiModsAddr   = 24
@@ -80,7 +83,8 @@ func findMultiboot(b []byte) (mbHeader, bool) {
 // loadMultiboot loads a multiboot kernel the way QEMU's -kernel does: the
 // image at its physical addresses, then, page aligned after its last byte,
 // the multiboot information (with memory map and command lines) and each
-// module, page aligned. Only the GDT and the BIOS-area tables are elsewhere.
+// module, page aligned. Only the GDT and the BIOS-area tables, which make
+// way for the kernel's segments, are elsewhere.
 func loadMultiboot(mem *memory.Memory, p Params) (*Entry, error) {
 	h, ok := findMultiboot(p.Kernel)
 	if !ok {
@@ -89,18 +93,22 @@ func loadMultiboot(mem *memory.Memory, p Params) (*Entry, error) {
 	if unknown := h.Flags & 0xffff &^ mbKnownFlags; unknown != 0 {
 		return nil, fmt.Errorf("multiboot: header requires features %#x this loader does not know", unknown)
 	}
-	reserved := []span{{gdtAddr, 0x100, "GDT"}, biosArea()}
-	var end, entry uint64
+	reserved := []span{{gdtAddr, 0x100, "GDT"}}
+	var loaded []span
+	var entry uint64
 	var err error
 	if h.Flags&mbAoutKludge != 0 {
-		end, entry, err = loadAout(mem, p.Kernel, h, reserved)
+		loaded, entry, err = loadAout(mem, p.Kernel, h, reserved)
 	} else {
-		end, entry, err = loadMultibootELF(mem, p.Kernel, reserved)
+		loaded, entry, err = loadMultibootELF(mem, p.Kernel, reserved)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("multiboot: %w", err)
 	}
-	info, err := writeMultibootInfo(mem, p, end)
+	if _, err := writeTables(mem, p.CPUs, loaded); err != nil {
+		return nil, fmt.Errorf("multiboot: %w", err)
+	}
+	info, err := writeMultibootInfo(mem, p, spansEnd(loaded))
 	if err != nil {
 		return nil, fmt.Errorf("multiboot: %w", err)
 	}
@@ -114,59 +122,59 @@ func loadMultiboot(mem *memory.Memory, p Params) (*Entry, error) {
 // loadAout loads the image by the header's address fields: the file from
 // the offset that corresponds to load_addr up to load_end_addr (0: the end
 // of the file), then zeroes up to bss_end_addr (0: no bss).
-func loadAout(mem *memory.Memory, b []byte, h mbHeader, reserved []span) (end, entry uint64, err error) {
+func loadAout(mem *memory.Memory, b []byte, h mbHeader, reserved []span) (loaded []span, entry uint64, err error) {
 	if h.Off+32 > len(b) {
-		return 0, 0, errors.New("truncated header: the a.out kludge fields are missing")
+		return nil, 0, errors.New("truncated header: the a.out kludge fields are missing")
 	}
 	if h.HeaderAddr < h.LoadAddr || uint64(h.HeaderAddr-h.LoadAddr) > uint64(h.Off) {
-		return 0, 0, fmt.Errorf("header_addr %#x and load_addr %#x put the load start before the file", h.HeaderAddr, h.LoadAddr)
+		return nil, 0, fmt.Errorf("header_addr %#x and load_addr %#x put the load start before the file", h.HeaderAddr, h.LoadAddr)
 	}
 	off := uint64(h.Off) - uint64(h.HeaderAddr-h.LoadAddr)
 	size := uint64(len(b)) - off
 	if h.LoadEndAddr != 0 {
 		if h.LoadEndAddr < h.LoadAddr {
-			return 0, 0, fmt.Errorf("load_end_addr %#x is below load_addr %#x", h.LoadEndAddr, h.LoadAddr)
+			return nil, 0, fmt.Errorf("load_end_addr %#x is below load_addr %#x", h.LoadEndAddr, h.LoadAddr)
 		}
 		size = uint64(h.LoadEndAddr - h.LoadAddr)
 		if size > uint64(len(b))-off {
-			return 0, 0, fmt.Errorf("load_end_addr %#x needs %d bytes from file offset %#x; the file has %d", h.LoadEndAddr, size, off, uint64(len(b))-off)
+			return nil, 0, fmt.Errorf("load_end_addr %#x needs %d bytes from file offset %#x; the file has %d", h.LoadEndAddr, size, off, uint64(len(b))-off)
 		}
 	}
 	memsz := size
 	if h.BSSEndAddr != 0 {
 		if uint64(h.BSSEndAddr) < uint64(h.LoadAddr)+size {
-			return 0, 0, fmt.Errorf("bss_end_addr %#x is below the end of the loaded image %#x", h.BSSEndAddr, uint64(h.LoadAddr)+size)
+			return nil, 0, fmt.Errorf("bss_end_addr %#x is below the end of the loaded image %#x", h.BSSEndAddr, uint64(h.LoadAddr)+size)
 		}
 		memsz = uint64(h.BSSEndAddr - h.LoadAddr)
 	}
 	if memsz == 0 {
-		return 0, 0, errors.New("a.out kludge loads nothing")
+		return nil, 0, errors.New("a.out kludge loads nothing")
 	}
 	f := &elfFile{Loads: []elfSegment{{Off: off, Paddr: uint64(h.LoadAddr), Filesz: size, Memsz: memsz}}}
-	end, err = loadSegments(mem, f, b, nil, reserved)
-	return end, uint64(h.EntryAddr), err
+	loaded, err = loadSegments(mem, f, b, nil, reserved)
+	return loaded, uint64(h.EntryAddr), err
 }
 
 // loadMultibootELF loads an ELF32 image's segments at their physical
 // addresses. Like QEMU, it refuses ELF64: a multiboot kernel starts in
 // 32-bit mode, and one built as ELF64 must say where to load it with the
 // a.out kludge.
-func loadMultibootELF(mem *memory.Memory, b []byte, reserved []span) (end, entry uint64, err error) {
+func loadMultibootELF(mem *memory.Memory, b []byte, reserved []span) (loaded []span, entry uint64, err error) {
 	if !isELF(b) {
-		return 0, 0, errors.New("not an ELF file, and the header has no a.out kludge addresses")
+		return nil, 0, errors.New("not an ELF file, and the header has no a.out kludge addresses")
 	}
 	if b[4] != elfClass32 {
-		return 0, 0, errors.New("ELF64 images must use the a.out kludge: multiboot loads ELF32 only")
+		return nil, 0, errors.New("ELF64 images must use the a.out kludge: multiboot loads ELF32 only")
 	}
 	f, err := parseELF(b)
 	if err != nil {
-		return 0, 0, err
+		return nil, 0, err
 	}
 	if f.Machine != emI386 {
-		return 0, 0, fmt.Errorf("ELF machine %d is not i386 (%d)", f.Machine, emI386)
+		return nil, 0, fmt.Errorf("ELF machine %d is not i386 (%d)", f.Machine, emI386)
 	}
-	end, err = loadSegments(mem, f, b, nil, reserved)
-	return end, f.physEntry(), err
+	loaded, err = loadSegments(mem, f, b, nil, reserved)
+	return loaded, f.physEntry(), err
 }
 
 // writeMultibootInfo writes, from the page after kernelEnd: the
@@ -214,9 +222,10 @@ func writeMultibootInfo(mem *memory.Memory, p Params, kernelEnd uint64) (uint64,
 		le.PutUint32(buf[w+20:], e.Type)
 		w += mbiMmapLen
 	}
-	le.PutUint32(buf[mbiFlags:], mbiMem|mbiCmdline|mbiMods|mbiMmap|mbiLoader)
+	le.PutUint32(buf[mbiFlags:], mbiMem|mbiBootDev|mbiCmdline|mbiMods|mbiMmap|mbiLoader)
 	le.PutUint32(buf[mbiMemLower:], ebdaStart>>10)
 	le.PutUint32(buf[mbiMemUpper:], uint32((low-highMemStart)>>10))
+	le.PutUint32(buf[mbiBootDevice:], bootDevice)
 	le.PutUint32(buf[mbiCmdlinePtr:], str(p.Cmdline))
 	le.PutUint32(buf[mbiModsCount:], uint32(len(p.Modules)))
 	le.PutUint32(buf[mbiModsAddr:], uint32(base)+uint32(modsAt))
@@ -239,6 +248,14 @@ func writeMultibootInfo(mem *memory.Memory, p Params, kernelEnd uint64) (uint64,
 		return 0, fmt.Errorf("write boot information: %w", err)
 	}
 	return base, nil
+}
+
+// MultibootCmdline is the command line QEMU hands a multiboot kernel: the
+// kernel's file name as given, a space, then the -append string, the space
+// kept when that is empty. A kernel that finds its arguments after the first
+// space then finds them, empty or not, as under QEMU.
+func MultibootCmdline(kernelPath, cmdline string) string {
+	return kernelPath + " " + cmdline
 }
 
 // ParseModules parses QEMU's -initrd syntax for multiboot modules: a

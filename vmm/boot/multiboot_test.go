@@ -13,6 +13,7 @@ import (
 // mbInfo is the multiboot information as a guest reads it.
 type mbInfo struct {
 	flags, memLower, memUpper uint32
+	bootDevice                uint32
 	cmdline, loader           string
 	mods                      []mbMod
 	mmap                      []e820Entry
@@ -27,11 +28,10 @@ func readInfo(t *testing.T, mem *memory.Memory, addr uint64) mbInfo {
 	t.Helper()
 	b := read(t, mem, addr, mbiLen)
 	i := mbInfo{
-		flags: le.Uint32(b[0:]), memLower: le.Uint32(b[4:]), memUpper: le.Uint32(b[8:]),
-		cmdline: cstring(t, mem, uint64(le.Uint32(b[16:]))),
-		loader:  cstring(t, mem, uint64(le.Uint32(b[64:]))),
+		flags: le.Uint32(b[0:]), memLower: le.Uint32(b[4:]), memUpper: le.Uint32(b[8:]), bootDevice: le.Uint32(b[12:]),
+		cmdline: cstring(t, mem, uint64(le.Uint32(b[16:]))), loader: cstring(t, mem, uint64(le.Uint32(b[64:]))),
 	}
-	if !bytes.Equal(b[68:], make([]byte, mbiLen-68)) || !bytes.Equal(b[28:44], make([]byte, 16)) || le.Uint32(b[12:]) != 0 {
+	if !bytes.Equal(b[68:], make([]byte, mbiLen-68)) || !bytes.Equal(b[28:44], make([]byte, 16)) {
 		t.Errorf("info has stray bytes: % x", b)
 	}
 	for n, p := 0, uint64(le.Uint32(b[24:])); n < int(le.Uint32(b[20:])); n, p = n+1, p+16 {
@@ -102,8 +102,10 @@ func TestLoadMultiboot(t *testing.T) {
 
 			info := readInfo(t, mem, e.RBX)
 			lowTop := min(tc.ram, 3*gib)
-			if info.flags != 0x24d || info.memLower != 639 || uint64(info.memUpper) != (lowTop-0x10_0000)>>10 {
-				t.Errorf("flags %#x mem_lower %d mem_upper %d", info.flags, info.memLower, info.memUpper)
+			// QEMU's flags and boot_device: memory, boot device, command
+			// line, modules, memory map, loader name.
+			if info.flags != 0x24f || info.memLower != 639 || uint64(info.memUpper) != (lowTop-0x10_0000)>>10 || info.bootDevice != 0x8000ffff {
+				t.Errorf("flags %#x mem_lower %d mem_upper %d boot_device %#x", info.flags, info.memLower, info.memUpper, info.bootDevice)
 			}
 			if info.cmdline != cmdline || info.loader != "sfvmm" {
 				t.Errorf("cmdline %q loader %q", info.cmdline, info.loader)
@@ -216,6 +218,60 @@ func TestParseModules(t *testing.T) {
 		}
 		if s := "[" + strings.Join(got, " ") + "]"; s != tc.want {
 			t.Errorf("ParseModules(%q) = %s, want %s", tc.spec, s, tc.want)
+		}
+	}
+}
+
+// TestLoadMultibootNoteBeyondRAM: ld without a linker script puts the
+// build-id note in a segment of its own at 0x08048114. Like QEMU, Load
+// loads it when RAM reaches it; beyond RAM it leaves it out, and the
+// information follows the segments it did load.
+func TestLoadMultibootNoteBeyondRAM(t *testing.T) {
+	const notePaddr = 0x804_8114
+	note := payload(0x24, 0x91)
+	img := makeELF(elfClass32, 0x10_0010, []seg{
+		{paddr: 0xff000, data: payload(0xd4, 0x81)},
+		{paddr: 0x10_0000, data: append(mbHeaderBytes(mbMemInfo), payload(0x100, 0x71)...), memsz: 0x2000},
+		{paddr: notePaddr, data: note, note: true},
+	})
+	for _, tc := range []struct {
+		name     string
+		ram      uint64
+		noteRead bool
+		info     uint64
+	}{
+		{"128 MiB: note left out", 128 << 20, false, 0x10_2000},
+		{"256 MiB: note loaded", 256 << 20, true, 0x804_9000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := newMem(t, tc.ram)
+			e, err := Load(mem, Params{Kernel: img, Cmdline: "k.elf "})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.RBX != tc.info {
+				t.Errorf("information at %#x, want %#x", e.RBX, tc.info)
+			}
+			if info := readInfo(t, mem, e.RBX); info.cmdline != "k.elf " {
+				t.Errorf("cmdline %q", info.cmdline)
+			}
+			if tc.noteRead {
+				if got := read(t, mem, notePaddr, uint64(len(note))); !bytes.Equal(got, note) {
+					t.Error("note bytes differ")
+				}
+			}
+		})
+	}
+}
+
+func TestMultibootCmdline(t *testing.T) {
+	for _, tc := range []struct{ path, cmdline, want string }{
+		{"k.elf", "", "k.elf "}, // QEMU keeps the space when -append is empty
+		{"/p/k.elf", "a b", "/p/k.elf a b"},
+		{"k.elf", " a ", "k.elf  a "},
+	} {
+		if got := MultibootCmdline(tc.path, tc.cmdline); got != tc.want {
+			t.Errorf("MultibootCmdline(%q, %q) = %q, want %q", tc.path, tc.cmdline, got, tc.want)
 		}
 	}
 }
