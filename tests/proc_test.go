@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -157,9 +159,38 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 	select {
 	case <-p.done:
 	case <-time.After(timeout):
-		t.Fatalf("%s still running after %v:\n%s", p.cmd.Path, timeout, p.Output())
+		t.Fatalf("%s still running after %v:\n%s\n%s", p.cmd.Path, timeout, p.Output(), sfvmmStacks())
 	}
 	return p.cmd.ProcessState.ExitCode()
+}
+
+// sfvmmStacks describes where every sfvmm thread on the host waits (state,
+// wait channel, kernel stack where root may read it): what a hung test
+// needs to say.
+func sfvmmStacks() string {
+	var b strings.Builder
+	b.WriteString("sfvmm threads:\n")
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, pd := range procs {
+		comm, _ := os.ReadFile(pd + "/comm")
+		if strings.TrimSpace(string(comm)) != "sfvmm" {
+			continue
+		}
+		cmdline, _ := os.ReadFile(pd + "/cmdline")
+		fmt.Fprintf(&b, "process %s: %s\n", filepath.Base(pd), bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
+		tasks, _ := filepath.Glob(pd + "/task/[0-9]*")
+		for _, td := range tasks {
+			stat, _ := os.ReadFile(td + "/stat")
+			wchan, _ := os.ReadFile(td + "/wchan")
+			stack, _ := os.ReadFile(td + "/stack")
+			state := ""
+			if f := strings.Fields(string(stat)); len(f) > 2 {
+				state = f[2]
+			}
+			fmt.Fprintf(&b, "  thread %s %s %s\n%s", filepath.Base(td), state, wchan, stack)
+		}
+	}
+	return b.String()
 }
 
 // run runs a command to completion within timeout and returns its output

@@ -16,13 +16,6 @@ import (
 // modules.dep.
 var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "kvm_amd"}
 
-// moduleParams are insmod arguments per module name, should one need
-// any. None do: under QEMU 7.2 TCG with -cpu max,vendor=AuthenticAMD,
-// kvm_amd finds SVM with NPT and loads with its defaults (npt=1, nested=1,
-// avic=0). (vgif=0 was tried against the sandbox's stalls, see
-// stallWatch; they recurred.)
-var moduleParams = map[string]string{}
-
 // initScript is the guest's /init (busybox sh, PID 1). It loads the
 // modules, mounts the host's root read-only and the checkout read-write
 // over 9p, runs the per-run script in a chroot of that tree, stores its
@@ -95,10 +88,11 @@ sleep 10
 `
 
 // buildInitramfs returns the path of the cached initramfs for kernel k,
-// building it if its inputs (busybox, the modules and their parameters,
+// building it if its inputs (busybox, the modules and their parameters
+// from --module-param,
 // the init script) changed. It is left uncompressed: the kernel unpacks
 // that fastest, and it is only a few MB.
-func buildInitramfs(cache string, k *kernel) (string, error) {
+func buildInitramfs(cache string, k *kernel, moduleParams map[string]string) (string, error) {
 	busybox, err := os.ReadFile(toolBusybox.path)
 	if err != nil {
 		return "", err

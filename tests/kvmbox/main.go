@@ -89,7 +89,10 @@ type options struct {
 	qemu          string // qemuDebian13 or qemuSystem
 	sandboxKernel string // kernelSystem or kernelDebian13
 	tcgThread     string // QEMU's -accel tcg,thread=
-	cmd           []string
+	// moduleParams are insmod arguments for sandbox kernel modules, by
+	// module name (--module-param kvm:tdp_mmu=0).
+	moduleParams map[string]string
+	cmd          []string
 }
 
 var memRE = regexp.MustCompile(`^[0-9]+[MG]?$`)
@@ -97,7 +100,7 @@ var memRE = regexp.MustCompile(`^[0-9]+[MG]?$`)
 // parseArgs parses kvmbox's flags; everything after them (or after "--")
 // is CMD.
 func parseArgs(args []string, stderr io.Writer) (*options, error) {
-	o := &options{}
+	o := &options{moduleParams: map[string]string{}}
 	fs := flag.NewFlagSet("kvmbox", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -105,7 +108,10 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 			"       go run ./tests/kvmbox --print-kernel\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	fs.IntVar(&o.cpus, "cpus", 2, "vCPUs of the sandbox guest")
+	// One vCPU: with two, QEMU's multi-threaded TCG (7.2 and 10.0 alike,
+	// under Debian 12's and 13's kernels) corrupts nested guests and the
+	// sandbox's own kernel when many VMs run at once; see guest.go.
+	fs.IntVar(&o.cpus, "cpus", 1, "vCPUs of the sandbox guest (more than one corrupts nested guests under load; see guest.go)")
 	fs.StringVar(&o.mem, "mem", "3G", "memory of the sandbox guest (QEMU -m syntax: 3G, 4096M)")
 	fs.IntVar(&o.hosts, "hosts", 1, "network namespaces host0..hostN-1 to create (0 for none)")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "kill the sandbox after this long")
@@ -120,6 +126,14 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.printKernel, "print-kernel", false, "fetch the Debian kernel if needed and print its path")
 	fs.StringVar(&o.qemu, "qemu", qemuDebian13, "the sandbox's emulator: "+qemuDebian13+" (Debian 13's QEMU 10, fetched into build/kvmbox) or "+qemuSystem+" (the host's qemu-system-x86_64)")
 	fs.StringVar(&o.sandboxKernel, "sandbox-kernel", kernelSystem, "the sandbox guest's kernel: "+kernelSystem+" (the host's Debian kernel package, also the guest kernel of the tests) or "+kernelDebian13+" (Debian 13's)")
+	fs.Func("module-param", "NAME:ARGS: insmod arguments for a sandbox kernel module (kvm:tdp_mmu=0); repeatable", func(v string) error {
+		name, args, ok := strings.Cut(v, ":")
+		if !ok || name == "" {
+			return fmt.Errorf("want NAME:ARGS, such as kvm:tdp_mmu=0")
+		}
+		o.moduleParams[modName(name)] = strings.TrimSpace(o.moduleParams[modName(name)] + " " + args)
+		return nil
+	})
 	fs.StringVar(&o.tcgThread, "tcg-thread", "multi", "QEMU's TCG threading: multi (a host thread per vCPU) or single")
 	fs.StringVar(&o.kernelPkg, "kernel-package", "", "Debian linux-image package to use (default: what linux-image-amd64 depends on)")
 	if err := fs.Parse(args); err != nil {
@@ -280,7 +294,7 @@ func run(o *options) (int, error) {
 	if err != nil {
 		return exitSetup, fmt.Errorf("unpack kernel: %w", err)
 	}
-	initrd, err := buildInitramfs(b.cache, sk)
+	initrd, err := buildInitramfs(b.cache, sk, o.moduleParams)
 	if err != nil {
 		return exitSetup, fmt.Errorf("build initramfs: %w", err)
 	}
