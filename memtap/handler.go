@@ -269,8 +269,9 @@ func (h *handler) loop(stop int) error {
 		{Fd: int32(stop), Events: unix.POLLIN},
 	}
 	msgs := make([]uffd.Msg, 64)
+	wake := h.cfg.Timeout / 10
 	for {
-		timeout := -1
+		timeout, asked := -1, time.Duration(0)
 		if len(h.queue) > 0 {
 			since := h.queue[0].sent
 			if h.progress.After(since) {
@@ -280,13 +281,21 @@ func (h *handler) loop(stop int) error {
 			if left <= 0 {
 				return fmt.Errorf("memory server %s: no answer in %v", h.addr, h.cfg.Timeout)
 			}
-			timeout = int(left/time.Millisecond) + 1
+			// Woken every tenth of the timeout, to notice time in
+			// which this process did not run (see lateBy).
+			asked = min(left, wake)
+			timeout = int(asked/time.Millisecond) + 1
 		}
 		pfd[1].Events = unix.POLLIN
 		if len(h.out) > 0 {
 			pfd[1].Events |= unix.POLLOUT
 		}
-		if _, err := unix.Poll(pfd, timeout); err != nil {
+		start := time.Now()
+		_, err := unix.Poll(pfd, timeout)
+		if late := lateBy(start, asked, wake, time.Now()); timeout >= 0 && late > 0 {
+			h.excuse(late)
+		}
+		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
@@ -550,13 +559,48 @@ func (h *handler) readDirect(ri int, first, end uint64) error {
 // server); it cannot be interrupted, but the error ends the child as a
 // silent server would, and the helper's exit ends the read.
 func (h *handler) watchDirect(done chan<- error) {
-	t := time.NewTicker(h.cfg.Timeout / 10)
+	every := h.cfg.Timeout / 10
+	t := time.NewTicker(every)
 	defer t.Stop()
+	last := time.Now()
 	for range t.C {
+		now := time.Now()
+		if late := lateBy(last, every, every, now); late > 0 {
+			if s := h.readingSince.Load(); s != 0 {
+				h.readingSince.CompareAndSwap(s, s+int64(late))
+			}
+		}
+		last = now
 		if s := h.readingSince.Load(); s != 0 && time.Since(time.Unix(0, s)) > h.cfg.Timeout {
 			done <- fmt.Errorf("a read of the parent's memory has not returned in %v: is the parent or its memory server stopped?", h.cfg.Timeout)
 			return
 		}
+	}
+}
+
+// lateBy returns how much later than asked a wait that began at start
+// ended at now, when that is more than slack, and otherwise 0. The
+// server's deadlines count only time in which this process ran: a wait
+// that ends seconds late means the process, or the whole machine (a
+// paused VM, an emulated CPU that stopped taking interrupts for a while),
+// did not run, and the server, as far as anyone can tell, did not either.
+// A server that is silent while this process runs still fails it within
+// the timeout.
+func lateBy(start time.Time, asked, slack time.Duration, now time.Time) time.Duration {
+	if late := now.Sub(start) - asked; late > slack {
+		return late
+	}
+	return 0
+}
+
+// excuse moves the outstanding requests' deadlines on by d, time in which
+// this process did not run.
+func (h *handler) excuse(d time.Duration) {
+	for i := range h.queue {
+		h.queue[i].sent = h.queue[i].sent.Add(d)
+	}
+	if !h.progress.IsZero() {
+		h.progress = h.progress.Add(d)
 	}
 }
 

@@ -127,6 +127,7 @@ func clip(l string) string {
 
 func main() {
 	brief := flag.Bool("brief", false, "print each package's result line and the failed tests' output, without the closing count")
+	stallsFile := flag.String("stalls", "", "a file listing the nested sandbox's stalls, a line each (tests/kvmtest.sh writes it), to count in the summary")
 	flag.Parse()
 	c := counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}}
 	if flag.NArg() < 1 {
@@ -180,8 +181,34 @@ func main() {
 			fmt.Printf("%s %s\n", l.what, n)
 		}
 	}
-	fmt.Printf("tests: %d passed, %d failed, %d skipped\n", len(passed), len(failed), len(skipped))
+	stalls := readStalls(*stallsFile)
+	for _, l := range stalls {
+		fmt.Printf("SANDBOX STALL %s\n", l)
+	}
+	fmt.Printf("tests: %d passed, %d failed, %d skipped", len(passed), len(failed), len(skipped))
+	if *stallsFile != "" {
+		fmt.Printf("; %d sandbox stalls", len(stalls))
+	}
+	fmt.Println()
 	if len(failed) > 0 || len(badPkgs) > 0 || len(passed) == 0 {
 		os.Exit(1)
 	}
+}
+
+// readStalls returns the lines of the stalls file; a missing file is none.
+func readStalls(path string) []string {
+	if path == "" {
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }

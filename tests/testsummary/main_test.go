@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -34,5 +35,19 @@ not json: build output
 		if !reflect.DeepEqual(x.got, x.want) {
 			t.Errorf("%s: %v, want %v", x.what, x.got, x.want)
 		}
+	}
+}
+
+func TestReadStalls(t *testing.T) {
+	p := t.TempDir() + "/stalls"
+	if got := readStalls(p); got != nil {
+		t.Errorf("missing file: %v", got)
+	}
+	if err := os.WriteFile(p, []byte("sandbox 0 stalled (try 1): TestA TestB\n\nsandbox 1 stalled (try 1): TestC\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"sandbox 0 stalled (try 1): TestA TestB", "sandbox 1 stalled (try 1): TestC"}
+	if got := readStalls(p); !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }
