@@ -334,8 +334,10 @@ func Start(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start memtap: %w", err)
 	}
-	// The helper answers Ready or Fatal within its connect timeout; the
-	// extra second covers its start.
+	// The helper answers Ready or Fatal within its connect timeout, and a
+	// helper that dies closes the socket at once; helperStart covers
+	// starting it, which on a loaded host (sixteen clones starting at
+	// once on one CPU) takes seconds.
 	ready := make(chan error, 1)
 	go func() {
 		var n note
@@ -354,13 +356,16 @@ func Start(cfg Config) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("start memtap: %w", err)
 		}
-	case <-time.After(cfg.Timeout + time.Second):
-		return nil, fmt.Errorf("start memtap: no answer from the helper in %v", cfg.Timeout+time.Second)
+	case <-time.After(cfg.Timeout + helperStart):
+		return nil, fmt.Errorf("start memtap: no answer from the helper in %v", cfg.Timeout+helperStart)
 	}
 	ok = true
 	go c.watch(c.proc)
 	return c, nil
 }
+
+// helperStart bounds the start of a helper that neither answers nor dies.
+const helperStart = 30 * time.Second
 
 func dupFile(fd int, name string) (*os.File, error) {
 	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
