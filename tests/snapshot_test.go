@@ -130,6 +130,12 @@ const (
 	msrTSC       = 0x10
 	lapicCurrent = 0x390 // the LAPIC timer's current count
 	lapicIRR     = 0x200 // the interrupt request register, 8 of 32 bits
+	// lapicPPR, the processor priority, is derived: KVM keeps a copy of
+	// max(TPR, the highest in-service class) in the register page,
+	// refreshed lazily, and recomputes it from TPR and ISR (which are
+	// compared) on restore. A snapshot was seen to hold 0x40 with ISR
+	// and TPR clear; the restored machine rightly had 0.
+	lapicPPR = 0xa0
 )
 
 // Interrupt request bits the in-kernel PIT raises: its timer runs in wall
@@ -158,6 +164,7 @@ func clearClocks(s *vmm.MachineState) {
 			}
 		}
 		copy(v.LAPIC.Regs[lapicCurrent:lapicCurrent+4], []byte{0, 0, 0, 0})
+		clear(v.LAPIC.Regs[lapicPPR : lapicPPR+4])
 		// The PIT's interrupt, delivered through the IOAPIC to a vCPU
 		// that is not running, waits in its LAPIC's IRR.
 		for r := lapicIRR; r < lapicIRR+8*16; r += 16 {
