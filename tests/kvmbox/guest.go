@@ -237,7 +237,7 @@ loop:
 				poll()
 				keep = true
 				return exitGuestDied, fmt.Errorf("the sandbox's heartbeat stopped for %v while CMD ran: its CPU no longer "+
-					"takes interrupts (seen under QEMU 7.2 TCG, halted or spinning with its timer interrupt pending); "+
+					"takes interrupts (seen under QEMU 7.2 and 10.0 TCG with one vCPU, halted or spinning with its timer interrupt pending); "+
 					"killed QEMU (--stall-timeout 0 waits instead). Guest console: %s", o.stallTimeout, filepath.Join(run, fileConsole))
 			}
 		case <-ctx.Done():
@@ -292,8 +292,9 @@ loop:
 
 // stallWatch tells a stalled sandbox from a busy or merely waiting one by
 // the guest's heartbeat file, which a shell loop touches every 2 s. Under
-// QEMU 7.2 TCG the sandbox's CPU was seen to stop taking interrupts for
-// good, its LAPIC timer's vector pending (halted, or spinning on a lock
+// QEMU's TCG (7.2 and 10.0) a one-vCPU sandbox's CPU was seen to stop
+// taking interrupts for a while or for good, its LAPIC timer's vector
+// pending (halted, or spinning on a lock
 // with interrupts enabled); nothing in the guest runs on time then, and
 // CMD's own timeouts never fire.
 type stallWatch struct {

@@ -8,13 +8,14 @@ import (
 	"strings"
 )
 
-// The sandbox's emulator. Debian 12's QEMU 7.2 runs nested SVM guests
-// unreliably under TCG: with one vCPU its CPU stops taking interrupts now
-// and then, with two it corrupts nested guests. Debian 13's QEMU 10.0 does
-// neither in the same runs, so kvmbox fetches it from the trixie suite of
-// the host's own Debian archive and runs it from a private root, without
-// installing anything on the host: its dynamic loader, started directly,
-// loads QEMU against the root's libraries.
+// The sandbox's emulator: Debian 13's QEMU 10.0, which ran the KVM tests
+// in about half the time of Debian 12's 7.2 (two vCPUs, same machine).
+// Under TCG both corrupt nested guests with two vCPUs (see qemuArgs), and
+// both stall a one-vCPU sandbox now and then (see stallWatch). kvmbox
+// fetches it from the trixie suite of the host's own Debian archive and
+// runs it from a private root, without installing anything on the host:
+// its dynamic loader, started directly, loads QEMU against the root's
+// libraries.
 const (
 	qemuDebian13 = "debian13" // --qemu: Debian 13's QEMU from a private root
 	qemuSystem   = "system"   // --qemu: the host's /usr/bin/qemu-system-x86_64
