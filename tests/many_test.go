@@ -6,50 +6,14 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// Sixteen VMs at once on one host, with and without a fork: what a host
-// running a family of clones does.
-
-// The forktest kernel forks 16 clones; each checks the pre-fork pattern
-// and that the memory the parent never touched reads as zero, while the
-// parent overwrites the pattern.
-func TestFork16Clones(t *testing.T) {
-	const clones = 16
-	p := forktest(t, fmt.Sprintf("mode=fork clones=%d size=16M", clones), "--fork-capacity", fmt.Sprint(clones))
-	if code := p.wait(t, 4*time.Minute); code != 1 {
-		t.Fatalf("exit status %d, want 1 (debug-exit 0): %s\n%s", code, p.trouble(), p.Output())
-	}
-	out := p.Output()
-	m := regexp.MustCompile(`forktest: 16777216 bytes written at 0x1000000, checksum (0x[0-9a-f]+)`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no pre-fork checksum:\n%s", out)
-	}
-	for id := 1; id <= clones; id++ {
-		for _, want := range []string{
-			fmt.Sprintf("[clone %d] forktest: clone %d: pattern ok, checksum %s, untouched memory zero", id, id, m[1]),
-			fmt.Sprintf("sfvmm clone %d: guest ended: sf_exit status 0", id),
-		} {
-			if !strings.Contains(out, want) {
-				t.Errorf("missing %q", want)
-			}
-		}
-	}
-	if want := fmt.Sprintf("forktest: parent joined: all %d clones exited, 0 without sf_exit(0)", clones); !strings.Contains(out, want) {
-		t.Errorf("missing %q", want)
-	}
-	if stats := parseCloneStats(t, out); len(stats) != clones {
-		t.Errorf("memtap statistics of %d clones, want %d", len(stats), clones)
-	}
-	if t.Failed() {
-		t.Logf("output:\n%s", out)
-	}
-}
+// Sixteen VMs at once on one host: what a host running a family of clones
+// does. (A sixteen-clone fork is in stress_test.go.)
 
 // Sixteen Linux VMs boot at once, each to its init, which prints the VM's
 // number and a sum and powers off.
