@@ -45,21 +45,29 @@ func parseCloneStats(t *testing.T, out string) map[int]cloneStats {
 	return stats
 }
 
+// forkDone waits for a forktest fork to end with debug-exit 0 and returns
+// its output and the checksum it printed of its size bytes before forking.
+func forkDone(t *testing.T, p *proc, timeout time.Duration, size int) (out, sum string) {
+	t.Helper()
+	if code := p.wait(t, timeout); code != 1 {
+		t.Fatalf("exit status %d, want 1 (debug-exit 0): %s\n%s", code, p.trouble(), p.Output())
+	}
+	out = p.Output()
+	re := regexp.MustCompile(fmt.Sprintf(`forktest: %d bytes written at 0x1000000, checksum (0x[0-9a-f]+)`, size))
+	m := re.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no pre-fork checksum:\n%s", out)
+	}
+	return out, m[1]
+}
+
 // A tiny kernel fills 64 MiB with a pattern, forks 4 clones and at once
 // overwrites the region. Every clone sees the pre-fork pattern and
 // checksum, and the 16 MiB the parent never touched as zeroes without
 // fetching them; the parent's sf_join returns once all have called sf_exit.
 func TestForkTinyKernel(t *testing.T) {
 	p := forktest(t, "mode=fork clones=4 size=64M")
-	if code := p.wait(t, 5*time.Minute); code != 1 {
-		t.Fatalf("exit status %d, want 1 (debug-exit 0): %s\n%s", code, p.trouble(), p.Output())
-	}
-	out := p.Output()
-	m := regexp.MustCompile(`forktest: 67108864 bytes written at 0x1000000, checksum (0x[0-9a-f]+)`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no pre-fork checksum:\n%s", out)
-	}
-	sum := m[1]
+	out, sum := forkDone(t, p, 5*time.Minute, 64<<20)
 	for id := 1; id <= 4; id++ {
 		want := fmt.Sprintf("[clone %d] forktest: clone %d: pattern ok, checksum %s, untouched memory zero", id, id, sum)
 		if !strings.Contains(out, want) {
