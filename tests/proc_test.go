@@ -111,6 +111,31 @@ func (p *proc) waitFor(t *testing.T, want string, timeout time.Duration) {
 // first.
 func (p *proc) waitUntil(t *testing.T, what string, ok func(out string) bool, timeout time.Duration) {
 	t.Helper()
+	switch p.watch(ok, timeout) {
+	case watchExited:
+		t.Fatalf("%s exited before printing %s:\n%s", p.cmd.Path, what, p.Output())
+	case watchTimeout:
+		t.Fatalf("%s did not print %s within %v:\n%s", p.cmd.Path, what, timeout, p.Output())
+	}
+}
+
+// waitBriefly reports whether the output has want within timeout, without
+// failing the test.
+func (p *proc) waitBriefly(want string, timeout time.Duration) bool {
+	return p.watch(func(out string) bool { return printed(out, want) }, timeout) == watchFound
+}
+
+type watchResult int
+
+const (
+	watchFound watchResult = iota
+	watchExited
+	watchTimeout
+)
+
+// watch waits until ok holds for the output, the process exits or the
+// timeout passes, and says which.
+func (p *proc) watch(ok func(out string) bool, timeout time.Duration) watchResult {
 	deadline := time.After(timeout)
 	for {
 		p.mu.Lock()
@@ -118,17 +143,17 @@ func (p *proc) waitUntil(t *testing.T, what string, ok func(out string) bool, ti
 		ch := p.changed
 		p.mu.Unlock()
 		if found {
-			return
+			return watchFound
 		}
 		select {
 		case <-ch:
 		case <-p.done:
 			if ok(p.Output()) {
-				return
+				return watchFound
 			}
-			t.Fatalf("%s exited before printing %s:\n%s", p.cmd.Path, what, p.Output())
+			return watchExited
 		case <-deadline:
-			t.Fatalf("%s did not print %s within %v:\n%s", p.cmd.Path, what, timeout, p.Output())
+			return watchTimeout
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 	"github.com/sfvmm/sfvmm/vmm/memory"
 )
@@ -14,14 +15,15 @@ import (
 type RestoreConfig struct {
 	Console io.Writer
 	Logf    func(format string, args ...any)
-	Fork    *ForkConfig // enables fork in the restored machine
+	Fork    func(*VM) forkdev.Host // enables fork in the restored machine (Config.Fork)
 }
 
 // Restore rebuilds a machine from saved state. fill loads guest memory into
-// the fresh RAM before any vCPU exists. The machine is created paused: Run
+// the fresh RAM before any vCPU exists, or returns the source that will
+// fill it as the guest touches it, which the machine then owns. The machine is created paused: Run
 // continues the guest exactly where it was saved. Nothing is started if the
 // state is inconsistent or needs CPU features this host lacks.
-func Restore(s *MachineState, fill func(*memory.Memory) error, rc RestoreConfig) (_ *VM, err error) {
+func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), rc RestoreConfig) (_ *VM, err error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -47,7 +49,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) error, rc RestoreConfig)
 	if err := m.forkPages(); err != nil {
 		return nil, err
 	}
-	if err := fill(m.mem); err != nil {
+	if m.source, err = fill(m.mem); err != nil {
 		return nil, fmt.Errorf("load guest memory: %w", err)
 	}
 	if err := m.createVM(); err != nil {
@@ -66,7 +68,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) error, rc RestoreConfig)
 	if err := m.restoreVM(s.VM); err != nil {
 		return nil, fmt.Errorf("restore vm: %w", err)
 	}
-	if err := m.restoreDevices(s.Devices); err != nil {
+	if err := m.devs.Restore(s.Devices); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -170,7 +172,7 @@ var ErrCPUFeatures = errors.New("the saved guest needs CPU features this host la
 // pages until its first fork (see Memory.SplitHugePages); a restored one,
 // a clone above all, is on 4 KiB pages from the start.
 func (m *VM) forkPages() error {
-	if m.fork == nil {
+	if m.cfg.Fork == nil {
 		return nil
 	}
 	return m.mem.SmallPages()

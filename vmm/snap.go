@@ -25,32 +25,31 @@ type SnapshotInfo struct {
 	Write           time.Duration // of which writing the files
 }
 
-// Snapshot pauses the guest, writes its state and populated memory to dir
-// atomically, and resumes it unless opts.StayPaused. A guest that was
-// already paused stays paused.
+// Snapshot holds the guest, writes its state and populated memory to dir
+// atomically, and lets it run again unless opts.StayPaused (which leaves
+// the user's pause in force, as Pause does) or another hold is in force.
 func (m *VM) Snapshot(ctx context.Context, dir string, opts SnapshotOptions) (SnapshotInfo, error) {
-	wasPaused := m.RunState() == "paused"
 	start := time.Now()
-	state, err := m.SaveState(ctx)
+	h, err := m.Hold(ctx, "snapshot")
 	if err != nil {
-		if !wasPaused {
-			m.Resume(ctx)
-		}
+		return SnapshotInfo{}, err
+	}
+	defer h.Release()
+	state, err := m.SaveState()
+	if err != nil {
 		return SnapshotInfo{}, err
 	}
 	info, err := m.writeSnapshot(dir, state, opts)
 	info.Paused = time.Since(start)
-	if !opts.StayPaused && !wasPaused {
-		if rerr := m.Resume(ctx); err == nil {
-			err = rerr
-		}
+	if err == nil && opts.StayPaused {
+		err = m.Pause(ctx)
 	}
 	return info, err
 }
 
 func (m *VM) writeSnapshot(dir string, state *MachineState, opts SnapshotOptions) (SnapshotInfo, error) {
 	start := time.Now()
-	regions, bitmaps, err := m.populated()
+	regions, bitmaps, err := m.Populated()
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
@@ -65,10 +64,10 @@ func (m *VM) writeSnapshot(dir string, state *MachineState, opts SnapshotOptions
 	}, nil
 }
 
-// populated returns guest RAM as snapshot regions with a bitmap of the
+// Populated returns guest RAM as snapshot regions with a bitmap of the
 // pages present in host memory (touched by guest or loader); pages never
 // touched read as zero and are left out.
-func (m *VM) populated() ([]snapshot.Region, []*snapshot.Bitmap, error) {
+func (m *VM) Populated() ([]snapshot.Region, []*snapshot.Bitmap, error) {
 	var regions []snapshot.Region
 	var bitmaps []*snapshot.Bitmap
 	for _, r := range m.mem.Regions() {
@@ -94,20 +93,20 @@ func RestoreDir(dir string, rc RestoreConfig) (*VM, error) {
 		return nil, fmt.Errorf("snapshot %s: header (%d vCPUs, %d bytes) disagrees with state (%d vCPUs, %d bytes)",
 			dir, h.CPUs, h.MemBytes, state.Config.CPUs, state.Config.MemBytes)
 	}
-	return Restore(&state, func(mem *memory.Memory) error {
+	return Restore(&state, func(mem *memory.Memory) (MemorySource, error) {
 		for i, r := range mem.Regions() {
 			if i >= len(h.Memory) || h.Memory[i].GPA != r.GPA || h.Memory[i].Size != r.Size {
-				return fmt.Errorf("snapshot %s: memory layout does not match %s of RAM", dir, FormatSize(mem.Size()))
+				return nil, fmt.Errorf("snapshot %s: memory layout does not match %s of RAM", dir, FormatSize(mem.Size()))
 			}
 		}
 		// Map the memory file copy-on-write instead of reading it: the
 		// guest starts at once and its pages arrive as it touches them.
 		f, offs, err := snapshot.OpenMemory(dir, h)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer f.Close()
-		return mem.MapFile(f, offs)
+		return nil, mem.MapFile(f, offs)
 	}, rc)
 }
 

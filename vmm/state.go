@@ -1,19 +1,12 @@
 package vmm
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
-	"github.com/sfvmm/sfvmm/vmm/devices/debugexit"
-	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
-	"github.com/sfvmm/sfvmm/vmm/devices/fwcfg"
-	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
-	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
-	"github.com/sfvmm/sfvmm/vmm/devices/serial"
+	"github.com/sfvmm/sfvmm/vmm/devices"
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 )
 
@@ -23,9 +16,7 @@ type MachineState struct {
 	Config  MachineConfig
 	VCPUs   []VCPUState
 	VM      VMState
-	Devices DeviceStates
-	// Fork is set in a fork descriptor: what its clones need.
-	Fork ForkInfo
+	Devices devices.States
 }
 
 // MachineConfig is the configuration a restored machine is rebuilt with.
@@ -59,22 +50,15 @@ type VMState struct {
 	Clock                       kvm.ClockData
 }
 
-// DeviceStates holds each emulated device's state.
-type DeviceStates struct {
-	Serial    serial.State
-	DebugExit debugexit.State
-	I8042     i8042.State
-	RTC       rtc.State
-	FwCfg     fwcfg.State
-	ACPIPM    acpipm.State
-	Fork      forkdev.State
-}
-
-// SaveState pauses the machine (if it is not already) and captures its
-// state. The caller resumes it when done with the memory.
-func (m *VM) SaveState(ctx context.Context) (*MachineState, error) {
-	if err := m.Pause(ctx); err != nil {
-		return nil, err
+// SaveState captures the machine's state. A hold must be in force (see
+// Hold), and for the state to match guest memory it must last until the
+// memory has been captured too.
+func (m *VM) SaveState() (*MachineState, error) {
+	m.mu.Lock()
+	held := m.held()
+	m.mu.Unlock()
+	if !held {
+		return nil, fmt.Errorf("save state: %w", ErrNotHeld)
 	}
 	s := &MachineState{Config: MachineConfig{
 		CPUs: uint32(m.cfg.CPUs), MemBytes: m.mem.Size(), Kernel: m.cfg.KernelPath, Cmdline: m.cfg.Cmdline,
@@ -94,8 +78,8 @@ func (m *VM) SaveState(ctx context.Context) (*MachineState, error) {
 	if s.VM, err = m.saveVM(); err != nil {
 		return nil, fmt.Errorf("save vm: %w", err)
 	}
-	if s.Devices, err = m.saveDevices(); err != nil {
-		return nil, fmt.Errorf("save devices: %w", err)
+	if s.Devices, err = m.devs.Save(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -253,53 +237,6 @@ func (m *VM) restoreVM(s VMState) error {
 	for _, c := range []kvm.IRQChip{s.PICMaster, s.PICSlave, s.IOAPIC} {
 		if err := m.kvm.SetIRQChip(c); err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-func (m *VM) saveDevices() (s DeviceStates, err error) {
-	d := &m.devs
-	if s.Serial, err = d.serial.Save(); err != nil {
-		return s, fmt.Errorf("serial: %w", err)
-	}
-	if s.DebugExit, err = d.debugExit.Save(); err != nil {
-		return s, fmt.Errorf("debug-exit: %w", err)
-	}
-	if s.I8042, err = d.i8042.Save(); err != nil {
-		return s, fmt.Errorf("i8042: %w", err)
-	}
-	if s.RTC, err = d.rtc.Save(); err != nil {
-		return s, fmt.Errorf("rtc: %w", err)
-	}
-	if s.FwCfg, err = d.fwcfg.Save(); err != nil {
-		return s, fmt.Errorf("fw_cfg: %w", err)
-	}
-	if s.ACPIPM, err = d.acpipm.Save(); err != nil {
-		return s, fmt.Errorf("acpi pm: %w", err)
-	}
-	if s.Fork, err = d.fork.Save(); err != nil {
-		return s, fmt.Errorf("fork device: %w", err)
-	}
-	return s, nil
-}
-
-func (m *VM) restoreDevices(s DeviceStates) error {
-	d := &m.devs
-	for _, r := range []struct {
-		name string
-		err  error
-	}{
-		{"serial", d.serial.Restore(s.Serial)},
-		{"debug-exit", d.debugExit.Restore(s.DebugExit)},
-		{"i8042", d.i8042.Restore(s.I8042)},
-		{"rtc", d.rtc.Restore(s.RTC)},
-		{"fw_cfg", d.fwcfg.Restore(s.FwCfg)},
-		{"acpi pm", d.acpipm.Restore(s.ACPIPM)},
-		{"fork device", d.fork.Restore(s.Fork)},
-	} {
-		if r.err != nil {
-			return fmt.Errorf("restore %s: %w", r.name, r.err)
 		}
 	}
 	return nil

@@ -12,7 +12,7 @@ import (
 // ResidentGuestBytes counts the guest RAM pages present in host memory:
 // the memory the guest (or the loader) has touched.
 func (m *VM) ResidentGuestBytes() (uint64, error) {
-	_, bitmaps, err := m.populated()
+	_, bitmaps, err := m.Populated()
 	if err != nil {
 		return 0, err
 	}

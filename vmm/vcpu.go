@@ -136,7 +136,7 @@ func (c *vcpu) run(m *VM) error {
 			if port == forkdev.Port {
 				// The fork device reads the caller's registers, so it
 				// is called here rather than through the bus.
-				if err := m.devs.fork.PortIO(c.ID, dir == kvm.IOIn, data[:int(size)*int(count)], c.forkRegs); err != nil {
+				if err := m.devs.Fork.PortIO(c.ID, dir == kvm.IOIn, data[:int(size)*int(count)], c.forkRegs); err != nil {
 					return err
 				}
 				continue
@@ -210,4 +210,19 @@ func (c *vcpu) describe(what string) string {
 	}
 	return fmt.Sprintf("%s on vcpu %d at rip %#x (cs %#x, cr0 %#x, efer %#x, rsp %#x)",
 		what, c.ID, r.RIP, s.CS.Selector, s.CR0, s.EFER, r.RSP)
+}
+
+// FailCall makes a fork call whose port read has completed (with the
+// parent's result) return v instead, by rewriting the caller's RAX. If
+// that fails the machine ends: the guest would go on with a wrong answer.
+func (m *VM) FailCall(vcpu int, v int32) {
+	c := m.vcpus[vcpu]
+	r, err := c.GetRegs()
+	if err == nil {
+		r.RAX = uint64(uint32(v))
+		err = c.SetRegs(r)
+	}
+	if err != nil {
+		m.stop(Exit{Reason: ExitError, Err: fmt.Errorf("vcpu %d: return a failed fork call: %w", vcpu, err)})
+	}
 }

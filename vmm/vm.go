@@ -18,16 +18,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sfvmm/sfvmm/memtap"
 	"github.com/sfvmm/sfvmm/vmm/boot"
 	"github.com/sfvmm/sfvmm/vmm/bus"
-	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
-	"github.com/sfvmm/sfvmm/vmm/devices/debugexit"
+	"github.com/sfvmm/sfvmm/vmm/devices"
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
-	"github.com/sfvmm/sfvmm/vmm/devices/fwcfg"
-	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
-	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
-	"github.com/sfvmm/sfvmm/vmm/devices/serial"
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 	"github.com/sfvmm/sfvmm/vmm/memory"
 )
@@ -52,21 +46,26 @@ type Config struct {
 	Console io.Writer
 	// Logf receives the VMM's diagnostics; nil discards them.
 	Logf func(format string, args ...any)
-	// Fork enables VM fork; nil answers the guest's fork calls with
+	// Fork connects the fork device to the fork core (package vmm/fork),
+	// which gets the machine; nil answers the guest's fork calls with
 	// SF_ENOFORK.
-	Fork *ForkConfig
+	Fork func(*VM) forkdev.Host
 }
 
-// Well-known legacy I/O ports and ISA interrupt lines.
+// MemorySource fills a clone's guest RAM from elsewhere (package memtap
+// does, from the parent's memory server). The machine ends when it fails.
+type MemorySource interface {
+	// Done is closed when the source has failed; Err says why.
+	Done() <-chan struct{}
+	Err() error
+	// Fence revokes access to guest RAM, waking threads blocked on
+	// pages that will never come, so that the vCPUs can see the stop.
+	Fence() error
+	Close() error
+}
+
+// Addresses Intel VMX needs for real mode, just below the BIOS ROM.
 const (
-	com1Port      = 0x3f8
-	com1IRQ       = 4
-	debugExitPort = 0xf4
-	i8042DataPort = 0x60
-	i8042CmdPort  = 0x64
-	rtcPort       = 0x70
-	fwCfgPort     = 0x510
-	// Addresses Intel VMX needs for real mode, just below the BIOS ROM.
 	tssAddr         = 0xfffbd000
 	identityMapAddr = 0xfffbc000
 )
@@ -95,34 +94,25 @@ type VM struct {
 	pio   *bus.Bus
 	mmio  *bus.Bus
 
-	devs devices
+	devs *devices.Set
 
-	fork   *forker        // nil when fork is disabled
-	memtap *memtap.Client // a clone's memory source; nil otherwise
+	source MemorySource // a clone's memory source; nil otherwise
 
 	// mu guards the run state below; cond signals its changes to parked
-	// vCPUs and to Pause waiting for them.
+	// vCPUs and to holds waiting for them.
 	mu      sync.Mutex
 	cond    *sync.Cond
-	paused  bool // a pause is requested or in force
-	parked  int  // vCPUs parked because of it
-	running int  // vCPU goroutines not yet returned
+	holds   int // holds in force (see Hold)
+	parked  int // vCPUs stopped by them
+	running int // vCPU goroutines not yet returned
 	started time.Time
+
+	userMu sync.Mutex // serialises Pause and Resume
+	user   *Hold      // the user's pause, if in force
 
 	stopOnce sync.Once
 	done     chan struct{} // closed by stop
 	exit     Exit          // written once, before done is closed
-}
-
-// devices are the machine's emulated devices, kept for saving their state.
-type devices struct {
-	serial    *serial.UART
-	debugExit *debugexit.Device
-	i8042     *i8042.Device
-	rtc       *rtc.RTC
-	fwcfg     *fwcfg.FwCfg
-	acpipm    *acpipm.Device
-	fork      *forkdev.Device
 }
 
 // New validates cfg, loads the kernel into fresh guest memory and creates
@@ -157,9 +147,6 @@ func New(cfg Config) (_ *VM, err error) {
 
 func newVM(cfg Config) *VM {
 	m := &VM{cfg: cfg, logf: cfg.Logf, done: make(chan struct{})}
-	if cfg.Fork != nil {
-		m.fork = newForker(*cfg.Fork)
-	}
 	m.cond = sync.NewCond(&m.mu)
 	if m.logf == nil {
 		m.logf = func(string, ...any) {}
@@ -339,37 +326,19 @@ func (m *VM) createVM() (err error) {
 func (m *VM) addDevices() error {
 	m.pio = bus.New("pio", m.logf)
 	m.mmio = bus.New("mmio", m.logf)
-	d := &m.devs
-	d.serial = serial.New(m.irq(com1IRQ), m.cfg.Console)
-	d.debugExit = debugexit.New(func(code int) { m.stop(Exit{Reason: ExitDebug, Code: code}) })
-	d.i8042 = i8042.New(func() { m.stop(Exit{Reason: ExitReset}) })
-	d.rtc = rtc.New(time.Now, m.mem.Size())
-	d.fwcfg = fwcfg.New(fwcfg.Config{CPUs: m.cfg.CPUs, RAMSize: m.mem.Size(), Cmdline: m.cfg.Cmdline})
-	d.acpipm = acpipm.New(func() { m.stop(Exit{Reason: ExitPowerOff}) })
-	var host forkdev.Host
-	if m.fork != nil {
-		host = forkHost{m}
+	w := devices.Wiring{
+		IRQ: m.irq, Console: m.cfg.Console, Now: time.Now,
+		CPUs: m.cfg.CPUs, RAMSize: m.mem.Size(), Cmdline: m.cfg.Cmdline,
+		DebugExit: func(code int) { m.stop(Exit{Reason: ExitDebug, Code: code}) },
+		Reset:     func() { m.stop(Exit{Reason: ExitReset}) },
+		PowerOff:  func() { m.stop(Exit{Reason: ExitPowerOff}) },
+		CloneExit: func(status uint32) { m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))}) },
 	}
-	d.fork = forkdev.New(host, func(status uint32) {
-		m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))})
-	})
-	for _, d := range []struct {
-		port, size uint64
-		dev        bus.Device
-	}{
-		{com1Port, 8, d.serial},
-		{debugExitPort, 4, d.debugExit},
-		{i8042DataPort, 1, d.i8042.Data()},
-		{i8042CmdPort, 1, d.i8042.Command()},
-		{rtcPort, 2, d.rtc},
-		{fwCfgPort, 2, d.fwcfg},
-		{acpipm.PM1aEvtBlk, 8, d.acpipm},
-	} {
-		if err := m.pio.Register(d.port, d.size, d.dev); err != nil {
-			return err
-		}
+	if m.cfg.Fork != nil {
+		w.ForkHost = m.cfg.Fork(m)
 	}
-	return nil
+	m.devs = devices.New(w)
+	return m.devs.Register(m.pio)
 }
 
 // irq returns the interrupt output of a device wired to ISA line n.
@@ -382,7 +351,7 @@ func (m *VM) irq(n uint32) func(level bool) {
 }
 
 // SerialInput queues host input for the guest's COM1.
-func (m *VM) SerialInput(p []byte) { m.devs.serial.Input(p) }
+func (m *VM) SerialInput(p []byte) { m.devs.Serial.Input(p) }
 
 // Kind is the format of the loaded kernel.
 func (m *VM) Kind() boot.Kind { return m.kind }
@@ -411,8 +380,8 @@ func (m *VM) Run(ctx context.Context) (Exit, error) {
 		}()
 	}
 	var lost <-chan struct{}
-	if m.memtap != nil {
-		lost = m.memtap.Done()
+	if m.source != nil {
+		lost = m.source.Done()
 	}
 	select {
 	case <-m.done:
@@ -423,8 +392,8 @@ func (m *VM) Run(ctx context.Context) (Exit, error) {
 		// the fence (KVM_RUN fails with EFAULT) and then see the stop.
 		// The stop comes first, so that it is the reason recorded
 		// rather than a vCPU's EFAULT.
-		m.stop(Exit{Reason: ExitError, Err: fmt.Errorf("guest memory lost: %w", m.memtap.Err())})
-		if err := m.memtap.Fence(); err != nil {
+		m.stop(Exit{Reason: ExitError, Err: fmt.Errorf("guest memory lost: %w", m.source.Err())})
+		if err := m.source.Fence(); err != nil {
 			m.logf("fence guest RAM: %v", err)
 		}
 	}
@@ -453,55 +422,6 @@ func (m *VM) stop(e Exit) {
 	})
 }
 
-// Pause stops every vCPU outside KVM_RUN, with any pending port-I/O or
-// MMIO completed, so that their state can be read. A machine that has not
-// started running is already paused.
-func (m *VM) Pause(ctx context.Context) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.stopping() {
-		return ErrStopped
-	}
-	if !m.paused {
-		m.paused = true
-		for _, c := range m.vcpus {
-			c.kick()
-		}
-	}
-	// Wake this wait when ctx ends, so a vCPU that never parks cannot
-	// hang the caller.
-	stopWake := context.AfterFunc(ctx, func() {
-		m.mu.Lock()
-		m.cond.Broadcast()
-		m.mu.Unlock()
-	})
-	defer stopWake()
-	for m.parked < m.running && !m.stopping() {
-		if err := ctx.Err(); err != nil {
-			m.paused = false
-			m.cond.Broadcast()
-			return fmt.Errorf("pause: vCPUs did not stop: %w", err)
-		}
-		m.cond.Wait()
-	}
-	if m.stopping() {
-		return ErrStopped
-	}
-	return nil
-}
-
-// Resume lets paused vCPUs run again.
-func (m *VM) Resume(context.Context) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.stopping() {
-		return ErrStopped
-	}
-	m.paused = false
-	m.cond.Broadcast()
-	return nil
-}
-
 // RunState is "running", "paused" (also before Run) or "stopped".
 func (m *VM) RunState() string {
 	m.mu.Lock()
@@ -509,7 +429,7 @@ func (m *VM) RunState() string {
 	switch {
 	case m.stopping():
 		return "stopped"
-	case m.paused || m.started.IsZero():
+	case m.holds > 0 || m.started.IsZero():
 		return "paused"
 	}
 	return "running"
@@ -532,14 +452,14 @@ func (m *VM) Config() Config { return m.cfg }
 var ErrStopped = errors.New("the machine has stopped")
 
 // park is called by a vCPU that left KVM_RUN because of a kick. It blocks
-// while a pause is in force and reports whether the vCPU should go on.
+// while a hold is in force and reports whether the vCPU should go on.
 func (m *VM) park(c *vcpu) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.paused && !m.stopping() {
+	if m.holds > 0 && !m.stopping() {
 		m.parked++
 		m.cond.Broadcast()
-		for m.paused && !m.stopping() {
+		for m.holds > 0 && !m.stopping() {
 			m.cond.Wait()
 		}
 		m.parked--
@@ -565,9 +485,6 @@ func (m *VM) stopping() bool {
 // Close releases the machine. It must not be called while Run is running.
 func (m *VM) Close() error {
 	var errs []error
-	if m.fork != nil {
-		errs = append(errs, m.fork.close())
-	}
 	for _, c := range m.vcpus {
 		errs = append(errs, c.Close())
 	}
@@ -577,8 +494,8 @@ func (m *VM) Close() error {
 	if m.sys != nil {
 		errs = append(errs, m.sys.Close())
 	}
-	if m.memtap != nil {
-		errs = append(errs, m.memtap.Close())
+	if m.source != nil {
+		errs = append(errs, m.source.Close())
 	}
 	if m.mem != nil {
 		errs = append(errs, m.mem.Close())
@@ -595,3 +512,9 @@ func (m *VM) DescribeVCPUs() string {
 	}
 	return b.String()
 }
+
+// Memory is the machine's guest RAM.
+func (m *VM) Memory() *memory.Memory { return m.mem }
+
+// CloneID is the machine's clone ID, 0 for a parent.
+func (m *VM) CloneID() uint32 { return m.devs.Fork.ID() }

@@ -12,8 +12,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sfvmm/sfvmm/memtap"
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/api"
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
+	"github.com/sfvmm/sfvmm/vmm/fork"
 )
 
 // launcher starts clones as `sfvmm clone` processes of this binary, with
@@ -41,7 +44,7 @@ func cloneSocket(parent string, ticket, id uint32) string {
 	return fmt.Sprintf("%s.%d-%d", parent, ticket, id)
 }
 
-func (l *launcher) Launch(descriptor string, ticket, id uint32) (vmm.Clone, error) {
+func (l *launcher) Launch(descriptor string, ticket, id uint32) (fork.Clone, error) {
 	args := []string{"clone", "--descriptor", descriptor, "--ticket", strconv.FormatUint(uint64(ticket), 10),
 		"--id", strconv.FormatUint(uint64(id), 10)}
 	if s := cloneSocket(l.apiSock, ticket, id); s != "" {
@@ -106,7 +109,7 @@ func cloneCmd(args []string) int {
 	console := &lines{prefix: []byte(fmt.Sprintf("[clone %d] ", *id)), emit: writeTo(os.Stdout)}
 	defer console.Flush()
 	start := time.Now()
-	vm, err := vmm.RestoreClone(*desc, vmm.CloneConfig{
+	vm, mt, err := fork.RestoreClone(*desc, fork.CloneConfig{
 		RestoreConfig: vmm.RestoreConfig{Console: console, Logf: logf},
 		ID:            uint32(*id),
 		DirectReads:   *direct,
@@ -119,11 +122,9 @@ func cloneCmd(args []string) int {
 	if !*quiet {
 		logf("running (ticket %d, restored in %v)", *ticket, time.Since(start).Round(time.Microsecond))
 	}
-	code := runVM(vm, runOptions{apiSock: *apiSock, quiet: *quiet}, logf)
+	code := runVM(machine{vm: vm, memtap: mt}, runOptions{apiSock: *apiSock, quiet: *quiet}, logf)
 	console.Flush()
-	if s, ok := vm.MemtapStats(); ok {
-		logf("memtap: %s", vmm.FormatMemtapStats(s))
-	}
+	logf("memtap: %s", formatMemtapStats(mt.Stats()))
 	return code
 }
 
@@ -201,12 +202,12 @@ func joinTicket(ctx context.Context, c *api.Client, ticket uint32, logf func(str
 type forkFlags struct{ capacity *int }
 
 func addForkFlags(fs *flag.FlagSet) forkFlags {
-	return forkFlags{capacity: fs.Int("fork-capacity", vmm.DefaultCapacity,
+	return forkFlags{capacity: fs.Int("fork-capacity", fork.DefaultCapacity,
 		"clone slots the guest's tickets may hold at once; 0 disables fork")}
 }
 
-// config returns the fork configuration, nil when disabled.
-func (f forkFlags) config(apiSock string, c *console) (*vmm.ForkConfig, error) {
+// forker returns the machine's fork core, nil when fork is disabled.
+func (f forkFlags) forker(apiSock string, c *console, logf func(string, ...any)) (*fork.Forker, error) {
 	if *f.capacity < 0 {
 		return nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
 	}
@@ -217,11 +218,30 @@ func (f forkFlags) config(apiSock string, c *console) (*vmm.ForkConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &vmm.ForkConfig{Capacity: *f.capacity, Launcher: l}, nil
+	return fork.New(fork.Config{Capacity: *f.capacity, Launcher: l, Logf: logf}), nil
+}
+
+// forkDevice is what vmm's Config.Fork takes for fk: nil when fork is
+// disabled.
+func forkDevice(fk *fork.Forker) func(*vmm.VM) forkdev.Host {
+	if fk == nil {
+		return nil
+	}
+	return fk.Device
+}
+
+// formatMemtapStats is a one-line summary of a clone's memory statistics.
+func formatMemtapStats(s memtap.Stats) string {
+	return fmt.Sprintf("%d faults, %d pages fetched, %d zero-filled locally, %d read from the parent directly, %d prefetched, %d requests, %s received, fault p50 %v p99 %v",
+		s.Faults, s.PagesFetched, s.PagesZeroFilled, s.PagesDirect, s.PagesPrefetched, s.Requests, vmm.FormatSize(s.BytesReceived),
+		s.Percentile(0.5).Round(time.Microsecond), s.Percentile(0.99).Round(time.Microsecond))
 }
 
 func (m machine) Fork(ctx context.Context, req api.ForkRequest) (api.ForkInfo, error) {
-	r, err := m.vm.Fork(ctx, req.Clones)
+	if m.fork == nil {
+		return api.ForkInfo{}, conflict(errForkDisabled)
+	}
+	r, err := m.fork.Fork(ctx, req.Clones)
 	if err != nil {
 		return api.ForkInfo{}, conflict(err)
 	}
@@ -235,7 +255,10 @@ func (m machine) Fork(ctx context.Context, req api.ForkRequest) (api.ForkInfo, e
 }
 
 func (m machine) Join(ctx context.Context, req api.TicketRequest) (api.JoinInfo, error) {
-	n, err := m.vm.Join(ctx, req.Ticket)
+	if m.fork == nil {
+		return api.JoinInfo{}, conflict(errForkDisabled)
+	}
+	n, err := m.fork.Join(ctx, req.Ticket)
 	if err != nil {
 		return api.JoinInfo{}, conflict(err)
 	}
@@ -243,5 +266,8 @@ func (m machine) Join(ctx context.Context, req api.TicketRequest) (api.JoinInfo,
 }
 
 func (m machine) Kill(_ context.Context, req api.TicketRequest) error {
-	return conflict(m.vm.Kill(req.Ticket))
+	if m.fork == nil {
+		return conflict(errForkDisabled)
+	}
+	return conflict(m.fork.Kill(req.Ticket))
 }

@@ -6,23 +6,30 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/sfvmm/sfvmm/memtap"
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/api"
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
+	"github.com/sfvmm/sfvmm/vmm/fork"
 )
 
 // machine serves a VM through the control API.
 type machine struct {
 	vm      *vmm.VM
-	apiSock string // where it is served, from which clones' sockets derive
+	fork    *fork.Forker   // nil when fork is disabled
+	memtap  *memtap.Client // a clone's memory client; nil for a parent
+	apiSock string         // where it is served, from which clones' sockets derive
 }
+
+// errForkDisabled: a fork operation on a machine started without fork.
+var errForkDisabled = errors.New("this machine has fork disabled (--fork-capacity 0)")
 
 // conflict gives err the API error class that fits it.
 func conflict(err error) error {
 	switch {
-	case errors.Is(err, vmm.ErrStopped), errors.Is(err, vmm.ErrForkBusy):
+	case errors.Is(err, vmm.ErrStopped), errors.Is(err, fork.ErrBusy), errors.Is(err, fork.ErrClosed), errors.Is(err, fork.ErrClone):
 		return fmt.Errorf("%w: %v", api.ErrConflict, err)
-	case errors.Is(err, forkdev.ENOTICKET), errors.Is(err, vmm.ErrForkDisabled):
+	case errors.Is(err, forkdev.ENOTICKET), errors.Is(err, errForkDisabled):
 		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
 	return err
@@ -47,9 +54,13 @@ func (m machine) Status() api.Status {
 	st := api.Status{
 		State: m.vm.RunState(), CPUs: c.CPUs, MemBytes: c.MemBytes, Kernel: c.KernelPath,
 		UptimeNanos: m.vm.Uptime().Nanoseconds(), PID: os.Getpid(),
-		CloneID: m.vm.CloneID(), MemoryServerPID: m.vm.MemoryServerPID(),
+		CloneID: m.vm.CloneID(),
 	}
-	if s, ok := m.vm.MemtapStats(); ok {
+	if m.fork != nil {
+		st.MemoryServerPID = m.fork.MemoryServerPID()
+	}
+	if m.memtap != nil {
+		s := m.memtap.Stats()
 		st.Memtap = &api.MemtapStats{
 			Faults: s.Faults, PagesFetched: s.PagesFetched, PagesDirect: s.PagesDirect, PagesZeroFilled: s.PagesZeroFilled,
 			PagesPrefetched: s.PagesPrefetched, Requests: s.Requests, BytesReceived: s.BytesReceived,

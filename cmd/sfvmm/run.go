@@ -51,7 +51,7 @@ func runCmd(args []string) int {
 		return vmm.StatusError
 	}
 	console := newConsole(os.Stdout)
-	fork, err := ff.config(*apiSock, console)
+	fk, err := ff.forker(*apiSock, console, logf)
 	if err != nil {
 		logf("error: %v", err)
 		return vmm.StatusError
@@ -66,14 +66,17 @@ func runCmd(args []string) int {
 		MemBytes:     mem,
 		Console:      console,
 		Logf:         logf,
-		Fork:         fork,
+		Fork:         forkDevice(fk),
 	})
 	if err != nil {
 		logf("error: %v", err)
 		return vmm.StatusError
 	}
 	defer vm.Close()
-	return runVM(vm, runOptions{apiSock: *apiSock, quiet: *quiet, stats: *stats}, logf)
+	if fk != nil {
+		defer fk.Close()
+	}
+	return runVM(machine{vm: vm, fork: fk}, runOptions{apiSock: *apiSock, quiet: *quiet, stats: *stats}, logf)
 }
 
 // runOptions are the flags `run` and `restore` share.
@@ -87,7 +90,8 @@ type runOptions struct {
 // runVM runs a built machine to its end with the console on stdin/stdout,
 // the control API on o.apiSock, and SIGINT/SIGTERM stopping it, and returns
 // the process exit code.
-func runVM(vm *vmm.VM, o runOptions, logf func(string, ...any)) int {
+func runVM(mc machine, o runOptions, logf func(string, ...any)) int {
+	vm := mc.vm
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	sigs := make(chan os.Signal, 1)
@@ -107,7 +111,8 @@ func runVM(vm *vmm.VM, o runOptions, logf func(string, ...any)) int {
 		}
 	}
 	if o.apiSock != "" {
-		srv, err := api.Serve(ctx, o.apiSock, machine{vm: vm, apiSock: o.apiSock}, logf)
+		mc.apiSock = o.apiSock
+		srv, err := api.Serve(ctx, o.apiSock, mc, logf)
 		if err != nil {
 			logf("error: %v", err)
 			return vmm.StatusError

@@ -66,13 +66,13 @@ func restoreCmd(args []string) int {
 		return 2
 	}
 	console := newConsole(os.Stdout)
-	fork, err := ff.config(*apiSock, console)
+	fk, err := ff.forker(*apiSock, console, logf)
 	if err != nil {
 		logf("error: %v", err)
 		return vmm.StatusError
 	}
 	start := time.Now()
-	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Logf: logf, Fork: fork})
+	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Logf: logf, Fork: forkDevice(fk)})
 	if err != nil {
 		logf("error: restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError
@@ -81,7 +81,10 @@ func restoreCmd(args []string) int {
 	if !*quiet {
 		logf("restored %s in %v", fs.Arg(0), time.Since(start).Round(time.Microsecond))
 	}
-	return runVM(vm, runOptions{apiSock: *apiSock, quiet: *quiet, paused: *paused}, logf)
+	if fk != nil {
+		defer fk.Close()
+	}
+	return runVM(machine{vm: vm, fork: fk}, runOptions{apiSock: *apiSock, quiet: *quiet, paused: *paused}, logf)
 }
 
 // describeCmd implements `sfvmm describe [--json] DIR`.

@@ -1,7 +1,7 @@
 /*
  * forktest: exercises sfvmm's fork device (kernels/lib/sf.h).
  *
- * Command line: mode=fork|misuse|kill|wait (default fork), clones=N
+ * Command line: mode=fork|misuse|kill|wait|ticker|rounds (default fork), clones=N
  * (default 4), size=N[K|M|G] (default 64M), cap=N (the VMM's
  * --fork-capacity, for the misuse checks; default 16).
  *
@@ -23,6 +23,13 @@
  *   ticker  fills size bytes (default none), then prints "forktest: ticker
  *           id=ID n=N" every second for ever (or ticks=N seconds), ID
  *           being sf_id(): clones forked from the host show theirs.
+ *   rounds  forks rounds=R times (default 10), N clones each: every round
+ *           writes a pattern of its own over size bytes, forks, and the
+ *           clones check it (so a clone whose registers and memory come
+ *           from different instants fails) while the parent overwrites
+ *           it; the parent prints "forktest: round R: forking" before
+ *           and "forktest: round R ok" once it has joined. For tests that
+ *           snapshot or pause the parent while it forks.
  *
  * Debug-exit values: 0 all as expected; 1 a clone or check failed;
  * 2 bad command line; 3 the fork device is missing or a call failed;
@@ -229,6 +236,51 @@ static void ticker(uint64_t ticks, uint32_t fill)
 	debug_exit(0);
 }
 
+static void rounds(uint32_t rounds, uint32_t clones, uint32_t words)
+{
+	volatile uint32_t *p = (volatile uint32_t *)BASE;
+	for (uint32_t r = 1; r <= rounds; r++) {
+		uint32_t salt = r * 0x01010101u;
+		for (uint32_t i = 0; i < words; i++)
+			p[i] = pattern(i) ^ salt;
+		uint32_t sum = checksum(p, words);
+		kprintf("forktest: round %u: forking\n", r);
+		int32_t t = sf_request_ticket(clones);
+		if (t < 0) {
+			kprintf("forktest: round %u: sf_request_ticket: %s\n", r, sf_strerror(t));
+			debug_exit(3);
+		}
+		int32_t id = sf_clone(t);
+		if (id < 0) {
+			kprintf("forktest: round %u: sf_clone: %s\n", r, sf_strerror(id));
+			debug_exit(3);
+		}
+		if (id > 0) {
+			for (uint32_t i = 0; i < words; i++) {
+				if (p[i] != (pattern(i) ^ salt)) {
+					kprintf("forktest: round %u: clone %d: word %u is 0x%x, want 0x%x\n", r, id, i, p[i], pattern(i) ^ salt);
+					sf_exit(1);
+				}
+			}
+			if (checksum(p, words) != sum) {
+				kprintf("forktest: round %u: clone %d: checksum differs\n", r, id);
+				sf_exit(1);
+			}
+			kprintf("forktest: round %u: clone %d: pattern ok\n", r, id);
+			sf_exit(0);
+		}
+		for (uint32_t i = 0; i < words; i++)
+			p[i] = ~p[i];
+		int32_t failed = sf_join(t);
+		if (failed != 0) {
+			kprintf("forktest: round %u: sf_join: %d\n", r, failed);
+			debug_exit(1);
+		}
+		kprintf("forktest: round %u ok\n", r);
+	}
+	debug_exit(0);
+}
+
 void kmain(uint32_t magic, uint32_t mbi)
 {
 	struct boot b;
@@ -245,6 +297,9 @@ void kmain(uint32_t magic, uint32_t mbi)
 		kill_mode();
 	if (mode_is(b.cmdline, "ticker"))
 		ticker(arg(b.cmdline, "ticks", 0, false), (uint32_t)arg(b.cmdline, "size", 0, true));
+	if (mode_is(b.cmdline, "rounds"))
+		rounds((uint32_t)arg(b.cmdline, "rounds", 10, false), (uint32_t)arg(b.cmdline, "clones", 2, false),
+		       (uint32_t)(arg(b.cmdline, "size", 4u << 20, true) / 4));
 	bool wait = mode_is(b.cmdline, "wait");
 	if (!wait && !mode_is(b.cmdline, "fork")) {
 		kprintf("forktest: unknown mode\n");

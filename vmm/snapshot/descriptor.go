@@ -12,8 +12,10 @@ import (
 // Version is the descriptor format, including the encoding of every state
 // type the VMM puts in it. Bump it when any of them changes: the codec has
 // no field names, so an old descriptor decoded into a changed type would be
-// misread rather than refused.
-const Version = 2
+// misread rather than refused. The VMM pins the encoding of its state and
+// its Schema in golden files per version, so that a change made without a
+// bump fails its tests.
+const Version = 3
 
 // PageSize is the unit of the page bitmaps and of the memory file layout.
 const PageSize = 4096
@@ -32,7 +34,8 @@ var (
 // Framing of the descriptor; see the package comment.
 const (
 	magic      = "SFVMMSNP"
-	prefixLen  = len(magic) + 4 + 8 // magic, version, payload length
+	versionEnd = len(magic) + 4 // magic, version: what every version shares
+	prefixLen  = versionEnd + 8 // and the payload length
 	sumLen     = sha256.Size
 	maxPayload = 1 << 30 // far above any real descriptor; keeps int math safe
 )
@@ -156,34 +159,45 @@ func seal(b []byte, version uint32) []byte {
 	return append(b, sum[:]...)
 }
 
-// open checks the framing of a descriptor and returns its payload.
-func open(b []byte) (version uint32, payload []byte, err error) {
+// checkVersion checks the magic and version at the front of b: the framing
+// every version shares. A later version may frame the rest differently (a
+// longer prefix, another checksum), so a reader checks nothing else before
+// this, and a descriptor of another version is refused as such rather than
+// as corrupt.
+func checkVersion(b []byte) error {
 	if len(b) < len(magic) || string(b[:len(magic)]) != magic {
-		return 0, nil, fmt.Errorf("%w: not an sfvmm snapshot descriptor (bad magic)", ErrCorrupt)
+		return fmt.Errorf("%w: not an sfvmm snapshot descriptor (bad magic)", ErrCorrupt)
 	}
-	if len(b) < prefixLen {
-		return 0, nil, fmt.Errorf("%w: descriptor of %d bytes is shorter than its %d-byte header", ErrCorrupt, len(b), prefixLen)
+	if len(b) < versionEnd {
+		return fmt.Errorf("%w: descriptor of %d bytes ends before its version", ErrCorrupt, len(b))
 	}
-	// The version comes before the length and checksum: a later version
-	// may frame its payload differently, and must be refused as such.
-	version = binary.LittleEndian.Uint32(b[8:])
-	if version != Version {
-		return version, nil, fmt.Errorf("%w %d (this sfvmm reads version %d)", ErrVersion, version, Version)
+	if v := binary.LittleEndian.Uint32(b[len(magic):]); v != Version {
+		return fmt.Errorf("%w %d (this sfvmm reads version %d)", ErrVersion, v, Version)
 	}
-	n := binary.LittleEndian.Uint64(b[12:])
-	if want := uint64(len(b)) - uint64(prefixLen) - sumLen; uint64(len(b)) < uint64(prefixLen+sumLen) || n != want {
-		return version, nil, fmt.Errorf("%w: descriptor of %d bytes says its payload is %d bytes (truncated or trailing data)", ErrCorrupt, len(b), n)
+	return nil
+}
+
+// open checks the framing of a descriptor and returns its payload.
+func open(b []byte) ([]byte, error) {
+	if err := checkVersion(b); err != nil {
+		return nil, err
+	}
+	if len(b) < prefixLen+sumLen {
+		return nil, fmt.Errorf("%w: descriptor of %d bytes is shorter than its %d-byte frame", ErrCorrupt, len(b), prefixLen+sumLen)
+	}
+	if n := binary.LittleEndian.Uint64(b[versionEnd:]); n != uint64(len(b)-prefixLen-sumLen) {
+		return nil, fmt.Errorf("%w: descriptor of %d bytes says its payload is %d bytes (truncated or trailing data)", ErrCorrupt, len(b), n)
 	}
 	body := b[:len(b)-sumLen]
 	if sum := sha256.Sum256(body); !bytes.Equal(sum[:], b[len(body):]) {
-		return version, nil, fmt.Errorf("%w: descriptor checksum mismatch", ErrCorrupt)
+		return nil, fmt.Errorf("%w: descriptor checksum mismatch", ErrCorrupt)
 	}
-	return version, body[prefixLen:], nil
+	return body[prefixLen:], nil
 }
 
 // decodeHeader checks the framing and decodes everything but the state.
 func decodeHeader(b []byte) (Header, []byte, error) {
-	version, payload, err := open(b)
+	payload, err := open(b)
 	if err != nil {
 		return Header{}, nil, err
 	}
@@ -192,7 +206,7 @@ func decodeHeader(b []byte) (Header, []byte, error) {
 		return Header{}, nil, err
 	}
 	h := Header{
-		Version:             version,
+		Version:             Version,
 		CPUs:                w.CPUs,
 		MemBytes:            w.MemBytes,
 		CreatedUnixNano:     w.CreatedUnixNano,
@@ -222,7 +236,8 @@ func decodeHeader(b []byte) (Header, []byte, error) {
 }
 
 // DecodeHeader checks a descriptor's magic, version, length and checksum and
-// decodes its header, leaving the state alone.
+// decodes its header, leaving the state alone. A descriptor of another
+// version is refused with ErrVersion, whatever follows the version.
 func DecodeHeader(b []byte) (Header, error) {
 	h, _, err := decodeHeader(b)
 	if err != nil {
@@ -233,10 +248,10 @@ func DecodeHeader(b []byte) (Header, error) {
 
 // Decode checks a descriptor as DecodeHeader does and decodes its state into
 // state, a pointer to the struct type it was encoded from. A descriptor of
-// another version is refused with ErrVersion; any other damage, including
-// trailing data, with ErrCorrupt. It never panics, and allocates at most in
-// proportion to len(b), but for the page bitmaps (at most MaxPages bits in
-// all). On failure *state is unchanged.
+// another version is refused with ErrVersion, as by DecodeHeader; any other
+// damage, including trailing data, with ErrCorrupt. It never panics, and
+// allocates at most in proportion to len(b), but for the page bitmaps (at
+// most MaxPages bits in all). On failure *state is unchanged.
 func Decode(b []byte, state any) (Header, error) {
 	h, st, err := decodeHeader(b)
 	if err != nil {

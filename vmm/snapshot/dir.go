@@ -211,6 +211,8 @@ func syncDir(dir string) error {
 // Open checks that dir is a whole snapshot: both files are there, the
 // descriptor is intact and of this version, and the memory file is as long
 // as the descriptor says. It returns the header without decoding the state.
+// A descriptor of another version is refused with ErrVersion, whatever
+// follows its version and whatever its size.
 func Open(dir string) (Header, error) {
 	h, err := readDir(dir, nil)
 	if err != nil {
@@ -244,6 +246,15 @@ func readDir(dir string, state any) (Header, error) {
 		return Header{}, err
 	}
 	if st.Size() > maxDescriptorFile {
+		// Too large for this version, but perhaps not for the one that
+		// wrote it: that is the error to report, if so.
+		head := make([]byte, versionEnd)
+		if _, err := f.ReadAt(head, 0); err != nil {
+			return Header{}, fmt.Errorf("read descriptor: %w", err)
+		}
+		if err := checkVersion(head); err != nil {
+			return Header{}, fmt.Errorf("decode descriptor: %w", err)
+		}
 		return Header{}, fmt.Errorf("%w: descriptor file of %d bytes exceeds %d", ErrCorrupt, st.Size(), maxDescriptorFile)
 	}
 	b := make([]byte, st.Size())

@@ -191,6 +191,9 @@ func TestOpenRefuses(t *testing.T) {
 			b[len(b)/2] ^= 1
 			return os.WriteFile(p, b, 0o600)
 		}, "checksum mismatch"},
+		{"oversized descriptor", func(dir string) error {
+			return os.Truncate(filepath.Join(dir, DescriptorFile), maxDescriptorFile+1)
+		}, "descriptor file of 1073741877 bytes exceeds"},
 		{"foreign descriptor", func(dir string) error {
 			return os.WriteFile(filepath.Join(dir, DescriptorFile), []byte("#!/bin/sh\n"), 0o600)
 		}, "bad magic"},

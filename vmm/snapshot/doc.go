@@ -37,16 +37,18 @@
 // # Plain data
 //
 // The codec is positional, with no tags or field names: the Go type is the
-// schema, and Version names it. Fixed-size integers are little-endian at
-// their width (int and uint as 8 bytes), bools one byte 0 or 1, strings and
-// slices a uvarint length then the bytes or elements, arrays their elements,
-// structs their fields in declaration order. Blank (_) fields, such as the
-// padding in kvm.Segment, are skipped and decode as zero. Maps, pointers,
-// interfaces, funcs, chans, floats, unexported named fields and recursive
-// types are refused with an error naming the field. Decoding is strict (minimal uvarints,
-// bools 0 or 1, no trailing bytes), so a value has exactly one encoding;
-// a zero-length slice decodes as nil. Every length is bounded by the input
-// left before anything is allocated.
+// schema, and Version names it. (Schema spells a type's encoding out, field
+// names included, so that a test can pin it for each Version.) Fixed-size
+// integers are little-endian at their width (int and uint as 8 bytes),
+// bools one byte 0 or 1, strings and slices a uvarint length then the bytes
+// or elements, arrays their elements, structs their fields in declaration
+// order. Blank (_) fields, such as the padding in kvm.Segment, are skipped
+// and decode as zero. Maps, pointers, interfaces, funcs, chans, floats,
+// unexported named fields and recursive types are refused with an error
+// naming the field. Decoding is strict (minimal uvarints, bools 0 or 1, no
+// trailing bytes), so a value has exactly one encoding; a zero-length slice
+// decodes as nil. Every length is bounded by the input left before
+// anything is allocated.
 //
 // # Page bitmaps
 //

@@ -3,58 +3,36 @@ package devtest_test
 import (
 	"encoding/binary"
 	"io"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/sfvmm/sfvmm/vmm/bus"
-	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
-	"github.com/sfvmm/sfvmm/vmm/devices/debugexit"
+	"github.com/sfvmm/sfvmm/vmm/devices"
 	"github.com/sfvmm/sfvmm/vmm/devices/devtest"
-	"github.com/sfvmm/sfvmm/vmm/devices/fwcfg"
-	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
-	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
-	"github.com/sfvmm/sfvmm/vmm/devices/serial"
 )
 
-// machine is every legacy device registered on one port I/O bus at the
-// ports the VMM uses.
+// machine is the VMM's device table on one port I/O bus.
 type machine struct {
 	pio    *bus.Bus
-	uart   *serial.UART
-	kbc    *i8042.Device
-	clock  *rtc.RTC
-	fw     *fwcfg.FwCfg
-	pm     *acpipm.Device
-	exit   *debugexit.Device
-	ranges []struct{ base, size uint64 }
+	set    *devices.Set
+	ranges []devices.Range
 }
 
 func newMachine(t testing.TB) *machine {
 	t.Helper()
 	m := &machine{pio: bus.New("pio", nil)}
-	m.uart = serial.New(func(bool) {}, io.Discard)
-	m.kbc = i8042.New(func() {})
-	m.clock = rtc.New(func() time.Time { return time.Unix(1700000000, 0) }, 1<<30)
-	m.fw = fwcfg.New(fwcfg.Config{CPUs: 2, RAMSize: 1 << 30, Cmdline: "console=ttyS0",
-		Files: []fwcfg.File{{Name: "etc/x", Data: []byte("x")}}})
-	m.pm = acpipm.New(func() {})
-	m.exit = debugexit.New(func(int) {})
-	for _, r := range []struct {
-		base, size uint64
-		dev        bus.Device
-	}{
-		{serial.Port, serial.Size, m.uart},
-		{i8042.DataPort, 1, m.kbc.Data()},
-		{i8042.CommandPort, 1, m.kbc.Command()},
-		{rtc.Port, rtc.Size, m.clock},
-		{fwcfg.Port, fwcfg.Size, m.fw},
-		{acpipm.PM1aEvtBlk, acpipm.Size, m.pm},
-		{debugexit.Port, debugexit.Size, m.exit},
-	} {
-		if err := m.pio.Register(r.base, r.size, r.dev); err != nil {
-			t.Fatal(err)
-		}
-		m.ranges = append(m.ranges, struct{ base, size uint64 }{r.base, r.size})
+	m.set = devices.New(devices.Wiring{
+		IRQ: func(uint32) func(bool) { return func(bool) {} }, Console: io.Discard,
+		Now:  func() time.Time { return time.Unix(1700000000, 0) },
+		CPUs: 2, RAMSize: 1 << 30, Cmdline: "console=ttyS0",
+		DebugExit: func(int) {}, Reset: func() {}, PowerOff: func() {}, CloneExit: func(uint32) {},
+	})
+	if err := m.set.Register(m.pio); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range m.set.Entries() {
+		m.ranges = append(m.ranges, e.PIO...)
 	}
 	return m
 }
@@ -69,14 +47,14 @@ func (m *machine) run(t testing.TB, b []byte) {
 		sel := int(b[0]) % (len(m.ranges) + 2)
 		switch sel {
 		case len(m.ranges):
-			m.uart.Input(b[3:7])
+			m.set.Serial.Input(b[3:7])
 			continue
 		case len(m.ranges) + 1:
 			m.roundTrip(t)
 			continue
 		}
 		r := m.ranges[sel]
-		addr := r.base + uint64(b[2])%(r.size+1)
+		addr := r.Base + uint64(b[2])%(r.Size+1)
 		data := buf[:widths[(b[1]>>1)&7]]
 		binary.LittleEndian.PutUint32(buf[:4], binary.LittleEndian.Uint32(b[3:7]))
 		if b[1]&1 != 0 {
@@ -87,13 +65,24 @@ func (m *machine) run(t testing.TB, b []byte) {
 	}
 }
 
+// roundTrip saves every device of the table, restores the state and
+// saves again: the two states must be equal.
 func (m *machine) roundTrip(t testing.TB) {
-	devtest.RoundTrip(t, m.uart, m.uart)
-	devtest.RoundTrip(t, m.kbc, m.kbc)
-	devtest.RoundTrip(t, m.clock, m.clock)
-	devtest.RoundTrip(t, m.fw, m.fw)
-	devtest.RoundTrip(t, m.pm, m.pm)
-	devtest.RoundTrip(t, m.exit, m.exit)
+	t.Helper()
+	st, err := m.set.Save()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.set.Restore(st); err != nil {
+		t.Fatalf("restore what was saved: %v", err)
+	}
+	again, err := m.set.Save()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(st, again) {
+		t.Fatalf("state changed across save/restore:\n%+v\n%+v", st, again)
+	}
 }
 
 // FuzzDevices throws arbitrary accesses at every device through the port

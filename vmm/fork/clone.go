@@ -1,13 +1,13 @@
-package vmm
+package fork
 
 import (
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"github.com/sfvmm/sfvmm/memtap"
+	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
 	"github.com/sfvmm/sfvmm/vmm/memory"
 	"github.com/sfvmm/sfvmm/vmm/snapshot"
@@ -18,7 +18,7 @@ const maxForkDescriptor = 64 << 20
 
 // CloneConfig is what a clone takes from its launcher.
 type CloneConfig struct {
-	RestoreConfig
+	vmm.RestoreConfig
 	// ID is the clone's ID within its ticket, 1 or more.
 	ID uint32
 	// Memtap tunes the clone's memory client; Regions, Network, Address
@@ -35,53 +35,34 @@ type CloneConfig struct {
 
 // RestoreClone builds clone cfg.ID of the fork descriptor at path, paused:
 // its RAM starts empty and fills from the parent's memory server as it is
-// touched (package memtap); its forking call returns its clone ID.
-func RestoreClone(path string, cfg CloneConfig) (_ *VM, err error) {
+// touched (package memtap), through the returned client, which the
+// machine owns; its forking call returns its clone ID.
+func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error) {
 	if cfg.ID == 0 {
-		return nil, errors.New("clone: ID 0 is the parent's")
+		return nil, nil, errors.New("clone: ID 0 is the parent's")
 	}
-	f, err := os.Open(path)
+	d, h, err := ReadDescriptor(path)
 	if err != nil {
-		return nil, fmt.Errorf("clone: %w", err)
+		return nil, nil, fmt.Errorf("clone: %w", err)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxForkDescriptor+1))
-	f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("clone: read %s: %w", path, err)
-	}
-	if len(b) > maxForkDescriptor {
-		return nil, fmt.Errorf("clone: %s: larger than any fork descriptor (%d bytes)", path, maxForkDescriptor)
-	}
-	var state MachineState
-	h, err := snapshot.Decode(b, &state)
-	if err != nil {
-		return nil, fmt.Errorf("clone: %s: %w", path, err)
-	}
-	fi := state.Fork
-	if fi.Address == "" {
-		return nil, fmt.Errorf("clone: %s is a snapshot, not a fork descriptor (it names no memory server)", path)
-	}
-	if len(h.Memory) == 0 {
-		return nil, fmt.Errorf("clone: %s: %w: no memory layout", path, snapshot.ErrCorrupt)
-	}
+	state, fi := &d.Machine, d.Fork
 	state.Devices.Fork.ID = cfg.ID
 	if fi.Caller >= 0 {
-		if err := finishForkCall(&state, fi, cfg.ID); err != nil {
-			return nil, fmt.Errorf("clone: %s: %w", path, err)
+		if err := finishForkCall(state, fi, cfg.ID); err != nil {
+			return nil, nil, fmt.Errorf("clone: %s: %w", path, err)
 		}
 	}
-
 	var client *memtap.Client
-	m, err := Restore(&state, func(mem *memory.Memory) error {
+	m, err := vmm.Restore(state, func(mem *memory.Memory) (vmm.MemorySource, error) {
 		regions := mem.Regions()
 		if len(regions) != len(h.Memory) {
-			return fmt.Errorf("%d RAM regions, the descriptor has %d", len(regions), len(h.Memory))
+			return nil, fmt.Errorf("%d RAM regions, the descriptor has %d", len(regions), len(h.Memory))
 		}
 		mc := cfg.Memtap
 		mc.Regions = nil
 		for i, r := range regions {
 			if h.Memory[i].GPA != r.GPA || h.Memory[i].Size != r.Size {
-				return fmt.Errorf("RAM region %d at %#x (%d bytes), the descriptor has it at %#x (%d bytes)",
+				return nil, fmt.Errorf("RAM region %d at %#x (%d bytes), the descriptor has it at %#x (%d bytes)",
 					i, r.GPA, r.Size, h.Memory[i].GPA, h.Memory[i].Size)
 			}
 			mc.Regions = append(mc.Regions, memtap.Region{Host: r.Host, Populated: h.Memory[i].Pages})
@@ -94,19 +75,46 @@ func RestoreClone(path string, cfg CloneConfig) (_ *VM, err error) {
 		}
 		c, err := memtap.Start(mc)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		client = c
-		return nil
+		return c, nil
 	}, cfg.RestoreConfig)
 	if err != nil {
-		if client != nil {
-			client.Close()
-		}
-		return nil, err
+		return nil, nil, err
 	}
-	m.memtap = client
-	return m, nil
+	return m, client, nil
+}
+
+// ReadDescriptor reads and checks the fork descriptor at path.
+func ReadDescriptor(path string) (*Descriptor, snapshot.Header, error) {
+	var h snapshot.Header
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, h, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxForkDescriptor+1))
+	f.Close()
+	if err != nil {
+		return nil, h, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxForkDescriptor {
+		return nil, h, fmt.Errorf("%s: larger than any fork descriptor (%d bytes)", path, maxForkDescriptor)
+	}
+	var d Descriptor
+	if h, err = snapshot.Decode(b, &d); err != nil {
+		if _, serr := snapshot.Decode(b, &vmm.MachineState{}); serr == nil {
+			return nil, h, fmt.Errorf("%s is a snapshot, not a fork descriptor", path)
+		}
+		return nil, h, fmt.Errorf("%s: %w", path, err)
+	}
+	if d.Fork.Address == "" {
+		return nil, h, fmt.Errorf("%s is not a fork descriptor (it names no memory server)", path)
+	}
+	if len(h.Memory) == 0 {
+		return nil, h, fmt.Errorf("%s: %w: no memory layout", path, snapshot.ErrCorrupt)
+	}
+	return &d, h, nil
 }
 
 // directParent opens the parent's memory for memtap's direct reads when
@@ -114,7 +122,7 @@ func RestoreClone(path string, cfg CloneConfig) (_ *VM, err error) {
 // descriptor cannot name another process); nil otherwise, or if the
 // parent's memory cannot be opened (then every page comes through the
 // memory server, which is said).
-func directParent(fi ForkInfo, regions int, logf func(string, ...any)) *memtap.ParentMemory {
+func directParent(fi Info, regions int, logf func(string, ...any)) *memtap.ParentMemory {
 	if fi.ParentPID == 0 || fi.ParentPID != os.Getppid() || len(fi.ParentRAM) != regions {
 		return nil
 	}
@@ -131,7 +139,7 @@ func directParent(fi ForkInfo, regions int, logf func(string, ...any)) *memtap.P
 // finishForkCall makes the forking call return in the clone what a clone
 // sees: its ID from sf_clone, 0 from sf_checkpoint_parent. The parent's
 // state was saved with the call completed, so only RAX changes.
-func finishForkCall(s *MachineState, fi ForkInfo, id uint32) error {
+func finishForkCall(s *vmm.MachineState, fi Info, id uint32) error {
 	for i := range s.VCPUs {
 		v := &s.VCPUs[i]
 		if int32(v.ID) != fi.Caller {
@@ -148,23 +156,4 @@ func finishForkCall(s *MachineState, fi ForkInfo, id uint32) error {
 		return nil
 	}
 	return fmt.Errorf("%w: the forking vCPU %d does not exist", snapshot.ErrCorrupt, fi.Caller)
-}
-
-// MemtapStats returns a clone's memory statistics; ok is false for a
-// machine that is not a clone.
-func (m *VM) MemtapStats() (s memtap.Stats, ok bool) {
-	if m.memtap == nil {
-		return s, false
-	}
-	return m.memtap.Stats(), true
-}
-
-// CloneID is the machine's clone ID, 0 for a parent.
-func (m *VM) CloneID() uint32 { return m.devs.fork.ID() }
-
-// FormatMemtapStats is a one-line summary of a clone's memory statistics.
-func FormatMemtapStats(s memtap.Stats) string {
-	return fmt.Sprintf("%d faults, %d pages fetched, %d zero-filled locally, %d read from the parent directly, %d prefetched, %d requests, %s received, fault p50 %v p99 %v",
-		s.Faults, s.PagesFetched, s.PagesZeroFilled, s.PagesDirect, s.PagesPrefetched, s.Requests, FormatSize(s.BytesReceived),
-		s.Percentile(0.5).Round(time.Microsecond), s.Percentile(0.99).Round(time.Microsecond))
 }

@@ -1,0 +1,143 @@
+package devices
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sfvmm/sfvmm/vmm/bus"
+	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
+	"github.com/sfvmm/sfvmm/vmm/devices/debugexit"
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
+	"github.com/sfvmm/sfvmm/vmm/devices/fwcfg"
+	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
+	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
+	"github.com/sfvmm/sfvmm/vmm/devices/serial"
+)
+
+// Wiring is what the machine gives its devices.
+type Wiring struct {
+	// IRQ returns the interrupt output of ISA line n.
+	IRQ     func(n uint32) func(level bool)
+	Console io.Writer // COM1's output
+	Now     func() time.Time
+	CPUs    int
+	RAMSize uint64
+	Cmdline string
+	// How the guest ends the machine.
+	DebugExit func(code int)
+	Reset     func()
+	PowerOff  func()
+	CloneExit func(status uint32)
+	// ForkHost serves the fork device's calls; nil answers them with
+	// SF_ENOFORK.
+	ForkHost forkdev.Host
+}
+
+// States holds each device's state: the plain value a descriptor keeps.
+type States struct {
+	Serial    serial.State
+	DebugExit debugexit.State
+	I8042     i8042.State
+	RTC       rtc.State
+	FwCfg     fwcfg.State
+	ACPIPM    acpipm.State
+	Fork      forkdev.State
+}
+
+// Range is a device's span on the port I/O bus.
+type Range struct {
+	Base, Size uint64
+	Dev        bus.Device
+}
+
+// Entry is one device of the table.
+type Entry struct {
+	Name string
+	// PIO is what the device claims on the port I/O bus. The fork
+	// device claims nothing: it reads the calling vCPU's registers, so
+	// the vCPU loop calls it directly at forkdev.Port.
+	PIO     []Range
+	save    func(*States) error
+	restore func(*States) error
+}
+
+// Set is one machine's devices.
+type Set struct {
+	Serial *serial.UART
+	Fork   *forkdev.Device
+	table  []Entry
+}
+
+// entry builds a table entry for a device whose state is the field of
+// States that field points to.
+func entry[S any](name string, d interface {
+	Save() (S, error)
+	Restore(S) error
+}, field func(*States) *S, pio ...Range) Entry {
+	return Entry{
+		Name: name, PIO: pio,
+		save: func(s *States) (err error) {
+			*field(s), err = d.Save()
+			return err
+		},
+		restore: func(s *States) error { return d.Restore(*field(s)) },
+	}
+}
+
+// New builds the machine's devices.
+func New(w Wiring) *Set {
+	uart := serial.New(w.IRQ(serial.IRQ), w.Console)
+	kbc := i8042.New(w.Reset)
+	dexit := debugexit.New(w.DebugExit)
+	clock := rtc.New(w.Now, w.RAMSize)
+	fw := fwcfg.New(fwcfg.Config{CPUs: w.CPUs, RAMSize: w.RAMSize, Cmdline: w.Cmdline})
+	pm := acpipm.New(w.PowerOff)
+	fork := forkdev.New(w.ForkHost, w.CloneExit)
+	return &Set{Serial: uart, Fork: fork, table: []Entry{
+		entry("serial", uart, func(s *States) *serial.State { return &s.Serial }, Range{serial.Port, serial.Size, uart}),
+		entry("i8042", kbc, func(s *States) *i8042.State { return &s.I8042 },
+			Range{i8042.DataPort, 1, kbc.Data()}, Range{i8042.CommandPort, 1, kbc.Command()}),
+		entry("rtc", clock, func(s *States) *rtc.State { return &s.RTC }, Range{rtc.Port, rtc.Size, clock}),
+		entry("fw_cfg", fw, func(s *States) *fwcfg.State { return &s.FwCfg }, Range{fwcfg.Port, fwcfg.Size, fw}),
+		entry("acpi pm", pm, func(s *States) *acpipm.State { return &s.ACPIPM }, Range{acpipm.PM1aEvtBlk, acpipm.Size, pm}),
+		entry("debug-exit", dexit, func(s *States) *debugexit.State { return &s.DebugExit }, Range{debugexit.Port, debugexit.Size, dexit}),
+		entry("fork device", fork, func(s *States) *forkdev.State { return &s.Fork }),
+	}}
+}
+
+// Entries is the table, in registration order.
+func (s *Set) Entries() []Entry { return s.table }
+
+// Register puts every device on the port I/O bus.
+func (s *Set) Register(pio *bus.Bus) error {
+	for _, e := range s.table {
+		for _, r := range e.PIO {
+			if err := pio.Register(r.Base, r.Size, r.Dev); err != nil {
+				return fmt.Errorf("%s: %w", e.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Save captures every device's state.
+func (s *Set) Save() (States, error) {
+	var st States
+	for _, e := range s.table {
+		if err := e.save(&st); err != nil {
+			return st, fmt.Errorf("save %s: %w", e.Name, err)
+		}
+	}
+	return st, nil
+}
+
+// Restore puts every device in the state st holds.
+func (s *Set) Restore(st States) error {
+	for _, e := range s.table {
+		if err := e.restore(&st); err != nil {
+			return fmt.Errorf("restore %s: %w", e.Name, err)
+		}
+	}
+	return nil
+}

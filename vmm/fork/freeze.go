@@ -1,0 +1,285 @@
+package fork
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+	"unsafe"
+
+	"github.com/sfvmm/sfvmm/memtap/server"
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"github.com/sfvmm/sfvmm/vmm"
+	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
+	"github.com/sfvmm/sfvmm/vmm/snapshot"
+)
+
+// Machine is what a fork needs of the VM it freezes (*vmm.VM, through
+// vmMachine).
+type Machine interface {
+	// Hold stops the vCPUs until release is called. caller ≥ 0 is the
+	// vCPU whose fork call asks for it, in its exit handler: its port
+	// read completes with result first.
+	Hold(ctx context.Context, caller int, result int32) (release func(), err error)
+	// SaveState captures the machine's state; a hold is in force.
+	SaveState() (*vmm.MachineState, error)
+	// SplitHugePages puts guest RAM on 4 KiB pages, which write
+	// protection works in.
+	SplitHugePages() error
+	// RAM is guest RAM, each region with the pages present now.
+	RAM() ([]RAM, error)
+	// FailCall makes the fork call of vCPU vcpu, whose port read already
+	// completed, return errno instead.
+	FailCall(vcpu int, errno forkdev.Errno)
+	// CloneID is 0 for a parent.
+	CloneID() uint32
+	Config() vmm.Config
+}
+
+// RAM is one region of guest RAM.
+type RAM struct {
+	GPA       uint64
+	Host      []byte
+	Populated *snapshot.Bitmap
+}
+
+// Server is the parent's memory server (memtap/server's, through
+// memtapServer).
+type Server interface {
+	// Arm write-protects regions while the guest runs; see
+	// server.Server.Arm.
+	Arm(regions []server.Region) (Image, error)
+	Done() <-chan struct{} // closed if the server's process has gone
+	PID() int
+	Close() error
+}
+
+// Image is a frozen image the memory server serves.
+type Image interface {
+	// Seal fixes the image as regions are now, in the hold.
+	Seal(regions []server.Region) error
+	// Serve serves the image on l to clients holding key.
+	Serve(l net.Listener, key wire.Key) error
+	Close() error
+}
+
+// image is one frozen image of the parent and what clones need of it.
+type image struct {
+	id         uint32
+	descriptor string
+	frozen     Image
+	held       bool // a checkpoint: clones may be created from it again
+	live       int  // clones started from it that have not ended
+	paused     time.Duration
+}
+
+// Info is what a clone needs beyond its parent's machine state: where its
+// memory comes from and how to finish the call that forked it. It is of
+// the parent's host, not of the guest, so it sits beside the machine state
+// in the descriptor rather than in it.
+type Info struct {
+	Checkpoint uint32 // the fork image's ID (sf_checkpoint_parent's C)
+	// Caller is the vCPU whose call forked the VM, -1 for a fork from the
+	// host; Call is that call (forkdev.CallClone or CallCheckpointParent).
+	Caller int32
+	Call   uint32
+	// Network and Address reach the parent's memory server; Key
+	// authenticates the clone family to it.
+	Network, Address string
+	Key              [32]byte
+	// ParentPID and ParentRAM (each RAM region's address in the parent)
+	// let a clone that is the parent's child process read unwritten pages
+	// from the parent's memory directly (memtap.ParentMemory).
+	ParentPID int
+	ParentRAM []uint64
+}
+
+// Descriptor is what a fork descriptor holds after its header.
+type Descriptor struct {
+	Machine vmm.MachineState
+	Fork    Info
+}
+
+// freeze makes a fork image of the parent. The order is what keeps the
+// parent's pause short and the image true to one instant:
+//
+//  1. split huge pages, and 2. arm write protection, while the guest
+//     runs: both grow with guest RAM;
+//  3. hold the vCPUs, 4. save their state, 5. seal the image (protect
+//     what was written or populated since arming): from the hold to the
+//     seal, neither the state nor the memory can change, so they agree;
+//  6. release the hold: the parent runs on, its writes now saved first;
+//  7. publish the descriptor and serve the image, for the clones.
+//
+// caller is the vCPU whose call forks (its port read completes with the
+// parent's result before the hold), -1 for a fork from the host. Every
+// failure closes the image and releases the hold.
+func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool) (*image, error) {
+	if !f.freezing.TryLock() {
+		return nil, ErrBusy
+	}
+	defer f.freezing.Unlock()
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if f.image != nil && f.image.live > 0 {
+		f.mu.Unlock()
+		return nil, ErrBusy
+	}
+	old := f.image
+	f.image = nil
+	f.mu.Unlock()
+	if old != nil {
+		old.frozen.Close()
+	}
+	srv, err := f.prepare()
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.lastImage++
+	img := &image{id: f.lastImage, held: held}
+	dir := f.dir
+	f.mu.Unlock()
+
+	info := Info{Checkpoint: img.id, Caller: int32(caller), Call: call, Network: "unix",
+		Address: filepath.Join(dir, fmt.Sprintf("image-%d.sock", img.id)), ParentPID: os.Getpid()}
+	if _, err := rand.Read(info.Key[:]); err != nil {
+		return nil, fmt.Errorf("family key: %w", err)
+	}
+	result := int32(0)
+	if call == forkdev.CallCheckpointParent {
+		result = int32(img.id)
+	}
+
+	// Guest RAM is on huge pages until the first fork (a Linux boot on
+	// 4 KiB pages takes many times the stage-2 faults).
+	if err := f.m.SplitHugePages(); err != nil {
+		return nil, err
+	}
+	ram, err := f.m.RAM()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range ram {
+		info.ParentRAM = append(info.ParentRAM, uint64(uintptr(unsafe.Pointer(&r.Host[0]))))
+	}
+	if img.frozen, err = srv.Arm(serverRegions(ram)); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	release, err := f.m.Hold(ctx, caller, result)
+	if err != nil {
+		img.frozen.Close()
+		return nil, err
+	}
+	state, err := f.m.SaveState()
+	if err == nil {
+		ram, err = f.m.RAM()
+	}
+	if err == nil {
+		err = img.frozen.Seal(serverRegions(ram))
+	}
+	release()
+	img.paused = time.Since(start)
+	if err == nil {
+		err = f.publish(img, dir, Descriptor{Machine: *state, Fork: info}, ram)
+	}
+	if err != nil {
+		img.frozen.Close()
+		return nil, err
+	}
+	f.mu.Lock()
+	f.image = img
+	f.mu.Unlock()
+	return img, nil
+}
+
+func serverRegions(ram []RAM) []server.Region {
+	regions := make([]server.Region, len(ram))
+	for i, r := range ram {
+		regions[i] = server.Region{Host: r.Host, Populated: r.Populated}
+	}
+	return regions
+}
+
+// prepare makes the fork directory and starts the memory server, before
+// the parent is held.
+func (f *Forker) prepare() (Server, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if f.dir == "" {
+		if f.cfg.Dir != "" {
+			if err := os.MkdirAll(f.cfg.Dir, 0o700); err != nil {
+				return nil, fmt.Errorf("fork directory: %w", err)
+			}
+			f.dir = f.cfg.Dir
+		} else {
+			d, err := os.MkdirTemp("", "sfvmm-fork-")
+			if err != nil {
+				return nil, fmt.Errorf("fork directory: %w", err)
+			}
+			f.dir, f.madeDir = d, true
+		}
+	}
+	if f.srv != nil {
+		select {
+		case <-f.srv.Done(): // the server died (or was killed): start afresh
+			f.srv.Close()
+			f.srv = nil
+		default:
+		}
+	}
+	if f.srv == nil {
+		s, err := f.cfg.NewServer()
+		if err != nil {
+			return nil, fmt.Errorf("start the memory server: %w", err)
+		}
+		f.srv = s
+		f.srvPID.Store(int32(s.PID()))
+	}
+	return f.srv, nil
+}
+
+// publish writes the fork descriptor and lets the memory server serve the
+// image on its socket.
+func (f *Forker) publish(img *image, dir string, d Descriptor, ram []RAM) error {
+	cfg := f.m.Config()
+	h := snapshot.Header{CPUs: uint32(cfg.CPUs), MemBytes: cfg.MemBytes, CreatedUnixNano: time.Now().UnixNano()}
+	for _, r := range ram {
+		h.Memory = append(h.Memory, snapshot.MemoryRegion{GPA: r.GPA, Size: uint64(len(r.Host)), Pages: r.Populated})
+	}
+	b, err := snapshot.Encode(h, &d)
+	if err != nil {
+		return fmt.Errorf("encode fork descriptor: %w", err)
+	}
+	img.descriptor = filepath.Join(dir, fmt.Sprintf("image-%d.sfd", img.id))
+	if err := writeFileAtomic(img.descriptor, b); err != nil {
+		return fmt.Errorf("write fork descriptor: %w", err)
+	}
+	os.Remove(d.Fork.Address)
+	l, err := net.Listen(d.Fork.Network, d.Fork.Address)
+	if err != nil {
+		return fmt.Errorf("memory server socket: %w", err)
+	}
+	if err := img.frozen.Serve(l, wire.Key(d.Fork.Key)); err != nil {
+		return fmt.Errorf("memory server: %w", err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
