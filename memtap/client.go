@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/sfvmm/sfvmm/memtap/internal/helper"
+	"github.com/sfvmm/sfvmm/memtap/internal/pages"
 	"github.com/sfvmm/sfvmm/memtap/server"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
 	"github.com/sfvmm/sfvmm/memtap/wire"
@@ -23,10 +24,7 @@ type Key = wire.Key
 
 // PageSet is a set of pages of one RAM region, as runs (the VMM's
 // snapshot.Bitmap is one).
-type PageSet interface {
-	Len() uint64
-	Runs(fn func(start, n uint64))
-}
+type PageSet = pages.Set
 
 // Region is one RAM region of the child, matching the parent's region of
 // the same index.
@@ -51,9 +49,13 @@ type Config struct {
 	// (default and maximum wire.MaxBatch, 256). Window 1 and MaxWindow 1
 	// turn prefetch off.
 	Window, MaxWindow int
-	// Timeout bounds connecting and the server's answer to each request
-	// (default 5 s).
+	// Timeout bounds connecting, and how long requests wait with nothing
+	// at all heard from the server: no reply and no keep-alive (default
+	// 5 s). A server that keeps sending keep-alives is waited for.
 	Timeout time.Duration
+	// StuckAfter bounds how long a server that keeps sending keep-alives
+	// may answer none of the requests waiting (default 60 s).
+	StuckAfter time.Duration
 	// KillAfter is how long the helper waits for the VMM to take a fatal
 	// error before it kills the VMM (default 2 s).
 	KillAfter time.Duration
@@ -165,12 +167,9 @@ func bucket(d time.Duration) int {
 
 // counters is the shared-memory layout of Stats, written by the helper.
 type counters struct {
-	faults, fetched, zeroFilled, prefetched, requests, bytes atomic.Uint64
-	hist                                                     [Buckets]atomic.Uint64
-	direct                                                   atomic.Uint64
+	faults, fetched, direct, zeroFilled, prefetched, requests, bytes atomic.Uint64
+	hist                                                             [Buckets]atomic.Uint64
 }
-
-const sharedSize = 4096
 
 func (c *counters) stats() Stats {
 	s := Stats{
@@ -183,16 +182,12 @@ func (c *counters) stats() Stats {
 	return s
 }
 
-func countersAt(mem []byte) *counters { return (*counters)(unsafe.Pointer(&mem[0])) }
-
 // Client is memtap serving one child's RAM.
 type Client struct {
 	proc    *helper.Proc
 	u       *uffd.FD // the VMM's reference: faults stay pending if the helper dies
 	regions []Region
-
-	shared []byte                   // counters, shared with the helper; unmapped by Close
-	c      atomic.Pointer[counters] // in shared, or the last figures after Close
+	c       *helper.Counters[counters] // shared with the helper
 
 	done    chan struct{} // closed on a fatal error or the helper's exit
 	err     error         // why; set before done is closed
@@ -204,22 +199,17 @@ type Client struct {
 // Messages between the VMM and the client helper.
 type (
 	helperConfig struct {
-		Regions          []regionSpec
+		Regions          []pages.Region
 		Network, Address string
 		Key              Key
 		Window, Max      int
 		Timeout, Kill    time.Duration
+		StuckAfter       time.Duration
 		VMM              int // pid, killed if it does not acknowledge a fatal error
 		// Direct: the parent's mem and pagemap files come with the
 		// config; ParentBases are the regions' addresses there.
 		Direct      bool
 		ParentBases []uint64
-	}
-	regionSpec struct {
-		Base  uint64
-		Pages uint64
-		All   bool
-		Runs  []helper.Run
 	}
 	// note goes from the helper to the VMM.
 	note struct {
@@ -245,15 +235,22 @@ func Start(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
 	}
+	if cfg.Timeout < 2*wire.AliveInterval {
+		// A keep-alive a little late would fail a live server.
+		return nil, fmt.Errorf("start memtap: timeout %v: at least twice the server's keep-alive interval (%v)", cfg.Timeout, wire.AliveInterval)
+	}
 	if cfg.KillAfter <= 0 {
 		cfg.KillAfter = 2 * time.Second
 	}
-	if len(cfg.Regions) == 0 || len(cfg.Regions) > wire.MaxRegions {
-		return nil, fmt.Errorf("start memtap: %d regions", len(cfg.Regions))
+	if cfg.StuckAfter <= 0 {
+		cfg.StuckAfter = 60 * time.Second
+	}
+	if err := pages.CheckCount(len(cfg.Regions)); err != nil {
+		return nil, fmt.Errorf("start memtap: %w", err)
 	}
 	hc := helperConfig{
 		Network: cfg.Network, Address: cfg.Address, Key: cfg.Key, Window: cfg.Window, Max: cfg.MaxWindow,
-		Timeout: cfg.Timeout, Kill: cfg.KillAfter, VMM: os.Getpid(),
+		Timeout: cfg.Timeout, Kill: cfg.KillAfter, StuckAfter: cfg.StuckAfter, VMM: os.Getpid(),
 	}
 	var parentFds []int
 	if pm := cfg.Parent; pm != nil {
@@ -269,21 +266,17 @@ func Start(cfg Config) (*Client, error) {
 		parentFds = []int{int(pm.Mem.Fd()), int(pm.Pagemap.Fd())}
 	}
 	for i, r := range cfg.Regions {
-		if len(r.Host) == 0 || len(r.Host)%uffd.PageSize != 0 || uintptr(unsafe.Pointer(&r.Host[0]))%uffd.PageSize != 0 {
-			return nil, fmt.Errorf("start memtap: region %d is not whole pages", i)
-		}
-		pages := uint64(len(r.Host) / uffd.PageSize)
-		if pages > wire.MaxRegionPages {
-			return nil, fmt.Errorf("start memtap: region %d of %d pages is too large", i, pages)
-		}
-		spec := regionSpec{Base: uint64(uintptr(unsafe.Pointer(&r.Host[0]))), Pages: pages, All: r.Populated == nil}
-		if r.Populated != nil {
-			if r.Populated.Len() != pages {
-				return nil, fmt.Errorf("start memtap: region %d: populated set of %d pages for %d", i, r.Populated.Len(), pages)
+		reg, err := pages.Check(r.Host)
+		if err == nil {
+			reg.Runs = []pages.Run{{Start: 0, N: reg.Pages}}
+			if r.Populated != nil {
+				reg.Runs, err = pages.RunsOf(r.Populated, reg.Pages)
 			}
-			r.Populated.Runs(func(start, n uint64) { spec.Runs = append(spec.Runs, helper.Run{Start: start, N: n}) })
 		}
-		hc.Regions = append(hc.Regions, spec)
+		if err != nil {
+			return nil, fmt.Errorf("start memtap: region %d: %w", i, err)
+		}
+		hc.Regions = append(hc.Regions, reg)
 	}
 
 	u, err := uffd.New(unix.O_CLOEXEC)
@@ -309,12 +302,11 @@ func Start(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("start memtap: region %d: kernel offers ioctls %#x, want %#x", i, ioctls, want)
 		}
 	}
-	shared, sf, err := helper.Shared(sharedSize)
+	shared, sf, err := helper.NewCounters[counters]()
 	if err != nil {
 		return nil, fmt.Errorf("start memtap: %w", err)
 	}
-	c.shared = shared
-	c.c.Store(countersAt(shared))
+	c.c = shared
 	ufile, err := dupFile(u.Fd(), "userfaultfd")
 	if err != nil {
 		sf.Close()
@@ -336,8 +328,8 @@ func Start(cfg Config) (*Client, error) {
 	}
 	// The helper answers Ready or Fatal within its connect timeout, and a
 	// helper that dies closes the socket at once; helperStart covers
-	// starting it, which on a loaded host (sixteen clones starting at
-	// once on one CPU) takes seconds.
+	// starting it, which takes seconds on a loaded host (many clones
+	// starting at once on few CPUs).
 	ready := make(chan error, 1)
 	go func() {
 		var n note
@@ -411,7 +403,11 @@ func (c *Client) Err() error {
 }
 
 // Stats returns the client's counters.
-func (c *Client) Stats() Stats { return c.c.Load().stats() }
+func (c *Client) Stats() Stats {
+	var s Stats
+	c.c.Read(func(c *counters) { s = c.stats() })
+	return s
+}
 
 // Fence revokes all access to the child's RAM and wakes every thread
 // blocked on a missing page. Call it after a failure, to tear the child
@@ -466,29 +462,13 @@ func (c *Client) release() error {
 		errs = append(errs, c.u.Close())
 		c.u = nil
 	}
-	if c.shared != nil {
-		last := &counters{}
-		last.restore(c.c.Load().stats())
-		c.c.Store(last)
-		unix.Munmap(c.shared)
-		c.shared = nil
+	if c.c != nil {
+		c.c.Close() // after the helper's exit: its last figures stay readable
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close memtap: %w", err)
 	}
 	return nil
-}
-
-func (c *counters) restore(s Stats) {
-	c.faults.Store(s.Faults)
-	c.fetched.Store(s.PagesFetched)
-	c.zeroFilled.Store(s.PagesZeroFilled)
-	c.prefetched.Store(s.PagesPrefetched)
-	c.requests.Store(s.Requests)
-	c.bytes.Store(s.BytesReceived)
-	for i := range c.hist {
-		c.hist[i].Store(s.FaultLatency[i])
-	}
 }
 
 // Main runs a memtap helper (the client's fault handler or the memory
@@ -497,12 +477,5 @@ func (c *counters) restore(s Stats) {
 // memtap or a memory server, must call it before anything else.
 func Main() {
 	server.HelperMain()
-	if helper.Role() != "client" {
-		return
-	}
-	if err := runHelper(); err != nil {
-		fmt.Fprintf(os.Stderr, "memtap helper: %v\n", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	helper.Main("client", runHelper)
 }

@@ -11,17 +11,20 @@
 //     instead of data, and they too are zero-filled.
 //
 // A child on its parent's host may also read the parent's memory directly
-// (Config.Parent; sfvmm's clones do unless `sfvmm clone --direct-reads=false`,
-// when they are the parent's child processes): a page the parent has not written since the fork is read from
-// the parent's /proc/PID/mem and installed if the parent's page table still
-// shows the memory server's write protection on it after the read, which
-// proves it unchanged. That saves the two process wake-ups of a round trip
-// through the server. Pages the parent has written come from the server,
-// which saved them; so does everything once the server is gone, since the
-// kernel drops its write protection with it. Caveat: the reads take the
-// parent's mm lock, and while the server is stopped (not dead) a parent
-// thread waiting on it has been seen to keep them blocked, so a clone can
-// hang instead of failing within Config.Timeout.
+// (Config.Parent; sfvmm's clones do when they are the parent's child
+// processes, unless `sfvmm clone --direct-reads=false`): a page the parent
+// has not written since the fork is read from the parent's /proc/PID/mem
+// and installed if the parent's page table still shows the memory server's
+// write protection on it after the read, which proves it unchanged. That
+// saves the two process wake-ups of a round trip through the server. Pages
+// the parent has written come from the server, which saved them; so does
+// everything once the server is gone, since the kernel drops its write
+// protection with it. A read takes the parent's mm lock, which a parent
+// thread blocked on a stopped (not dead) server can hold up for as long as
+// the server stays stopped, and it cannot be interrupted; so a read whose
+// thread has been blocked (not merely waiting for a CPU) for Config.Timeout
+// fails the child as a silent server does (see "When the server dies"),
+// and the helper's exit ends it.
 //
 // A fetch asks for a window of pages from the faulting one on (Config.Window,
 // 16 by default), installed with UFFDIO_COPY so that later touches do not
@@ -57,8 +60,8 @@
 // memory server and resolves faults with UFFDIO_COPY and UFFDIO_ZEROPAGE,
 // which act on the VMM's memory through the descriptor; it never maps guest
 // RAM, so nothing in it can fault on it. No number of blocked VMM threads
-// can starve it. Counters live in a page of shared memory, and errors come
-// back over the control socket. The cost is one process per child VMM and
+// can starve it. Counters live in shared memory, and errors come back over
+// the control socket. The cost is one process per child VMM and
 // a re-exec hook: the VMM's main must call Main before anything else.
 // TestGOMAXPROCSFaultStorm is the adversarial case: GOMAXPROCS=2 and 16
 // goroutines faulting in copy() at once, in a child on missing pages and in
@@ -68,19 +71,28 @@
 //
 // # When the server dies
 //
-// A connection that drops, or a server that leaves a request unanswered for
-// Config.Timeout (5 s), is fatal: memtap never installs a guess. The error
-// reaches the VMM on Done/Err within that bound. The threads blocked on
-// missing pages stay blocked (they never see wrong data); the VMM must then
-// end the child: either exit, or call Fence, which revokes access to guest
-// RAM and wakes them, so that KVM_RUN fails with EFAULT and a Go access
-// panics, and tear down. The VMM's own goroutine that receives the error
-// needs a P; if every P is held by a thread blocked on guest RAM it cannot
-// run. So the helper waits Config.KillAfter (2 s) for the VMM to
-// acknowledge the error and otherwise kills it (SIGKILL) after printing the
-// error: a child ends, with its reason printed, in bounded time in every
-// case. Because the VMM keeps its own reference to the userfaultfd, the
-// helper dying does not release the blocked threads onto zero pages either.
+// The server sends a keep-alive every second on each connection, with the
+// count of requests it has answered, whatever else it is doing. A
+// connection that drops, a server from which nothing at all (no reply, no
+// keep-alive) has come for Config.Timeout (5 s) while requests wait, and a
+// server whose keep-alives say for Config.StuckAfter (60 s) that it has
+// answered nothing, are fatal: memtap never installs a guess. So a server
+// that is gone, stopped or cut off fails the child within the timeout,
+// while one that is merely slow (many clones, a host short of CPU) is
+// waited for; and time in which the helper itself did not run is not held
+// against the server, whose keep-alives are waiting in the socket. The
+// error reaches the VMM on Done/Err within that bound.
+// The threads blocked on missing pages stay blocked (they never see wrong
+// data); the VMM must then end the child: either exit, or call Fence, which
+// revokes access to guest RAM and wakes them, so that KVM_RUN fails with
+// EFAULT and a Go access panics, and tear down. The VMM's own goroutine that
+// receives the error needs a P; if every P is held by a thread blocked on
+// guest RAM it cannot run. So the helper waits Config.KillAfter (2 s) for
+// the VMM to acknowledge the error and otherwise kills it (SIGKILL) after
+// printing the error: a child ends, with its reason printed, in bounded time
+// in every case. Because the VMM keeps its own reference to the userfaultfd,
+// the helper dying does not release the blocked threads onto zero pages
+// either.
 //
 // Child RAM must not be touched before Start (a page made present then
 // would never be filled), and Close must come only after the VM has stopped

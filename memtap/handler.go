@@ -1,18 +1,21 @@
 package memtap
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/sfvmm/sfvmm/memtap/internal/helper"
+	"github.com/sfvmm/sfvmm/memtap/internal/pages"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
 	"github.com/sfvmm/sfvmm/memtap/wire"
 	"golang.org/x/sys/unix"
@@ -28,7 +31,7 @@ func runHelper() error {
 	if err != nil {
 		return err
 	}
-	shared, err := helper.MapShared(fds[0], sharedSize)
+	c, err := helper.MapCounters[counters](fds[0])
 	unix.Close(fds[0])
 	if err != nil {
 		return err
@@ -42,7 +45,7 @@ func runHelper() error {
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	h, err := newHandler(cfg, pfds, u, countersAt(shared))
+	h, err := newHandler(cfg, pfds, u, c)
 	if err == nil {
 		err = h.connect()
 	}
@@ -107,7 +110,7 @@ type hregion struct {
 	base  uintptr // in the VMM
 	pbase uintptr // in the parent, for direct reads
 	pages uint64
-	pop   *helper.Bitmap
+	pop   *pages.Bitmap
 	state []uint8
 
 	window int    // current fetch window, pages
@@ -140,14 +143,22 @@ type handler struct {
 	mem, pagemap int
 	db, pm, kind []byte
 	// readingSince is when the direct read in progress began (Unix
-	// nanoseconds), or 0: watchDirect's view of the handler.
+	// nanoseconds), or 0, and tid the thread that reads: watchDirect's
+	// view of the handler.
 	readingSince atomic.Int64
+	tid          atomic.Int32
 
-	sock     int        // the server connection, non-blocking
-	out      []byte     // requests not yet written
-	queue    []inflight // requests in order; the server answers in order
-	tag      uint32
-	progress time.Time // when the server last sent anything
+	sock  int        // the server connection, non-blocking
+	out   []byte     // requests not yet written
+	queue []inflight // requests in order; the server answers in order
+	tag   uint32
+	// heard is when the server last sent anything (a reply or a
+	// keep-alive). answered is the count of requests its last keep-alive
+	// said it had answered, and stuck how many keep-alives in a row have
+	// said the same while requests waited.
+	heard    time.Time
+	answered uint64
+	stuck    int
 
 	// waiting holds, for pages asked of the server, the times faults on
 	// them were read (key region<<40 | page).
@@ -180,7 +191,7 @@ func newHandler(cfg helperConfig, parentFds []int, u *uffd.FD, c *counters) (*ha
 		return nil, fmt.Errorf("parent memory: %d descriptors and %d bases for %d regions", len(parentFds), len(cfg.ParentBases), len(cfg.Regions))
 	}
 	for i, r := range cfg.Regions {
-		pop, err := helper.NewBitmap(r.Pages, r.Runs, r.All)
+		pop, err := pages.NewBitmap(r.Pages, r.Runs)
 		if err != nil {
 			return nil, fmt.Errorf("region %d: %w", i, err)
 		}
@@ -263,38 +274,29 @@ func (h *handler) connect() error {
 // loop serves faults until stop becomes readable (nil) or the server fails
 // (the error).
 func (h *handler) loop(stop int) error {
+	// One thread does the direct reads, so that watchDirect can see it.
+	runtime.LockOSThread()
+	h.tid.Store(int32(unix.Gettid()))
 	pfd := []unix.PollFd{
 		{Fd: int32(h.u.Fd()), Events: unix.POLLIN},
 		{Fd: int32(h.sock), Events: unix.POLLIN},
 		{Fd: int32(stop), Events: unix.POLLIN},
 	}
 	msgs := make([]uffd.Msg, 64)
-	wake := h.cfg.Timeout / 10
+	h.heard = time.Now()
 	for {
-		timeout, asked := -1, time.Duration(0)
+		timeout := -1
 		if len(h.queue) > 0 {
-			since := h.queue[0].sent
-			if h.progress.After(since) {
-				since = h.progress
+			if err := h.silent(); err != nil {
+				return err
 			}
-			left := time.Until(since.Add(h.cfg.Timeout))
-			if left <= 0 {
-				return fmt.Errorf("memory server %s: no answer in %v", h.addr, h.cfg.Timeout)
-			}
-			// Woken every tenth of the timeout, to notice time in
-			// which this process did not run (see lateBy).
-			asked = min(left, wake)
-			timeout = int(asked/time.Millisecond) + 1
+			timeout = int(h.cfg.Timeout/10/time.Millisecond) + 1
 		}
 		pfd[1].Events = unix.POLLIN
 		if len(h.out) > 0 {
 			pfd[1].Events |= unix.POLLOUT
 		}
-		start := time.Now()
 		_, err := unix.Poll(pfd, timeout)
-		if late := lateBy(start, asked, wake, time.Now()); timeout >= 0 && late > 0 {
-			h.excuse(late)
-		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -340,13 +342,39 @@ func (h *handler) loop(stop int) error {
 	}
 }
 
-func (h *handler) locate(a uintptr) (int, uint64, bool) {
-	for i, r := range h.regions {
-		if a >= r.base && uint64(a-r.base)/uffd.PageSize < r.pages {
-			return i, uint64(a-r.base) / uffd.PageSize, true
-		}
+// silent fails the connection when requests wait and nothing, not even a
+// keep-alive, has come from the server for Config.Timeout: it is gone,
+// stopped or cut off. A server that is merely slow (starved of CPU, many
+// clients) still sends keep-alives and is waited for. Bytes already in the
+// socket are read first, so that time in which this process itself did not
+// run is not held against the server.
+func (h *handler) silent() error {
+	if time.Since(h.heard) <= h.cfg.Timeout {
+		return nil
 	}
-	return 0, 0, false
+	if err := h.receive(); err != nil {
+		return err
+	}
+	if time.Since(h.heard) <= h.cfg.Timeout {
+		return nil
+	}
+	return fmt.Errorf("memory server %s: no answer in %v (nor any keep-alive)", h.addr, h.cfg.Timeout)
+}
+
+// alive takes a keep-alive saying the server has answered answered
+// requests. A server that keeps saying so while requests wait, for
+// Config.StuckAfter, is alive but stuck, and fails the connection.
+func (h *handler) alive(answered uint64) error {
+	if len(h.queue) == 0 || answered != h.answered {
+		h.stuck = 0
+	} else {
+		h.stuck++
+	}
+	h.answered = answered
+	if time.Duration(h.stuck)*wire.AliveInterval >= h.cfg.StuckAfter {
+		return fmt.Errorf("memory server %s is alive but has answered nothing in %v", h.addr, h.cfg.StuckAfter)
+	}
+	return nil
 }
 
 func (h *handler) served(since time.Time) {
@@ -355,7 +383,7 @@ func (h *handler) served(since time.Time) {
 
 // fault handles a fault on the page at a, read at now.
 func (h *handler) fault(a uintptr, now time.Time) error {
-	ri, p, ok := h.locate(a)
+	ri, p, ok := pages.Locate(h.cfg.Regions, uint64(a))
 	if !ok {
 		return fmt.Errorf("fault at %#x outside guest RAM", a)
 	}
@@ -512,7 +540,7 @@ func (h *handler) readDirect(ri int, first, end uint64) error {
 		case i >= got || binary.LittleEndian.Uint64(pm[i*8:])&pagemapUffdWP == 0:
 			kind[i] = directStale
 			continue
-		case allZero(page):
+		case pages.Zero(page):
 			kind[i] = directZero
 			zero++
 		default:
@@ -552,56 +580,47 @@ func (h *handler) readDirect(ri int, first, end uint64) error {
 	return nil
 }
 
-// watchDirect reports a direct read of the parent's memory that has not
-// returned within the server timeout. While the memory server was stopped
-// such a read was once seen to block for good (waiting, we suspect, on
-// the parent's memory map, held up by a parent thread stuck on the
-// server); it cannot be interrupted, but the error ends the child as a
-// silent server would, and the helper's exit ends the read.
+// watchDirect fails the child when a direct read of the parent's memory
+// has been blocked in the kernel for Config.Timeout. The read takes the
+// parent's mm lock, which a parent thread blocked on a stopped (not dead)
+// memory server can hold up for as long as the server stays stopped, and
+// it cannot be interrupted: the error ends the child as a silent server's
+// does, and the helper's exit ends the read. Only time in which the
+// reading thread is blocked counts: a thread that is runnable, waiting for
+// a CPU on a busy host, is making progress.
 func (h *handler) watchDirect(done chan<- error) {
 	every := h.cfg.Timeout / 10
 	t := time.NewTicker(every)
 	defer t.Stop()
-	last := time.Now()
+	var read int64 // the read being watched, by its start time
+	var blocked time.Duration
 	for range t.C {
-		now := time.Now()
-		if late := lateBy(last, every, every, now); late > 0 {
-			if s := h.readingSince.Load(); s != 0 {
-				h.readingSince.CompareAndSwap(s, s+int64(late))
-			}
+		s := h.readingSince.Load()
+		if s == 0 || s != read {
+			read, blocked = s, 0
+			continue
 		}
-		last = now
-		if s := h.readingSince.Load(); s != 0 && time.Since(time.Unix(0, s)) > h.cfg.Timeout {
-			done <- fmt.Errorf("a read of the parent's memory has not returned in %v: is the parent or its memory server stopped?", h.cfg.Timeout)
+		if !runnable(int(h.tid.Load())) {
+			blocked += every
+		}
+		if blocked >= h.cfg.Timeout {
+			done <- fmt.Errorf("a read of the parent's memory has been blocked for %v: is the parent or its memory server stopped?", h.cfg.Timeout)
 			return
 		}
 	}
 }
 
-// lateBy returns how much later than asked a wait that began at start
-// ended at now, when that is more than slack, and otherwise 0. The
-// server's deadlines count only time in which this process ran: a wait
-// that ends seconds late means the process, or the whole machine (a
-// paused VM, an emulated CPU that stopped taking interrupts for a while),
-// did not run, and the server, as far as anyone can tell, did not either.
-// A server that is silent while this process runs still fails it within
-// the timeout.
-func lateBy(start time.Time, asked, slack time.Duration, now time.Time) time.Duration {
-	if late := now.Sub(start) - asked; late > slack {
-		return late
+// runnable reports whether thread tid of this process is running or
+// waiting for a CPU (state R), rather than blocked.
+func runnable(tid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/stat", tid))
+	if err != nil {
+		return false
 	}
-	return 0
-}
-
-// excuse moves the outstanding requests' deadlines on by d, time in which
-// this process did not run.
-func (h *handler) excuse(d time.Duration) {
-	for i := range h.queue {
-		h.queue[i].sent = h.queue[i].sent.Add(d)
-	}
-	if !h.progress.IsZero() {
-		h.progress = h.progress.Add(d)
-	}
+	// The state follows the command name, which is in parentheses and
+	// may itself hold any byte.
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'R'
 }
 
 // preadFull reads len(b) bytes at off, or as many as it can, and returns
@@ -619,16 +638,6 @@ func preadFull(fd int, b []byte, off int64) int {
 		done += n
 	}
 	return done
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	return true
 }
 
 func (h *handler) flush() error {
@@ -676,7 +685,7 @@ func (h *handler) receive() error {
 		}
 		h.rh += n
 		h.c.bytes.Add(uint64(n))
-		h.progress = time.Now()
+		h.heard = time.Now()
 	}
 }
 
@@ -691,6 +700,13 @@ func (h *handler) parse() error {
 			resp, err := wire.DecodeResponse(buf[:wire.ResponseSize])
 			if err != nil {
 				return fmt.Errorf("memory server %s: %w", h.addr, err)
+			}
+			if resp.Status == wire.StatusAlive {
+				h.rp += wire.ResponseSize
+				if err := h.alive(resp.First); err != nil {
+					return err
+				}
+				continue
 			}
 			if len(h.queue) == 0 {
 				return fmt.Errorf("memory server %s: reply to no request", h.addr)

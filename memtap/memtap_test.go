@@ -347,6 +347,12 @@ func TestDirectParentReads(t *testing.T) {
 			if s.Requests == 0 || s.BytesReceived < (uint64(p.counts.data)-unwrittenData)*pageSize {
 				t.Errorf("%d requests, %d bytes received: the written pages must come from the server", s.Requests, s.BytesReceived)
 			}
+			// The last figures stay readable after Close. (A fault read
+			// after its page was filled may still be counted after s.)
+			c.Close()
+			if after := c.Stats(); after.PagesDirect != s.PagesDirect || after.PagesFetched != s.PagesFetched || after.Faults < s.Faults {
+				t.Errorf("stats after Close: %+v, want the last figures %+v", after, s)
+			}
 		})
 	}
 }
@@ -510,9 +516,9 @@ func TestMalformedRequestsRefused(t *testing.T) {
 	}
 }
 
-// hungServer accepts one client, completes the handshake for a one-region
-// image of pages pages, then reads requests and never answers.
-func hungServer(t *testing.T, key wire.Key, pages uint64) string {
+// fakeServer accepts one client, completes the handshake for a one-region
+// image of pages pages, then hands the connection to serve.
+func fakeServer(t *testing.T, key wire.Key, pages uint64, serve func(net.Conn)) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -531,13 +537,31 @@ func hungServer(t *testing.T, key wire.Key, pages uint64) string {
 		io.ReadFull(conn, b)
 		a, _ := wire.DecodeAuth(b)
 		conn.Write(wire.Welcome{MAC: wire.ServerMAC(key, nonce, a.Nonce)}.Encode())
-		io.Copy(io.Discard, conn)
+		serve(conn)
 	}()
 	return l.Addr().String()
 }
 
+// hungServer reads requests and never answers; with keepAlive it sends
+// keep-alives meanwhile, as a live server does.
+func hungServer(t *testing.T, key wire.Key, pages uint64, keepAlive bool) string {
+	return fakeServer(t, key, pages, func(conn net.Conn) {
+		if keepAlive {
+			go func() {
+				for {
+					time.Sleep(wire.AliveInterval)
+					if _, err := conn.Write(wire.Alive(0).Append(nil)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		io.Copy(io.Discard, conn)
+	})
+}
+
 func TestServerLoss(t *testing.T) {
-	const timeout = time.Second
+	const timeout = 2 * time.Second
 	tests := []struct {
 		name string
 		// setup returns the config and a function that kills the server
@@ -568,15 +592,20 @@ func TestServerLoss(t *testing.T) {
 		}, "closed the connection"},
 		{"server hung", func(t *testing.T, child []byte) (memtap.Config, func()) {
 			key, _ := wire.NewKey()
-			addr := hungServer(t, key, uint64(regionPages[0]))
+			addr := hungServer(t, key, uint64(regionPages[0]), false)
 			return memtap.Config{Network: "tcp", Address: addr, Key: key, Regions: []memtap.Region{{Host: child}}}, func() {}
-		}, "no answer"},
+		}, "no answer in 2s (nor any keep-alive)"},
+		{"server alive but stuck", func(t *testing.T, child []byte) (memtap.Config, func()) {
+			key, _ := wire.NewKey()
+			addr := hungServer(t, key, uint64(regionPages[0]), true)
+			return memtap.Config{Network: "tcp", Address: addr, Key: key, Regions: []memtap.Region{{Host: child}}}, func() {}
+		}, "alive but has answered nothing in 4s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			child := mapRAM(t, regionPages[0])
 			cfg, kill := tt.setup(t, child)
-			cfg.Timeout = timeout
+			cfg.Timeout, cfg.StuckAfter = timeout, 4*time.Second
 			c, err := memtap.Start(cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -928,9 +957,9 @@ func TestGOMAXPROCSFaultStorm(t *testing.T) {
 	// The control: the same storm against an in-process handler hangs
 	// (it is killed at the limit), which is what makes the storm above
 	// adversarial. Whether it hangs is a race (the handler wins if it
-	// gets a P before every P holds a faulting thread; CI saw it win
-	// once), so it has three tries. If it never hangs, the Go runtime has
-	// changed and this test no longer proves anything.
+	// gets a P before every P holds a faulting thread), so it has three
+	// tries. If it never hangs, the Go runtime has changed and this test
+	// no longer proves anything.
 	t.Run("in-process control", func(t *testing.T) {
 		for try := 1; try <= 3; try++ {
 			out, err, took := runChild(t, "in-process", cc, 3*time.Second)
@@ -945,9 +974,9 @@ func TestGOMAXPROCSFaultStorm(t *testing.T) {
 
 func TestStarvedVMMIsKilled(t *testing.T) {
 	key, _ := wire.NewKey()
-	addr := hungServer(t, key, 16)
+	addr := hungServer(t, key, 16, false)
 	cc := childConfig{Network: "tcp", Address: addr, Key: key, Pages: []int{16}, Populated: [][]bool{nil},
-		Timeout: time.Second, KillAfter: time.Second}
+		Timeout: 2 * time.Second, KillAfter: time.Second}
 	cc.Populated[0] = make([]bool, 16)
 	for i := range cc.Populated[0] {
 		cc.Populated[0][i] = true
@@ -962,10 +991,71 @@ func TestStarvedVMMIsKilled(t *testing.T) {
 	case !errors.As(err, &ee):
 		t.Fatalf("child: %v", err)
 	case took > 10*time.Second:
-		t.Errorf("child took %v to end, want about Timeout+KillAfter = 2s", took)
+		t.Errorf("child took %v to end, want about Timeout+KillAfter = 3s", took)
 	case ee.ExitCode() == 3:
 		t.Logf("the child took the error itself")
 	case ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL:
 		t.Errorf("child ended with %v, want SIGKILL from the helper or exit 3", err)
 	}
+}
+
+// A server that is slow, taking three times the timeout to answer, but
+// sends keep-alives meanwhile (busy, or starved of CPU) is waited for: the
+// child gets its pages and no error.
+func TestSlowServerWaitedFor(t *testing.T) {
+	const timeout, delay = 2 * time.Second, 5 * time.Second
+	key, _ := wire.NewKey()
+	addr := fakeServer(t, key, uint64(regionPages[0]), func(conn net.Conn) {
+		var mu sync.Mutex
+		answered := uint64(0)
+		go func() {
+			for {
+				time.Sleep(wire.AliveInterval)
+				mu.Lock()
+				_, err := conn.Write(wire.Alive(answered).Append(nil))
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+		qb := make([]byte, wire.RequestSize)
+		for {
+			if _, err := io.ReadFull(conn, qb); err != nil {
+				return
+			}
+			q, _ := wire.DecodeRequest(qb)
+			time.Sleep(delay)
+			reply := wire.Response{Region: q.Region, First: q.First, Count: q.Count, Tag: q.Tag}.Append(nil)
+			reply = append(reply, bytes.Repeat([]byte{wire.PageZero}, int(q.Count))...)
+			mu.Lock()
+			conn.Write(reply)
+			answered++
+			mu.Unlock()
+		}
+	})
+	child := mapRAM(t, regionPages[0])
+	c, err := memtap.Start(memtap.Config{Network: "tcp", Address: addr, Key: key,
+		Regions: []memtap.Region{{Host: child}}, Timeout: timeout, Window: 1, MaxWindow: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	got := make(chan byte, 1)
+	go func() { got <- child[5*pageSize] }()
+	select {
+	case b := <-got:
+		if b != 0 {
+			t.Errorf("page 5 is %#x, want zero", b)
+		}
+	case <-c.Done():
+		c.Fence() // releases the toucher
+		t.Fatalf("after %v: %v", time.Since(start), c.Err())
+	}
+	took := time.Since(start)
+	if took < delay {
+		t.Errorf("the page came after %v, before the server answered", took)
+	}
+	t.Logf("page after %v with a %v timeout", took, timeout)
 }

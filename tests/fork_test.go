@@ -166,7 +166,7 @@ func deadMemoryServer(t *testing.T, sig syscall.Signal) {
 	// since the fork (the others they may read from the parent's memory
 	// directly): the signal comes once the parent has overwritten the
 	// region's first page and before the clones touch it.
-	p := forktest(t, "mode=wait clones=4 size=16M delay=4", "--api-sock", sock)
+	p := forktest(t, "mode=wait clones=4 size=16M delay=10", "--api-sock", sock)
 	for id := 1; id <= 4; id++ {
 		p.waitFor(t, fmt.Sprintf("[clone %d] forktest: clone %d running", id, id), 2*time.Minute)
 	}
@@ -194,7 +194,7 @@ func deadMemoryServer(t *testing.T, sig syscall.Signal) {
 		}
 		syscall.Kill(st.MemoryServerPID, syscall.SIGCONT)
 	}
-	// The clones wait 4 s of wall-clock time before they touch the
+	// The clones wait 10 s of wall-clock time before they touch the
 	// region: a clone that finished its wait before the signal would
 	// print "pattern ok" and fail the test below. memtap gives up on a
 	// dead server at once, on a silent one after 5 s.

@@ -99,7 +99,7 @@ func TestSnapshotRestoreSnapshotEqual(t *testing.T) {
 	dir1, _ := snapshotAfter(t, vmtest.Options{
 		Kernel: vmtest.Kernel(t, "timer"), Cmdline: "ticks=100000", CPUs: 2,
 	}, timerProgress)
-	vm, err := vmm.RestoreDir(dir1, vmm.RestoreConfig{Logf: t.Logf})
+	vm, err := vmm.RestoreDir(dir1, vmm.RestoreConfig{Log: vmtest.Log(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,11 +34,11 @@ const keptKernels = 4
 // once into the cache directory dir ("": none) and reused while f's file is unchanged
 // (same path, inode, size, mtime and ctime: hashing the image would cost
 // more than the boot saves under emulation). Where dir cannot be used the
-// kernel is unpacked into an unlinked temporary file, and logf says why.
+// kernel is unpacked into an unlinked temporary file, and log says why.
 // A bzImage whose payload sfvmm cannot decompress returns the reason; one
 // whose header locates no payload, neither file nor error: the bzImage
 // loader then says what is wrong with it.
-func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, logf func(string, ...any)) (*os.File, error) {
+func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, log *slog.Logger) (*os.File, error) {
 	if _, _, err := boot.Payload(head, st.Size()); err != nil {
 		return nil, nil
 	}
@@ -60,7 +61,7 @@ func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, logf fu
 		out, err = os.CreateTemp(dir, name+".tmp*")
 	}
 	if err != nil {
-		logf("kernel cache: %v; unpacking the kernel into a temporary file", err)
+		log.Warn(fmt.Sprintf("kernel cache: %v; unpacking the kernel into a temporary file", err))
 		return unpackTemp(f, st.Size())
 	}
 	if err := unpackTo(out, f, st.Size()); err != nil {
@@ -71,7 +72,7 @@ func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, logf fu
 	// complete kernel, never a part of it.
 	if err := os.Rename(out.Name(), path); err != nil {
 		os.Remove(out.Name())
-		logf("kernel cache: %v", err)
+		log.Warn(fmt.Sprintf("kernel cache: %v", err))
 	}
 	trimCache(dir)
 	return out, nil

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
-	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,10 +47,7 @@ func unpackFile(t *testing.T, path, dir string) (kernel []byte, logged string) {
 		t.Fatal(err)
 	}
 	var log strings.Builder
-	logf := func(format string, args ...any) {
-		log.WriteString(strings.TrimSpace(fmt.Sprintf(format, args...)) + "\n")
-	}
-	vf, err := unpackedKernel(f, st, head, dir, logf)
+	vf, err := unpackedKernel(f, st, head, dir, slog.New(slog.NewTextHandler(&log, nil)))
 	if err != nil || vf == nil {
 		t.Fatalf("unpackedKernel = %v, %v", vf, err)
 	}

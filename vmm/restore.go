@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
@@ -14,7 +15,7 @@ import (
 // RestoreConfig is what a restored machine takes from its new host.
 type RestoreConfig struct {
 	Console io.Writer
-	Logf    func(format string, args ...any)
+	Log     *slog.Logger
 	Fork    func(*VM) forkdev.Host // enables fork in the restored machine (Config.Fork)
 }
 
@@ -30,7 +31,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	m := newVM(Config{
 		KernelPath: s.Config.Kernel, Cmdline: s.Config.Cmdline,
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,
-		Console: rc.Console, Logf: rc.Logf, Fork: rc.Fork,
+		Console: rc.Console, Log: rc.Log, Fork: rc.Fork,
 	})
 	defer func() {
 		if err != nil {

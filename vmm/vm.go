@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -44,8 +45,10 @@ type Config struct {
 	MemBytes   uint64
 	// Console receives the guest's COM1 output; nil discards it.
 	Console io.Writer
-	// Logf receives the VMM's diagnostics; nil discards them.
-	Logf func(format string, args ...any)
+	// Log receives the VMM's messages; nil discards them. Accesses to
+	// ports nothing claims (an ordinary Linux boot probes a dozen) are
+	// debug-level.
+	Log *slog.Logger
 	// Fork connects the fork device to the fork core (package vmm/fork),
 	// which gets the machine; nil answers the guest's fork calls with
 	// SF_ENOFORK.
@@ -82,8 +85,8 @@ const MaxCPUs = 254
 
 // VM is one virtual machine. Its methods are safe to call from any goroutine.
 type VM struct {
-	cfg  Config
-	logf func(format string, args ...any)
+	cfg Config
+	log *slog.Logger
 
 	mem   *memory.Memory
 	kind  boot.Kind
@@ -146,10 +149,10 @@ func New(cfg Config) (_ *VM, err error) {
 }
 
 func newVM(cfg Config) *VM {
-	m := &VM{cfg: cfg, logf: cfg.Logf, done: make(chan struct{})}
+	m := &VM{cfg: cfg, log: cfg.Log, done: make(chan struct{})}
 	m.cond = sync.NewCond(&m.mu)
-	if m.logf == nil {
-		m.logf = func(string, ...any) {}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
 	}
 	if m.cfg.Console == nil {
 		m.cfg.Console = io.Discard
@@ -209,12 +212,12 @@ func (m *VM) loadKernel() error {
 		return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
 	}
 	if m.kind == boot.BzImage && m.cfg.UnpackKernel {
-		vf, err := unpackedKernel(f, st, head, m.cfg.KernelCache, m.logf)
+		vf, err := unpackedKernel(f, st, head, m.cfg.KernelCache, m.log)
 		switch {
 		case err != nil:
 			// A payload sfvmm cannot read may still be one the
 			// kernel's own decompressor reads.
-			m.logf("kernel %s: not unpacked (%v); it decompresses itself", m.cfg.KernelPath, err)
+			m.log.Info(fmt.Sprintf("kernel %s: not unpacked (%v); it decompresses itself", m.cfg.KernelPath, err))
 		case vf != nil:
 			defer vf.Close()
 			f = vf
@@ -324,8 +327,8 @@ func (m *VM) createVM() (err error) {
 }
 
 func (m *VM) addDevices() error {
-	m.pio = bus.New("pio", m.logf)
-	m.mmio = bus.New("mmio", m.logf)
+	m.pio = bus.New("pio", m.log)
+	m.mmio = bus.New("mmio", m.log)
 	w := devices.Wiring{
 		IRQ: m.irq, Console: m.cfg.Console, Now: time.Now,
 		CPUs: m.cfg.CPUs, RAMSize: m.mem.Size(), Cmdline: m.cfg.Cmdline,
@@ -345,7 +348,7 @@ func (m *VM) addDevices() error {
 func (m *VM) irq(n uint32) func(level bool) {
 	return func(level bool) {
 		if err := m.kvm.IRQLine(n, level); err != nil {
-			m.logf("irq %d: %v", n, err)
+			m.log.Error(fmt.Sprintf("irq %d: %v", n, err))
 		}
 	}
 }
@@ -394,7 +397,7 @@ func (m *VM) Run(ctx context.Context) (Exit, error) {
 		// rather than a vCPU's EFAULT.
 		m.stop(Exit{Reason: ExitError, Err: fmt.Errorf("guest memory lost: %w", m.source.Err())})
 		if err := m.source.Fence(); err != nil {
-			m.logf("fence guest RAM: %v", err)
+			m.log.Error(fmt.Sprintf("fence guest RAM: %v", err))
 		}
 	}
 	wg.Wait()

@@ -26,14 +26,15 @@ type launcher struct {
 	exe     string
 	apiSock string   // the parent's; a clone's is derived from it
 	console *console // the parent's, which clones' lines join
+	logArgs []string // the parent's logging flags, which clones follow
 }
 
-func newLauncher(apiSock string, c *console) (*launcher, error) {
+func newLauncher(apiSock string, c *console, logArgs []string) (*launcher, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sfvmm binary to start clones with: %w", err)
 	}
-	return &launcher{exe: exe, apiSock: apiSock, console: c}, nil
+	return &launcher{exe: exe, apiSock: apiSock, console: c, logArgs: logArgs}, nil
 }
 
 // cloneSocket is clone id of ticket's control socket, next to the parent's.
@@ -47,6 +48,7 @@ func cloneSocket(parent string, ticket, id uint32) string {
 func (l *launcher) Launch(descriptor string, ticket, id uint32) (fork.Clone, error) {
 	args := []string{"clone", "--descriptor", descriptor, "--ticket", strconv.FormatUint(uint64(ticket), 10),
 		"--id", strconv.FormatUint(uint64(id), 10)}
+	args = append(args, l.logArgs...)
 	if s := cloneSocket(l.apiSock, ticket, id); s != "" {
 		args = append(args, "--api-sock", s)
 	}
@@ -97,34 +99,39 @@ func cloneCmd(args []string) int {
 	ticket := fs.Uint("ticket", 0, "the ticket the clone belongs to (for messages)")
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
+	lf := addLogFlags(fs)
 	direct := fs.Bool("direct-reads", true, "read pages the parent has not written since the fork from its memory directly, when the clone is its child process (=false: every page through the memory server)")
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
-	logf := logTo(fmt.Sprintf("sfvmm clone %d: ", *id))
+	log, err := lf.logger(fmt.Sprintf("sfvmm clone %d: ", *id))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sfvmm clone: %v\n", err)
+		return 2
+	}
 	if *desc == "" || *id == 0 || *id > 1<<16 || fs.NArg() > 0 {
-		logf("error: usage: sfvmm clone --descriptor PATH --id K [--ticket T] [--api-sock PATH]")
+		log.Errorf("usage: sfvmm clone --descriptor PATH --id K [--ticket T] [--api-sock PATH]")
 		return 2
 	}
 	console := &lines{prefix: []byte(fmt.Sprintf("[clone %d] ", *id)), emit: writeTo(os.Stdout)}
 	defer console.Flush()
 	start := time.Now()
 	vm, mt, err := fork.RestoreClone(*desc, fork.CloneConfig{
-		RestoreConfig: vmm.RestoreConfig{Console: console, Logf: logf},
+		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger},
 		ID:            uint32(*id),
 		DirectReads:   *direct,
 	})
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	defer vm.Close()
 	if !*quiet {
-		logf("running (ticket %d, restored in %v)", *ticket, time.Since(start).Round(time.Microsecond))
+		log.Infof("running (ticket %d, restored in %v)", *ticket, time.Since(start).Round(time.Microsecond))
 	}
-	code := runVM(machine{vm: vm, memtap: mt}, runOptions{apiSock: *apiSock, quiet: *quiet}, logf)
+	code := runVM(machine{vm: vm, memtap: mt}, runOptions{apiSock: *apiSock, quiet: *quiet}, log)
 	console.Flush()
-	logf("memtap: %s", formatMemtapStats(mt.Stats()))
+	log.Infof("memtap: %s", formatMemtapStats(mt.Stats()))
 	return code
 }
 
@@ -140,7 +147,7 @@ func forkCmd(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
-	logf := logTo("sfvmm fork: ")
+	log := newLogger("sfvmm fork: ")
 	ops := 0
 	for _, set := range []bool{*clones != 0, *join != 0, *kill != 0} {
 		if set {
@@ -148,7 +155,7 @@ func forkCmd(args []string) int {
 		}
 	}
 	if *sock == "" || ops != 1 || fs.NArg() > 0 {
-		logf("error: usage: sfvmm fork --api-sock PATH (--clones N [--wait] | --join TICKET | --kill TICKET)")
+		log.Errorf("usage: sfvmm fork --api-sock PATH (--clones N [--wait] | --join TICKET | --kill TICKET)")
 		return 2
 	}
 	c := api.Dial(*sock)
@@ -158,7 +165,7 @@ func forkCmd(args []string) int {
 	case *clones != 0:
 		info, err := c.Fork(ctx, api.ForkRequest{Clones: *clones})
 		if err != nil {
-			logf("error: %v", err)
+			log.Errorf("%v", err)
 			return vmm.StatusError
 		}
 		fmt.Printf("ticket %d: %d clones started, parent paused %v\n", info.Ticket, len(info.Clones),
@@ -171,13 +178,13 @@ func forkCmd(args []string) int {
 			fmt.Println(line)
 		}
 		if *wait {
-			return joinTicket(ctx, c, info.Ticket, logf)
+			return joinTicket(ctx, c, info.Ticket, log)
 		}
 	case *join != 0:
-		return joinTicket(ctx, c, uint32(*join), logf)
+		return joinTicket(ctx, c, uint32(*join), log)
 	case *kill != 0:
 		if err := c.Kill(ctx, uint32(*kill)); err != nil {
-			logf("error: %v", err)
+			log.Errorf("%v", err)
 			return vmm.StatusError
 		}
 		fmt.Printf("ticket %d: clones killed\n", *kill)
@@ -185,10 +192,10 @@ func forkCmd(args []string) int {
 	return 0
 }
 
-func joinTicket(ctx context.Context, c *api.Client, ticket uint32, logf func(string, ...any)) int {
+func joinTicket(ctx context.Context, c *api.Client, ticket uint32, log logger) int {
 	info, err := c.Join(ctx, ticket)
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	fmt.Printf("ticket %d: all clones ended, %d without sf_exit(0)\n", ticket, info.Failed)
@@ -207,18 +214,18 @@ func addForkFlags(fs *flag.FlagSet) forkFlags {
 }
 
 // forker returns the machine's fork core, nil when fork is disabled.
-func (f forkFlags) forker(apiSock string, c *console, logf func(string, ...any)) (*fork.Forker, error) {
+func (f forkFlags) forker(apiSock string, c *console, log logger, lf logFlags) (*fork.Forker, error) {
 	if *f.capacity < 0 {
 		return nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
 	}
 	if *f.capacity == 0 {
 		return nil, nil
 	}
-	l, err := newLauncher(apiSock, c)
+	l, err := newLauncher(apiSock, c, lf.args())
 	if err != nil {
 		return nil, err
 	}
-	return fork.New(fork.Config{Capacity: *f.capacity, Launcher: l, Logf: logf}), nil
+	return fork.New(fork.Config{Capacity: *f.capacity, Launcher: l, Log: log.Logger}), nil
 }
 
 // forkDevice is what vmm's Config.Fork takes for fk: nil when fork is

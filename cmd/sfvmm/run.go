@@ -34,6 +34,7 @@ func runCmd(args []string) int {
 	stats := fs.Bool("stats", false, "print statistics at exit (peak RSS, guest RAM touched, exits, KVM's counters)")
 	apiSock := fs.String("api-sock", "", "serve the control API (HTTP/JSON) on this Unix socket")
 	ff := addForkFlags(fs)
+	lf := addLogFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -44,16 +45,20 @@ func runCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "sfvmm run: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	logf := logTo("sfvmm: ")
+	log, err := lf.logger("sfvmm: ")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sfvmm run: %v\n", err)
+		return 2
+	}
 	mem, err := vmm.ParseSize(*memory)
 	if err != nil {
-		logf("error: --memory: %v", err)
+		log.Errorf("--memory: %v", err)
 		return vmm.StatusError
 	}
 	console := newConsole(os.Stdout)
-	fk, err := ff.forker(*apiSock, console, logf)
+	fk, err := ff.forker(*apiSock, console, log, lf)
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	vm, err := vmm.New(vmm.Config{
@@ -65,18 +70,18 @@ func runCmd(args []string) int {
 		CPUs:         *cpus,
 		MemBytes:     mem,
 		Console:      console,
-		Logf:         logf,
+		Log:          log.Logger,
 		Fork:         forkDevice(fk),
 	})
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	defer vm.Close()
 	if fk != nil {
 		defer fk.Close()
 	}
-	return runVM(machine{vm: vm, fork: fk}, runOptions{apiSock: *apiSock, quiet: *quiet, stats: *stats}, logf)
+	return runVM(machine{vm: vm, fork: fk}, runOptions{apiSock: *apiSock, quiet: *quiet, stats: *stats}, log)
 }
 
 // runOptions are the flags `run` and `restore` share.
@@ -90,7 +95,7 @@ type runOptions struct {
 // runVM runs a built machine to its end with the console on stdin/stdout,
 // the control API on o.apiSock, and SIGINT/SIGTERM stopping it, and returns
 // the process exit code.
-func runVM(mc machine, o runOptions, logf func(string, ...any)) int {
+func runVM(mc machine, o runOptions, log logger) int {
 	vm := mc.vm
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
@@ -106,32 +111,32 @@ func runVM(mc machine, o runOptions, logf func(string, ...any)) int {
 	}()
 	if o.paused {
 		if err := vm.Pause(ctx); err != nil {
-			logf("error: %v", err)
+			log.Errorf("%v", err)
 			return vmm.StatusError
 		}
 	}
 	if o.apiSock != "" {
 		mc.apiSock = o.apiSock
-		srv, err := api.Serve(ctx, o.apiSock, mc, logf)
+		srv, err := api.Serve(ctx, o.apiSock, mc, log.Infof)
 		if err != nil {
-			logf("error: %v", err)
+			log.Errorf("%v", err)
 			return vmm.StatusError
 		}
 		defer srv.Close()
 	}
 
-	restore := forwardStdin(vm, logf, func() { cancel(errors.New("console escape Ctrl-A x")) })
+	restore := forwardStdin(vm, log, func() { cancel(errors.New("console escape Ctrl-A x")) })
 	exit, err := vm.Run(ctx)
 	restore()
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	if !o.quiet || exit.Reason == vmm.ExitTripleFault {
-		logf("guest ended: %v", exit)
+		log.Infof("guest ended: %v", exit)
 	}
 	if o.stats {
-		printStats(vm, logf)
+		printStats(vm, log)
 	}
 	if sig := stoppedBy.Load(); exit.Reason == vmm.ExitStopped && sig != 0 {
 		return 128 + int(sig)
@@ -143,7 +148,7 @@ func runVM(mc machine, o runOptions, logf func(string, ...any)) int {
 // switches to raw mode (so keys such as Ctrl-C reach the guest) and, as
 // QEMU does, Ctrl-A x ends the VM. It returns a function that restores the
 // terminal.
-func forwardStdin(vm *vmm.VM, logf func(string, ...any), quit func()) func() {
+func forwardStdin(vm *vmm.VM, log logger, quit func()) func() {
 	fd := int(os.Stdin.Fd())
 	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil {
@@ -155,7 +160,7 @@ func forwardStdin(vm *vmm.VM, logf func(string, ...any), quit func()) func() {
 				vm.SerialInput(buf[:n])
 				if err != nil {
 					if err != io.EOF {
-						logf("stdin: %v", err)
+						log.Infof("stdin: %v", err)
 					}
 					return
 				}
@@ -170,9 +175,9 @@ func forwardStdin(vm *vmm.VM, logf func(string, ...any), quit func()) func() {
 	raw.Cflag |= unix.CS8
 	raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
 	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
-		logf("stdin: raw mode: %v", err)
+		log.Infof("stdin: raw mode: %v", err)
 	}
-	logf("console on stdin; Ctrl-A x quits")
+	log.Infof("console on stdin; Ctrl-A x quits")
 	go func() {
 		buf := make([]byte, 256)
 		escape := false
@@ -203,23 +208,23 @@ func forwardStdin(vm *vmm.VM, logf func(string, ...any), quit func()) func() {
 
 // printStats reports the VMM's own memory cost: the process's peak RSS less
 // the guest RAM the guest touched (which every VMM must hold).
-func printStats(vm *vmm.VM, logf func(string, ...any)) {
+func printStats(vm *vmm.VM, log logger) {
 	guest, err := vm.ResidentGuestBytes()
 	if err != nil {
-		logf("stats: %v", err)
+		log.Infof("stats: %v", err)
 		return
 	}
 	var ru unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		logf("stats: getrusage: %v", err)
+		log.Infof("stats: getrusage: %v", err)
 		return
 	}
 	peak := uint64(ru.Maxrss) << 10
-	logf("stats: peak_rss_kib=%d guest_resident_kib=%d vmm_overhead_kib=%d", peak>>10, guest>>10, (peak-min(peak, guest))>>10)
-	logf("stats: %s", vm.ExitStats())
+	log.Infof("stats: peak_rss_kib=%d guest_resident_kib=%d vmm_overhead_kib=%d", peak>>10, guest>>10, (peak-min(peak, guest))>>10)
+	log.Infof("stats: %s", vm.ExitStats())
 	if ks, err := vm.KVMStats(); err != nil {
-		logf("stats: kvm: %v", err)
+		log.Infof("stats: kvm: %v", err)
 	} else {
-		logf("stats: kvm: %s", vmm.FormatKVMStats(ks))
+		log.Infof("stats: kvm: %s", vmm.FormatKVMStats(ks))
 	}
 }

@@ -14,10 +14,6 @@ import (
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 )
 
-func logTo(prefix string) func(string, ...any) {
-	return func(format string, a ...any) { fmt.Fprintf(os.Stderr, prefix+format+"\n", a...) }
-}
-
 // snapshotCmd implements `sfvmm snapshot --api-sock PATH --out DIR`.
 func snapshotCmd(args []string) int {
 	fs := flag.NewFlagSet("sfvmm snapshot", flag.ContinueOnError)
@@ -28,16 +24,16 @@ func snapshotCmd(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
-	logf := logTo("sfvmm snapshot: ")
+	log := newLogger("sfvmm snapshot: ")
 	if *sock == "" || *out == "" {
-		logf("error: --api-sock and --out are required")
+		log.Errorf("--api-sock and --out are required")
 		return 2
 	}
 	c := api.Dial(*sock)
 	defer c.Close()
 	info, err := c.Snapshot(context.Background(), api.SnapshotRequest{Dir: *out, StayPaused: *paused, Overwrite: *overwrite})
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	fmt.Printf("snapshot %s: descriptor %d bytes, memory %d bytes in %d pages, guest paused %v (writing %v)\n",
@@ -53,38 +49,43 @@ func restoreCmd(args []string) int {
 	paused := fs.Bool("paused", false, "restore paused; resume through the control API")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	ff := addForkFlags(fs)
+	lf := addLogFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
-	logf := logTo("sfvmm: ")
+	log, err := lf.logger("sfvmm: ")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sfvmm restore: %v\n", err)
+		return 2
+	}
 	if fs.NArg() != 1 {
-		logf("error: usage: sfvmm restore [--api-sock PATH] [--paused] DIR")
+		log.Errorf("usage: sfvmm restore [--api-sock PATH] [--paused] DIR")
 		return 2
 	}
 	if *paused && *apiSock == "" {
-		logf("error: --paused needs --api-sock to resume the guest")
+		log.Errorf("--paused needs --api-sock to resume the guest")
 		return 2
 	}
 	console := newConsole(os.Stdout)
-	fk, err := ff.forker(*apiSock, console, logf)
+	fk, err := ff.forker(*apiSock, console, log, lf)
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	start := time.Now()
-	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Logf: logf, Fork: forkDevice(fk)})
+	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk)})
 	if err != nil {
-		logf("error: restore %s: %v", fs.Arg(0), err)
+		log.Errorf("restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError
 	}
 	defer vm.Close()
 	if !*quiet {
-		logf("restored %s in %v", fs.Arg(0), time.Since(start).Round(time.Microsecond))
+		log.Infof("restored %s in %v", fs.Arg(0), time.Since(start).Round(time.Microsecond))
 	}
 	if fk != nil {
 		defer fk.Close()
 	}
-	return runVM(machine{vm: vm, fork: fk}, runOptions{apiSock: *apiSock, quiet: *quiet, paused: *paused}, logf)
+	return runVM(machine{vm: vm, fork: fk}, runOptions{apiSock: *apiSock, quiet: *quiet, paused: *paused}, log)
 }
 
 // describeCmd implements `sfvmm describe [--json] DIR`.
@@ -94,14 +95,14 @@ func describeCmd(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
 	}
-	logf := logTo("sfvmm describe: ")
+	log := newLogger("sfvmm describe: ")
 	if fs.NArg() != 1 {
-		logf("error: usage: sfvmm describe [--json] DIR")
+		log.Errorf("usage: sfvmm describe [--json] DIR")
 		return 2
 	}
 	h, st, err := vmm.ReadSnapshot(fs.Arg(0))
 	if err != nil {
-		logf("error: %v", err)
+		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	if *asJSON {
@@ -111,7 +112,7 @@ func describeCmd(args []string) int {
 			Header any
 			State  *vmm.MachineState
 		}{h, st}); err != nil {
-			logf("error: %v", err)
+			log.Errorf("%v", err)
 			return vmm.StatusError
 		}
 		return 0

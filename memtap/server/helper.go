@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/sfvmm/sfvmm/memtap/internal/helper"
+	"github.com/sfvmm/sfvmm/memtap/internal/pages"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
 	"github.com/sfvmm/sfvmm/memtap/wire"
 	"golang.org/x/sys/unix"
@@ -23,16 +23,7 @@ import (
 // HelperMain runs the memory server's helper when this process was started
 // as one, and never returns then; otherwise it returns at once. memtap.Main
 // calls it: a VMM calls memtap.Main, not this.
-func HelperMain() {
-	if helper.Role() != "server" {
-		return
-	}
-	if err := runHelper(); err != nil {
-		fmt.Fprintf(os.Stderr, "memtap server helper: %v\n", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func HelperMain() { helper.Main("server", runHelper) }
 
 // srv is the helper's state. Only its control loop touches it.
 type srv struct {
@@ -47,12 +38,12 @@ func runHelper() error {
 	if err != nil {
 		return err
 	}
-	shared, err := helper.MapShared(files[0], sharedSize)
+	c, err := helper.MapCounters[counters](files[0])
 	unix.Close(files[0])
 	if err != nil {
 		return err
 	}
-	s := &srv{ctl: ctl, c: countersAt(shared), handshake: 5 * time.Second, write: 10 * time.Second}
+	s := &srv{ctl: ctl, c: c, handshake: 5 * time.Second, write: 10 * time.Second}
 	for {
 		var q request
 		fds, err := ctl.Recv(&q)
@@ -98,12 +89,11 @@ func runHelper() error {
 	}
 }
 
-// region is one RAM region of the parent, as the helper sees it.
+// region is the state of one RAM region of the parent, whose place is
+// image.layout's of the same index.
 type region struct {
-	base  uintptr // in the parent's address space
-	pages uint64
-	pop   *helper.Bitmap // populated at the freeze; until Seal, at Arm; guarded by image.mu
-	dirty *helper.Bitmap // written while armed, so no longer protected; guarded by image.mu
+	pop   *pages.Bitmap // populated at the freeze; until Seal, at Arm; guarded by image.mu
+	dirty *pages.Bitmap // written while armed, so no longer protected; guarded by image.mu
 }
 
 // image is a frozen image being served.
@@ -111,6 +101,7 @@ type image struct {
 	s       *srv
 	pid     int // the parent, whose memory is read with process_vm_readv
 	u       *uffd.FD
+	layout  []pages.Region // where each region is in the parent (no runs)
 	regions []region
 	pages   []uint64 // page counts, for the Hello and request checks
 
@@ -154,13 +145,14 @@ func (s *srv) arm(q request, fds []int) error {
 	}
 	im := &image{s: s, pid: q.PID, u: u, armed: true, saved: make(map[uint64][]byte), conns: make(map[net.Conn]struct{}), raw: make(map[int]struct{}), wpDone: make(chan struct{})}
 	for i, r := range q.Regions {
-		pop, err := helper.NewBitmap(r.Pages, r.Runs, false)
+		pop, err := pages.NewBitmap(r.Pages, r.Runs)
 		if err != nil {
 			u.Close() // releases the protection: the parent is not left hanging
 			return fmt.Errorf("arm: region %d: %w", i, err)
 		}
-		dirty, _ := helper.NewBitmap(r.Pages, nil, false)
-		im.regions = append(im.regions, region{base: uintptr(r.Base), pages: r.Pages, pop: pop, dirty: dirty})
+		dirty, _ := pages.NewBitmap(r.Pages, nil)
+		im.layout = append(im.layout, pages.Region{Base: r.Base, Pages: r.Pages})
+		im.regions = append(im.regions, region{pop: pop, dirty: dirty})
 		im.pages = append(im.pages, r.Pages)
 	}
 	var p [2]int
@@ -190,13 +182,13 @@ func (s *srv) seal(q request) error {
 	if len(q.Regions) != len(im.regions) {
 		return fmt.Errorf("seal: %d regions, the image has %d", len(q.Regions), len(im.regions))
 	}
-	pops := make([]*helper.Bitmap, len(q.Regions))
+	pops := make([]*pages.Bitmap, len(q.Regions))
 	for i, r := range q.Regions {
-		if r.Pages != im.regions[i].pages {
-			return fmt.Errorf("seal: region %d of %d pages, the image's has %d", i, r.Pages, im.regions[i].pages)
+		if r.Pages != im.pages[i] {
+			return fmt.Errorf("seal: region %d of %d pages, the image's has %d", i, r.Pages, im.pages[i])
 		}
 		var err error
-		if pops[i], err = helper.NewBitmap(r.Pages, r.Runs, false); err != nil {
+		if pops[i], err = pages.NewBitmap(r.Pages, r.Runs); err != nil {
 			return fmt.Errorf("seal: region %d: %w", i, err)
 		}
 	}
@@ -206,11 +198,11 @@ func (s *srv) seal(q request) error {
 		return errors.New("seal: the image is sealed already")
 	}
 	for i := range im.regions {
-		r := &im.regions[i]
+		r, base := &im.regions[i], uintptr(im.layout[i].Base)
 		var err error
-		helper.Runs(r.dirty, pops[i], r.pop, func(start, n uint64) {
+		pages.Runs(r.dirty, pops[i], r.pop, func(start, n uint64) {
 			if err == nil {
-				err = im.u.WriteProtect(r.base+uintptr(start)*uffd.PageSize, uintptr(n)*uffd.PageSize, true, false)
+				err = im.u.WriteProtect(base+uintptr(start)*uffd.PageSize, uintptr(n)*uffd.PageSize, true, false)
 			}
 		})
 		if err != nil {
@@ -256,7 +248,7 @@ func (im *image) handleWrites() {
 
 func (im *image) saveAndRelease(a uintptr) {
 	im.s.c.writeFaults.Add(1)
-	ri, p, ok := im.locate(a)
+	ri, p, ok := pages.Locate(im.layout, uint64(a))
 	im.mu.Lock()
 	if im.armed {
 		// Not sealed yet: nothing to keep; Seal protects it again.
@@ -297,15 +289,6 @@ func (im *image) saveAndRelease(a uintptr) {
 func (im *image) fail(err error) {
 	im.broken.CompareAndSwap(nil, &err)
 	fmt.Fprintf(os.Stderr, "memtap server: image broken: %v\n", err)
-}
-
-func (im *image) locate(a uintptr) (int, uint64, bool) {
-	for i, r := range im.regions {
-		if a >= r.base && uint64(a-r.base)/uffd.PageSize < r.pages {
-			return i, uint64(a-r.base) / uffd.PageSize, true
-		}
-	}
-	return 0, 0, false
 }
 
 // alloc returns storage for one saved page. im.mu is held.
@@ -451,6 +434,18 @@ func (im *image) client(c net.Conn, key wire.Key) {
 	im.s.c.clients.Add(1)
 	im.s.c.connected.Add(1)
 	defer im.s.c.connected.Add(^uint64(0))
+	// Keep-alives go out whatever the replies do, so that a client can
+	// tell this server, busy or starved of CPU, from one that is gone.
+	var wmu sync.Mutex // one writer at a time on fd
+	var answered atomic.Uint64
+	stop := make(chan struct{})
+	var alive sync.WaitGroup
+	alive.Add(1)
+	go im.keepAlive(fd, &wmu, &answered, stop, &alive)
+	defer func() {
+		close(stop)
+		alive.Wait() // before fd is closed and its number reused
+	}()
 	tv := unix.NsecToTimeval(im.s.write.Nanoseconds())
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	// Room for a few whole replies in flight: a window is up to 1 MiB.
@@ -484,7 +479,9 @@ func (im *image) client(c net.Conn, key wire.Key) {
 			}
 			if err != nil {
 				im.s.c.badRequests.Add(1)
+				wmu.Lock()
 				writeAll(fd, [][]byte{wire.Response{Region: q.Region, First: q.First, Count: q.Count, Tag: q.Tag, Status: wire.StatusBadRequest}.Append(hdr[:0])})
+				wmu.Unlock()
 				return
 			}
 			data, err := im.read(q, buf, flags[:q.Count])
@@ -500,11 +497,37 @@ func (im *image) client(c net.Conn, key wire.Key) {
 			im.s.c.pagesSent.Add(uint64(len(data)))
 			im.s.c.pagesEmpty.Add(uint64(int(q.Count) - len(data)))
 			im.s.c.bytesSent.Add(uint64(wire.ResponseSize + int(q.Count) + len(data)*uffd.PageSize))
-			if _, err := writeAll(fd, out); err != nil {
+			wmu.Lock()
+			_, err = writeAll(fd, out)
+			wmu.Unlock()
+			if err != nil {
 				return // gone, or not reading within the write timeout
 			}
+			answered.Add(1)
 		}
 		have = copy(in, in[next:have])
+	}
+}
+
+// keepAlive sends a keep-alive on fd every wire.AliveInterval until stop
+// is closed or a write fails.
+func (im *image) keepAlive(fd int, wmu *sync.Mutex, answered *atomic.Uint64, stop <-chan struct{}, done *sync.WaitGroup) {
+	defer done.Done()
+	t := time.NewTicker(wire.AliveInterval)
+	defer t.Stop()
+	b := make([]byte, 0, wire.ResponseSize)
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		wmu.Lock()
+		_, err := writeAll(fd, [][]byte{wire.Alive(answered.Load()).Append(b[:0])})
+		wmu.Unlock()
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -590,15 +613,13 @@ func (im *image) handshake(c net.Conn, key wire.Key) bool {
 	return true
 }
 
-var zeroPage = make([]byte, uffd.PageSize)
-
 // read fills flags for the pages q asks for and returns the data pages, in
 // order, as slices of buf.
 func (im *image) read(q wire.Request, buf []byte, flags []byte) ([][]byte, error) {
 	if errp := im.broken.Load(); errp != nil {
 		return nil, *errp
 	}
-	r := im.regions[q.Region]
+	r, base := im.regions[q.Region], uintptr(im.layout[q.Region].Base)
 	var liveBufs [][]byte
 	var liveAddrs []uintptr
 	im.mu.RLock()
@@ -613,7 +634,7 @@ func (im *image) read(q wire.Request, buf []byte, flags []byte) ([][]byte, error
 			copy(slot, im.saved[uint64(q.Region)<<40|p])
 		default:
 			liveBufs = append(liveBufs, slot)
-			liveAddrs = append(liveAddrs, r.base+uintptr(p)*uffd.PageSize)
+			liveAddrs = append(liveAddrs, base+uintptr(p)*uffd.PageSize)
 		}
 		flags[i] = wire.PageData
 	}
@@ -631,7 +652,7 @@ func (im *image) read(q wire.Request, buf []byte, flags []byte) ([][]byte, error
 			continue
 		}
 		slot := buf[i*uffd.PageSize : (i+1)*uffd.PageSize]
-		if bytes.Equal(slot, zeroPage) {
+		if pages.Zero(slot) {
 			flags[i] = wire.PageZero
 			continue
 		}
@@ -659,10 +680,10 @@ func (im *image) close() {
 
 	unix.Write(im.stopW, []byte{0})
 	<-im.wpDone
-	for _, r := range im.regions {
-		n := uintptr(r.pages * uffd.PageSize)
-		im.u.WriteProtect(r.base, n, false, false)
-		im.u.Unregister(r.base, n)
+	for _, r := range im.layout {
+		base, n := uintptr(r.Base), uintptr(r.Pages*uffd.PageSize)
+		im.u.WriteProtect(base, n, false, false)
+		im.u.Unregister(base, n)
 	}
 	im.u.Close()
 	unix.Close(im.stopR)

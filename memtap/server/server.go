@@ -5,17 +5,20 @@
 //
 // # Freezing: copy-before-write with userfaultfd write-protect
 //
-// Freeze, called while the parent's vCPUs are paused, registers guest RAM
-// with a userfaultfd in write-protect mode and write-protects all of it. That
-// walks page tables (and, with transparent huge pages, 2 MiB at a time), it
-// copies nothing, so the pause barely grows with RAM. When the parent then
-// first writes a page (a vCPU through KVM, or the VMM's own device code),
-// the write faults; the handler copies the old page into the server's
-// private store and lifts the protection, and the write lands. A page is
-// served from the private store when it has a copy there, and otherwise from
-// the live page, which is still protected and so still as it was. Pages the
-// populated set leaves out are served as absent (zero): the parent never
-// had them, and a later write to them is not the image's.
+// Arm, while the parent runs, registers guest RAM with a userfaultfd in
+// write-protect mode and write-protects the pages present: it walks page
+// tables (with transparent huge pages, 2 MiB at a time) and copies nothing.
+// Until Seal, a write to a protected page only records the page and lifts
+// its protection. Seal, called while the parent's vCPUs are paused, protects
+// again what was written or populated since Arm, so the pause does not grow
+// with RAM (Freeze does both, all in the pause). When the parent then first
+// writes a page (a vCPU through KVM, or the VMM's own device code), the
+// write faults; the handler copies the old page into the server's private
+// store and lifts the protection, and the write lands. A page is served from
+// the private store when it has a copy there, and otherwise from the live
+// page, which is still protected and so still as it was. Pages the populated
+// set leaves out are served as absent (zero): the parent never had them, and
+// a later write to them is not the image's.
 //
 // # A helper process
 //
@@ -49,9 +52,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/sfvmm/sfvmm/memtap/internal/helper"
+	"github.com/sfvmm/sfvmm/memtap/internal/pages"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
 	"github.com/sfvmm/sfvmm/memtap/wire"
 	"golang.org/x/sys/unix"
@@ -59,10 +62,7 @@ import (
 
 // PageSet is a set of pages of one RAM region, as runs (the VMM's
 // snapshot.Bitmap is one).
-type PageSet interface {
-	Len() uint64
-	Runs(fn func(start, n uint64))
-}
+type PageSet = pages.Set
 
 // Region is one RAM region of the parent.
 type Region struct {
@@ -118,17 +118,12 @@ func (c *counters) stats() Stats {
 	}
 }
 
-const sharedSize = 4096
-
-func countersAt(mem []byte) *counters { return (*counters)(unsafe.Pointer(&mem[0])) }
-
 // Server is a memory server: a helper process that holds at most one
 // frozen image at a time. Create it when the VM starts, so that Freeze, in
 // the fork's pause, need not start a process.
 type Server struct {
-	proc   *helper.Proc
-	shared []byte                   // counters, shared with the helper; unmapped by Close
-	c      atomic.Pointer[counters] // in shared, or a copy of the last figures after Close
+	proc *helper.Proc
+	c    *helper.Counters[counters] // shared with the helper
 
 	mu    sync.Mutex    // serialises requests to the helper, guards image
 	image *Image        // the frozen image, if any
@@ -144,13 +139,8 @@ type (
 		Handshake time.Duration
 		Write     time.Duration
 		PID       int
-		Regions   []regionSpec
+		Regions   []pages.Region // where the parent's RAM is (arm), and its populated pages
 		Key       wire.Key
-	}
-	regionSpec struct {
-		Base  uint64 // address in the parent
-		Pages uint64
-		Runs  []helper.Run // populated pages
 	}
 	ack struct {
 		Err string
@@ -165,18 +155,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
 	}
-	shared, f, err := helper.Shared(sharedSize)
+	c, f, err := helper.NewCounters[counters]()
 	if err != nil {
 		return nil, fmt.Errorf("start memory server: %w", err)
 	}
 	proc, err := helper.Spawn(cfg.HelperPath, "server", f)
 	f.Close()
 	if err != nil {
-		unix.Munmap(shared)
+		c.Close()
 		return nil, fmt.Errorf("start memory server: %w", err)
 	}
-	s := &Server{proc: proc, shared: shared, acks: make(chan ack), dead: make(chan struct{})}
-	s.c.Store(countersAt(shared))
+	s := &Server{proc: proc, c: c, acks: make(chan ack), dead: make(chan struct{})}
 	go s.read()
 	if err := s.call(request{Op: "config", Handshake: cfg.HandshakeTimeout, Write: cfg.WriteTimeout}); err != nil {
 		s.Close()
@@ -214,7 +203,11 @@ func (s *Server) call(q request, fds ...int) error {
 }
 
 // Stats returns the server's counters.
-func (s *Server) Stats() Stats { return s.c.Load().stats() }
+func (s *Server) Stats() Stats {
+	var st Stats
+	s.c.Read(func(c *counters) { st = c.stats() })
+	return st
+}
 
 // PID is the helper's process ID.
 func (s *Server) PID() int { return s.proc.PID() }
@@ -255,34 +248,21 @@ func (s *Server) Arm(regions []Region) (*Image, error) {
 	if s.image != nil {
 		return nil, errors.New("arm: an image is already frozen; close it first")
 	}
-	if len(regions) == 0 || len(regions) > wire.MaxRegions {
-		return nil, fmt.Errorf("arm: %d regions", len(regions))
+	if err := pages.CheckCount(len(regions)); err != nil {
+		return nil, fmt.Errorf("arm: %w", err)
 	}
 	q := request{Op: "arm", PID: os.Getpid()}
 	im := &Image{s: s}
 	for i, r := range regions {
-		if len(r.Host) == 0 || len(r.Host)%uffd.PageSize != 0 || uintptr(unsafe.Pointer(&r.Host[0]))%uffd.PageSize != 0 {
-			return nil, fmt.Errorf("arm: region %d is not whole pages", i)
+		reg, err := pages.Check(r.Host)
+		if err == nil {
+			reg.Runs, err = populated(r, reg.Pages)
 		}
-		pages := uint64(len(r.Host) / uffd.PageSize)
-		if pages > wire.MaxRegionPages {
-			return nil, fmt.Errorf("arm: region %d of %d pages is too large", i, pages)
+		if err != nil {
+			return nil, fmt.Errorf("arm: region %d: %w", i, err)
 		}
-		spec := regionSpec{Base: uint64(uintptr(unsafe.Pointer(&r.Host[0]))), Pages: pages}
-		if r.Populated == nil {
-			runs, err := resident(r.Host)
-			if err != nil {
-				return nil, fmt.Errorf("arm: region %d: %w", i, err)
-			}
-			spec.Runs = runs
-		} else {
-			if r.Populated.Len() != pages {
-				return nil, fmt.Errorf("arm: region %d: populated set of %d pages for %d", i, r.Populated.Len(), pages)
-			}
-			r.Populated.Runs(func(start, n uint64) { spec.Runs = append(spec.Runs, helper.Run{Start: start, N: n}) })
-		}
-		q.Regions = append(q.Regions, spec)
-		im.regions = append(im.regions, pages)
+		q.Regions = append(q.Regions, reg)
+		im.regions = append(im.regions, reg.Pages)
 	}
 	u, err := uffd.New(unix.O_CLOEXEC | unix.O_NONBLOCK)
 	if err != nil {
@@ -334,20 +314,11 @@ func (im *Image) Seal(regions []Region) error {
 	}
 	q := request{Op: "seal"}
 	for i, r := range regions {
-		spec := regionSpec{Pages: im.regions[i]}
-		switch {
-		case r.Populated == nil:
-			runs, err := resident(r.Host)
-			if err != nil {
-				return fmt.Errorf("seal: region %d: %w", i, err)
-			}
-			spec.Runs = runs
-		case r.Populated.Len() != im.regions[i]:
-			return fmt.Errorf("seal: region %d: populated set of %d pages for %d", i, r.Populated.Len(), im.regions[i])
-		default:
-			r.Populated.Runs(func(start, n uint64) { spec.Runs = append(spec.Runs, helper.Run{Start: start, N: n}) })
+		runs, err := populated(r, im.regions[i])
+		if err != nil {
+			return fmt.Errorf("seal: region %d: %w", i, err)
 		}
-		q.Regions = append(q.Regions, spec)
+		q.Regions = append(q.Regions, pages.Region{Pages: im.regions[i], Runs: runs})
 	}
 	if err := s.call(q); err != nil {
 		return fmt.Errorf("seal: %w", err)
@@ -426,51 +397,21 @@ func (s *Server) Close() error {
 	defer s.mu.Unlock()
 	s.image = nil
 	err := s.proc.Stop(5 * time.Second)
-	if s.shared != nil {
-		// Keep the last figures readable after Close.
-		c := &counters{}
-		c.restore(s.c.Load().stats())
-		s.c.Store(c)
-		unix.Munmap(s.shared)
-		s.shared = nil
-	}
+	s.c.Close() // after the helper's exit: its last figures stay readable
 	if err != nil {
 		return fmt.Errorf("close memory server: %w", err)
 	}
 	return nil
 }
 
-// resident returns the runs of pages of b present in memory.
-func resident(b []byte) ([]helper.Run, error) {
-	vec := make([]byte, len(b)/uffd.PageSize)
-	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
-		return nil, fmt.Errorf("mincore: %w", errno)
+// populated returns the runs of r's populated pages, of n: r.Populated's,
+// or with none the pages resident in r.Host.
+func populated(r Region, n uint64) ([]pages.Run, error) {
+	if r.Populated != nil {
+		return pages.RunsOf(r.Populated, n)
 	}
-	var runs []helper.Run
-	for i := 0; i < len(vec); {
-		if vec[i]&1 == 0 {
-			i++
-			continue
-		}
-		j := i
-		for j < len(vec) && vec[j]&1 != 0 {
-			j++
-		}
-		runs = append(runs, helper.Run{Start: uint64(i), N: uint64(j - i)})
-		i = j
+	if uint64(len(r.Host)) != n*uffd.PageSize {
+		return nil, fmt.Errorf("%d bytes for %d pages", len(r.Host), n)
 	}
-	return runs, nil
-}
-
-func (c *counters) restore(st Stats) {
-	c.clients.Store(st.Clients)
-	c.connected.Store(st.Connected)
-	c.authFailures.Store(st.AuthFailures)
-	c.badRequests.Store(st.BadRequests)
-	c.requests.Store(st.Requests)
-	c.pagesSent.Store(st.PagesSent)
-	c.pagesEmpty.Store(st.PagesEmpty)
-	c.bytesSent.Store(st.BytesSent)
-	c.writeFaults.Store(st.WriteFaults)
-	c.pagesSaved.Store(st.PagesSaved)
+	return pages.Resident(r.Host)
 }

@@ -212,7 +212,7 @@ func TestHelperDeathReleasesParent(t *testing.T) {
 	}
 	// Kill the helper; the kernel then drops the protection, and the
 	// parent's writes go through with no handler.
-	syscall.Kill(s.proc.Pid(), syscall.SIGKILL)
+	syscall.Kill(s.PID(), syscall.SIGKILL)
 	select {
 	case <-s.Done():
 	case <-time.After(5 * time.Second):

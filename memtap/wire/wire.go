@@ -13,6 +13,14 @@
 //	server → client  Response magic "SFMR", the request's fields, status,
 //	                          then Count flag bytes (PageData, PageZero, PageAbsent),
 //	                          then one 4 KiB page for each PageData flag, in order
+//	server → client  Alive    a Response header with StatusAlive, every
+//	                          AliveInterval, whatever else is sent
+//
+// Replies come in request order. A keep-alive says the server is there and
+// how many of this client's requests it has answered (in First), so that a
+// client can tell a server that is gone or stopped (it hears nothing) from
+// one that is slow (it hears keep-alives and the count moves) and from one
+// that is stuck (it hears keep-alives and the count does not move).
 //
 // Both sides prove they hold the clone family's key without sending it; a
 // client that fails is refused and the connection closed. The pages
@@ -32,12 +40,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Protocol constants.
 const (
-	Version  = 1
+	Version  = 2
 	PageSize = 4096
+	// AliveInterval is how often the server sends a keep-alive.
+	AliveInterval = time.Second
 	// MaxBatch bounds the pages of one request, and so the size of a
 	// reply (1 MiB of data).
 	MaxBatch = 256
@@ -73,6 +84,7 @@ const (
 const (
 	StatusOK         = 0
 	StatusBadRequest = 1 // out of range or malformed; the server closes the connection
+	StatusAlive      = 2 // a keep-alive: Count 0, nothing follows, First the requests answered
 )
 
 // Welcome status codes.
@@ -329,13 +341,19 @@ func DecodeResponse(b []byte) (Response, error) {
 	r.Tag = binary.LittleEndian.Uint32(b[20:])
 	r.Status = binary.LittleEndian.Uint32(b[24:])
 	switch {
-	case r.Status != StatusOK && r.Status != StatusBadRequest:
+	case r.Status != StatusOK && r.Status != StatusBadRequest && r.Status != StatusAlive:
 		return r, malformed("response status %d", r.Status)
 	case r.Status == StatusOK && (r.Count == 0 || r.Count > MaxBatch):
 		return r, malformed("response of %d pages", r.Count)
+	case r.Status == StatusAlive && (r.Count != 0 || r.Region != 0 || r.Tag != 0):
+		return r, malformed("keep-alive with fields set: %+v", r)
 	}
 	return r, nil
 }
+
+// Alive is a keep-alive saying the server has answered answered requests
+// of this client.
+func Alive(answered uint64) Response { return Response{Status: StatusAlive, First: answered} }
 
 // DataPages checks the flags of a response and counts the PageData ones,
 // the pages that follow.

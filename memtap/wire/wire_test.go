@@ -25,6 +25,8 @@ func TestRoundTrip(t *testing.T) {
 			func(b []byte) (any, error) { return DecodeRequest(b) }, Request{Region: 1, First: 77, Count: MaxBatch, Tag: 9}},
 		{"response", Response{Region: 2, First: 5, Count: 3, Tag: 4}.Append(nil),
 			func(b []byte) (any, error) { return DecodeResponse(b) }, Response{Region: 2, First: 5, Count: 3, Tag: 4}},
+		{"keep-alive", Alive(12).Append(nil),
+			func(b []byte) (any, error) { return DecodeResponse(b) }, Response{First: 12, Status: StatusAlive}},
 	}
 	for _, tt := range tests {
 		got, err := tt.decode(tt.enc)
@@ -76,6 +78,11 @@ func TestRefused(t *testing.T) {
 		{"hello trailing", func() error { _, err := DecodeHello(append(Hello{Regions: []uint64{1}}.Encode(), 0)); return err }()},
 		{"welcome status", func() error { _, err := DecodeWelcome(Welcome{Status: 7}.Encode()); return err }()},
 		{"response status", func() error { _, err := DecodeResponse(Response{Count: 1, Status: 9}.Append(nil)); return err }()},
+		{"keep-alive with pages", func() error {
+			_, err := DecodeResponse(Response{Count: 1, Status: StatusAlive}.Append(nil))
+			return err
+		}()},
+		{"keep-alive with a tag", func() error { _, err := DecodeResponse(Response{Tag: 3, Status: StatusAlive}.Append(nil)); return err }()},
 		{"flags", func() error { _, err := DataPages([]byte{PageData, 0}); return err }()},
 	}
 	for _, tt := range tests {

@@ -9,6 +9,7 @@ package bus
 
 import (
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 	"time"
@@ -31,7 +32,7 @@ type entry struct {
 // Bus is an address space (port I/O or MMIO) shared by all vCPUs.
 type Bus struct {
 	name string
-	logf func(format string, args ...any)
+	log  *slog.Logger
 
 	mu      sync.RWMutex // guards entries
 	entries []entry      // sorted by base, non-overlapping
@@ -49,11 +50,11 @@ const unclaimedLogBurst = 10
 
 // New returns an empty bus; name ("pio", "mmio") prefixes log lines and logf
 // receives them (nil discards them).
-func New(name string, logf func(format string, args ...any)) *Bus {
-	if logf == nil {
-		logf = func(string, ...any) {}
+func New(name string, log *slog.Logger) *Bus {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return &Bus{name: name, logf: logf}
+	return &Bus{name: name, log: log}
 }
 
 // Register claims [base, base+size) for d. Overlapping claims are refused.
@@ -126,7 +127,7 @@ func (b *Bus) unclaimed(op string, addr uint64, n int, v uint64) {
 	now := time.Now()
 	if now.Sub(b.logWindow) >= time.Second {
 		if b.dropped > 0 {
-			b.logf("%s bus: %d more unclaimed accesses not logged", b.name, b.dropped)
+			b.log.Debug(fmt.Sprintf("%s bus: %d more unclaimed accesses not logged", b.name, b.dropped))
 		}
 		b.logWindow, b.logCount, b.dropped = now, 0, 0
 	}
@@ -136,8 +137,8 @@ func (b *Bus) unclaimed(op string, addr uint64, n int, v uint64) {
 	}
 	b.logCount++
 	if op == "write" {
-		b.logf("%s bus: unclaimed %d-byte write of %#x at %#x ignored", b.name, n, v, addr)
+		b.log.Debug(fmt.Sprintf("%s bus: unclaimed %d-byte write of %#x at %#x ignored", b.name, n, v, addr))
 	} else {
-		b.logf("%s bus: unclaimed %d-byte read at %#x returns all ones", b.name, n, addr)
+		b.log.Debug(fmt.Sprintf("%s bus: unclaimed %d-byte read at %#x returns all ones", b.name, n, addr))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/sfvmm/sfvmm/memtap"
@@ -69,7 +70,7 @@ func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error)
 		}
 		mc.Network, mc.Address, mc.Key = fi.Network, fi.Address, memtap.Key(fi.Key)
 		if cfg.DirectReads {
-			if mc.Parent = directParent(fi, len(regions), cfg.Logf); mc.Parent != nil {
+			if mc.Parent = directParent(fi, len(regions), cfg.Log); mc.Parent != nil {
 				defer mc.Parent.Close()
 			}
 		}
@@ -122,14 +123,14 @@ func ReadDescriptor(path string) (*Descriptor, snapshot.Header, error) {
 // descriptor cannot name another process); nil otherwise, or if the
 // parent's memory cannot be opened (then every page comes through the
 // memory server, which is said).
-func directParent(fi Info, regions int, logf func(string, ...any)) *memtap.ParentMemory {
+func directParent(fi Info, regions int, log *slog.Logger) *memtap.ParentMemory {
 	if fi.ParentPID == 0 || fi.ParentPID != os.Getppid() || len(fi.ParentRAM) != regions {
 		return nil
 	}
 	pm, err := memtap.OpenParent(fi.ParentPID, fi.ParentRAM)
 	if err != nil {
-		if logf != nil {
-			logf("every page through the memory server: %v", err)
+		if log != nil {
+			log.Info(fmt.Sprintf("every page through the memory server: %v", err))
 		}
 		return nil
 	}

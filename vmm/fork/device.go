@@ -3,6 +3,7 @@ package fork
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
@@ -46,10 +47,10 @@ func (h deviceHost) Clone(vcpu int, id uint32) (int32, forkdev.Errno) {
 		f.mu.Lock()
 		t.used = false
 		f.mu.Unlock()
-		f.cfg.Logf("sf_clone: %v", err)
+		f.cfg.Log.Error(fmt.Sprintf("sf_clone: %v", err))
 		return h.fail(vcpu, forkdev.EFORK)
 	}
-	f.cfg.Logf("fork: ticket %d: sf_clone of %d clones, parent paused %v", t.id, t.slots, img.paused.Round(time.Microsecond))
+	f.infof("fork: ticket %d: sf_clone of %d clones, parent paused %v", t.id, t.slots, img.paused.Round(time.Microsecond))
 	f.launch(img, t)
 	return 0, 0
 }
@@ -60,7 +61,7 @@ func (h deviceHost) CheckpointParent(vcpu int) (int32, forkdev.Errno) {
 		return 0, forkdev.EBUSY
 	}
 	if err != nil {
-		h.f.cfg.Logf("sf_checkpoint_parent: %v", err)
+		h.f.cfg.Log.Error(fmt.Sprintf("sf_checkpoint_parent: %v", err))
 		return h.fail(vcpu, forkdev.EFORK)
 	}
 	return int32(img.id), 0

@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -44,8 +45,8 @@ type Config struct {
 	// Dir holds the fork images (descriptor, the memory server's socket);
 	// empty means a new temporary directory, removed at Close.
 	Dir string
-	// Logf receives the fork core's messages; nil discards them.
-	Logf func(format string, args ...any)
+	// Log receives the fork core's messages; nil discards them.
+	Log *slog.Logger
 	// NewServer starts the parent's memory server; nil means memtap's
 	// (package memtap/server).
 	NewServer func() (Server, error)
@@ -92,8 +93,8 @@ func New(cfg Config) *Forker {
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = DefaultCapacity
 	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.NewServer == nil {
 		cfg.NewServer = newMemtapServer
@@ -144,7 +145,7 @@ func (f *Forker) Fork(ctx context.Context, n int) (Result, error) {
 		f.mu.Unlock()
 		return Result{}, fmt.Errorf("fork: %w", err)
 	}
-	f.cfg.Logf("fork: ticket %d: fork of %d clones from the host, parent paused %v", t.id, t.slots, img.paused.Round(time.Microsecond))
+	f.infof("fork: ticket %d: fork of %d clones from the host, parent paused %v", t.id, t.slots, img.paused.Round(time.Microsecond))
 	f.launch(img, t)
 	r := Result{Ticket: t.id, Checkpoint: img.id, Descriptor: img.descriptor, Paused: img.paused}
 	for id := uint32(1); id <= t.slots; id++ {
@@ -247,3 +248,5 @@ func (f *Forker) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+func (f *Forker) infof(format string, a ...any) { f.cfg.Log.Info(fmt.Sprintf(format, a...)) }

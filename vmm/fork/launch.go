@@ -1,6 +1,9 @@
 package fork
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Launcher starts the clones of a fork image.
 type Launcher interface {
@@ -31,7 +34,7 @@ func (f *Forker) launch(img *image, t *ticket) {
 		img.live++
 		c, err := launchOffThread(f.cfg.Launcher, img.descriptor, t.id, id)
 		if err != nil {
-			f.cfg.Logf("ticket %d: start clone %d: %v", t.id, id, err)
+			f.cfg.Log.Error(fmt.Sprintf("ticket %d: start clone %d: %v", t.id, id, err))
 			f.ended(img, cr, err)
 			continue
 		}

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,6 +108,18 @@ type Running struct {
 	cancel  context.CancelFunc
 }
 
+// Log is a logger into the test's log, debug messages included.
+func Log(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(b), "\n"))
+	return len(b), nil
+}
+
 // Start boots the guest and returns at once; the test ends it with Wait or
 // Stop. It is stopped and released when the test ends in any case.
 func Start(t testing.TB, o Options) *Running {
@@ -121,7 +134,7 @@ func Start(t testing.TB, o Options) *Running {
 	vm, err := vmm.New(vmm.Config{
 		KernelPath: o.Kernel, UnpackKernel: o.UnpackKernel, KernelCache: o.KernelCache,
 		InitrdPath: o.Initrd, Cmdline: o.Cmdline,
-		CPUs: o.CPUs, MemBytes: o.Memory, Console: serial, Logf: t.Logf,
+		CPUs: o.CPUs, MemBytes: o.Memory, Console: serial, Log: Log(t),
 	})
 	if err != nil {
 		t.Fatalf("boot %s: %v", o.Kernel, err)
@@ -133,7 +146,7 @@ func Start(t testing.TB, o Options) *Running {
 func Restore(t testing.TB, dir string, timeout time.Duration) *Running {
 	t.Helper()
 	serial := newSyncBuffer()
-	vm, err := vmm.RestoreDir(dir, vmm.RestoreConfig{Console: serial, Logf: t.Logf})
+	vm, err := vmm.RestoreDir(dir, vmm.RestoreConfig{Console: serial, Log: Log(t)})
 	if err != nil {
 		t.Fatalf("restore %s: %v", dir, err)
 	}

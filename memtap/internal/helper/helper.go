@@ -2,7 +2,7 @@
 // talks to them: it re-executes the VMM binary in a helper role (selected
 // by an environment variable that memtap.Main looks at first thing),
 // connects the two over a Unix stream socket that carries gob messages and
-// descriptors (SCM_RIGHTS), and shares a page of counters between them.
+// descriptors (SCM_RIGHTS), and shares a struct of counters between them.
 //
 // Why a process: see the package comment of memtap. It is internal to
 // memtap and memtap/server.
@@ -14,19 +14,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/bits"
 	"net"
 	"os"
 	"os/exec"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// EnvRole names the environment variable that makes a process a helper:
+// envRole names the environment variable that makes a process a helper:
 // its value is the role ("client", "server").
-const EnvRole = "SFVMM_MEMTAP_HELPER"
+const envRole = "SFVMM_MEMTAP_HELPER"
 
 // First descriptors a helper inherits.
 const (
@@ -41,8 +41,10 @@ type Conn struct {
 	wmu sync.Mutex // serialises Send
 }
 
-// maxMsg bounds a control message (a bitmap of 1 TiB of RAM is 32 MiB; run
-// lists are far smaller in practice).
+// maxMsg bounds a control message. The largest carry the runs of a
+// region's populated pages, about 9 bytes a run in gob: a region populated
+// in more than some seven million separate runs cannot be handed to a
+// helper.
 const maxMsg = 64 << 20
 
 // Send gob-encodes v and sends it with the descriptors fds attached.
@@ -169,7 +171,7 @@ func Spawn(path, role string, files ...*os.File) (*Proc, error) {
 		return nil, fmt.Errorf("spawn memtap helper: %w", err)
 	}
 	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), EnvRole+"="+role)
+	cmd.Env = append(os.Environ(), envRole+"="+role)
 	cmd.ExtraFiles = append([]*os.File{theirs}, files...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	// No PR_SET_PDEATHSIG: it fires when the forking *thread* exits, and
@@ -192,16 +194,6 @@ func Spawn(path, role string, files ...*os.File) (*Proc, error) {
 	return p, nil
 }
 
-// Pid is the helper's process ID.
-func (p *Proc) Pid() int { return p.cmd.Process.Pid }
-
-// Exited is closed when the helper has exited.
-func (p *Proc) Exited() <-chan struct{} { return p.exited }
-
-// ExitErr is the helper's exit status (nil for a clean exit); valid after
-// Exited is closed.
-func (p *Proc) ExitErr() error { return p.err }
-
 // Stop closes the control socket, which tells the helper to leave, and waits
 // up to grace for it; then it kills it.
 func (p *Proc) Stop(grace time.Duration) error {
@@ -219,8 +211,19 @@ func (p *Proc) Stop(grace time.Duration) error {
 	return p.err
 }
 
-// Role returns the helper role this process was started in, or "".
-func Role() string { return os.Getenv(EnvRole) }
+// Main runs body and exits, when this process was started as a helper in
+// role; otherwise it returns at once. body's error is printed and makes
+// the exit status 1.
+func Main(role string, body func() error) {
+	if os.Getenv(envRole) != role {
+		return
+	}
+	if err := body(); err != nil {
+		fmt.Fprintf(os.Stderr, "memtap %s helper: %v\n", role, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
 
 // Attach returns, in a helper process, the control socket and the
 // descriptors of the files Spawn passed (n of them). They are raw numbers,
@@ -240,118 +243,71 @@ func Attach(n int) (*Conn, []int, error) {
 	return &Conn{c: fc.(*net.UnixConn)}, fds, nil
 }
 
-// Shared maps size bytes of memory shared between the VMM and a helper: a
-// memfd, whose file is passed to the helper.
-func Shared(size int) ([]byte, *os.File, error) {
+// Counters is a T, a struct of atomic counters, in memory shared between
+// the VMM and a helper: the helper updates it (MapCounters), the VMM reads
+// it, and after Close the VMM reads a copy of the last figures.
+type Counters[T any] struct {
+	mu  sync.RWMutex // held for reading while t is read, for writing by Close
+	mem []byte       // the shared memory, nil after Close; guarded by mu
+	t   *T           // in mem, or the copy; guarded by mu
+}
+
+// NewCounters shares a zero T with a helper: it returns the counters and
+// the file of their memory (a memfd), which the helper is passed and maps
+// with MapCounters.
+func NewCounters[T any]() (*Counters[T], *os.File, error) {
 	fd, err := unix.MemfdCreate("memtap-stats", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, nil, fmt.Errorf("shared counters: memfd: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "memtap-stats")
-	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+	if err := unix.Ftruncate(fd, int64(unsafe.Sizeof(*new(T)))); err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("shared counters: %w", err)
 	}
-	mem, err := MapShared(fd, size)
+	mem, t, err := mapCounters[T](fd)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
 	}
-	return mem, f, nil
+	return &Counters[T]{mem: mem, t: t}, f, nil
 }
 
-// MapShared maps the shared memory of the memfd fd.
-func MapShared(fd int, size int) ([]byte, error) {
-	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+// MapCounters maps, in a helper, the T that NewCounters shared as the
+// memfd fd. The mapping lasts as long as the helper.
+func MapCounters[T any](fd int) (*T, error) {
+	_, t, err := mapCounters[T](fd)
+	return t, err
+}
+
+func mapCounters[T any](fd int) ([]byte, *T, error) {
+	mem, err := unix.Mmap(fd, 0, int(unsafe.Sizeof(*new(T))), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("shared counters: mmap: %w", err)
+		return nil, nil, fmt.Errorf("shared counters: mmap: %w", err)
 	}
-	return mem, nil
+	return mem, (*T)(unsafe.Pointer(&mem[0])), nil
 }
 
-// Bitmap is a set of pages, built from runs.
-type Bitmap struct {
-	n     uint64
-	words []uint64
+// Read calls fn with the counters, which it must read atomically (the
+// helper may be updating them) and not keep: Close unmaps them.
+func (c *Counters[T]) Read(fn func(*T)) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	fn(c.t)
 }
 
-// Run is a run of pages [Start, Start+N).
-type Run struct{ Start, N uint64 }
-
-// NewBitmap returns the set of n pages holding runs; nil runs with all
-// true means every page. It refuses runs outside [0, n).
-func NewBitmap(n uint64, runs []Run, all bool) (*Bitmap, error) {
-	b := &Bitmap{n: n, words: make([]uint64, (n+63)/64)}
-	if all {
-		runs = []Run{{0, n}}
+// Close copies the counters' last figures, for Read, and unmaps the shared
+// memory. Call it once the helper has exited, so that nothing writes them
+// during the copy.
+func (c *Counters[T]) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mem == nil {
+		return
 	}
-	for _, r := range runs {
-		if r.Start >= n || r.N > n-r.Start {
-			return nil, fmt.Errorf("pages [%d, +%d) outside [0, %d)", r.Start, r.N, n)
-		}
-		for i := r.Start; i < r.Start+r.N; {
-			if i%64 == 0 && r.Start+r.N-i >= 64 {
-				b.words[i/64] = ^uint64(0)
-				i += 64
-				continue
-			}
-			b.words[i/64] |= 1 << (i % 64)
-			i++
-		}
-	}
-	return b, nil
-}
-
-// Get reports whether page i is in the set; pages past the end are not.
-func (b *Bitmap) Get(i uint64) bool {
-	return i < b.n && b.words[i/64]&(1<<(i%64)) != 0
-}
-
-// Len is the number of pages covered.
-func (b *Bitmap) Len() uint64 { return b.n }
-
-// Set adds page i (which must be below Len) to the set.
-func (b *Bitmap) Set(i uint64) { b.words[i/64] |= 1 << (i % 64) }
-
-// Runs calls fn for each run of pages in a ∪ (b ∖ c), in order; the
-// three cover the same pages.
-func Runs(a, b, c *Bitmap, fn func(start, n uint64)) {
-	var start, n uint64
-	flush := func() {
-		if n > 0 {
-			fn(start, n)
-			n = 0
-		}
-	}
-	for w := range a.words {
-		word := a.words[w] | b.words[w]&^c.words[w]
-		base := uint64(w) * 64
-		switch word {
-		case 0:
-			flush()
-			continue
-		case ^uint64(0):
-			if n > 0 && start+n == base {
-				n += 64
-			} else {
-				flush()
-				start, n = base, 64
-			}
-			continue
-		}
-		for word != 0 {
-			i := base + uint64(bits.TrailingZeros64(word))
-			if n > 0 && start+n == i {
-				n++
-			} else {
-				flush()
-				start, n = i, 1
-			}
-			word &= word - 1
-		}
-		if start+n != base+64 {
-			flush() // the run stops inside this word
-		}
-	}
-	flush()
+	last := new(T)
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(last)), len(c.mem)), c.mem)
+	c.t = last
+	unix.Munmap(c.mem)
+	c.mem = nil
 }
