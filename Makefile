@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
 LINUX_CMDLINE := console=ttyS0 reboot=k panic=-1 pci=off quiet
 
-.PHONY: all sfvmm kernels deps test unit fuzz kvmtest stresstest demo bench bench-boot bench-snapshot bench-memtap bench-fork clean
+.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap bench-fork clean
 
 all: sfvmm kernels
 
@@ -83,12 +83,6 @@ kvmtest:
 	@rm -f $(BUILD)/test/kvm* $(BUILD)/test/stalls
 	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(BUILD)/test/kvm.test ./tests
 	tests/kvmtest.sh $(KVMBOX) $(CURDIR)/$(BUILD)/test/kvm.test $(CURDIR)/$(BUILD)/test $(KVMTEST_SANDBOXES)
-
-# KVM tests left out of make test while a failure they show now and then
-# is open (tests/stress_test.go).
-stresstest: deps kernels
-	CGO_ENABLED=0 $(GO) test -c -tags kvm,stress -o $(BUILD)/test/stress.test ./tests
-	cd tests && $(KVMBOX) --hosts 0 --timeout 30m -- ../$(BUILD)/test/stress.test -test.v -test.run '^TestFork16Clones$$' -test.count $(or $(STRESS_COUNT),1)
 
 bench: bench-boot bench-snapshot bench-memtap bench-fork
 

@@ -61,6 +61,34 @@ func forkDone(t *testing.T, p *proc, timeout time.Duration, size int) (out, sum 
 	return out, m[1]
 }
 
+// The forktest kernel forks 16 clones; each checks the pre-fork pattern
+// and that the memory the parent never touched reads as zero, while the
+// parent overwrites the pattern.
+func TestFork16Clones(t *testing.T) {
+	const clones = 16
+	p := forktest(t, fmt.Sprintf("mode=fork clones=%d size=16M", clones), "--fork-capacity", fmt.Sprint(clones))
+	out, sum := forkDone(t, p, 4*time.Minute, 16<<20)
+	for id := 1; id <= clones; id++ {
+		for _, want := range []string{
+			fmt.Sprintf("[clone %d] forktest: clone %d: pattern ok, checksum %s, untouched memory zero", id, id, sum),
+			fmt.Sprintf("sfvmm clone %d: guest ended: sf_exit status 0", id),
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("missing %q", want)
+			}
+		}
+	}
+	if want := fmt.Sprintf("forktest: parent joined: all %d clones exited, 0 without sf_exit(0)", clones); !strings.Contains(out, want) {
+		t.Errorf("missing %q", want)
+	}
+	if stats := parseCloneStats(t, out); len(stats) != clones {
+		t.Errorf("memtap statistics of %d clones, want %d", len(stats), clones)
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
+	}
+}
+
 // A tiny kernel fills 64 MiB with a pattern, forks 4 clones and at once
 // overwrites the region. Every clone sees the pre-fork pattern and
 // checksum, and the 16 MiB the parent never touched as zeroes without

@@ -1,10 +1,6 @@
 package vmm
 
-import (
-	"fmt"
-	"strconv"
-	"strings"
-)
+import "fmt"
 
 // ExitReason says how a machine ended.
 type ExitReason int
@@ -84,49 +80,4 @@ func (e Exit) String() string {
 		s += ": " + e.Err.Error()
 	}
 	return s
-}
-
-// ParseSize parses a memory size in the style of QEMU's -m and
-// Firecracker's mem_size: a number with an optional K, M, G or T suffix
-// (binary units, optional trailing B or iB); a bare number means MiB.
-func ParseSize(s string) (uint64, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
-	shift := 20
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'K':
-			shift, t = 10, t[:n-1]
-		case 'M':
-			shift, t = 20, t[:n-1]
-		case 'G':
-			shift, t = 30, t[:n-1]
-		case 'T':
-			shift, t = 40, t[:n-1]
-		}
-	}
-	v, err := strconv.ParseUint(t, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q: want a number with an optional K, M, G or T suffix", s)
-	}
-	if v > (1<<63)>>shift {
-		return 0, fmt.Errorf("invalid size %q: too large", s)
-	}
-	return v << shift, nil
-}
-
-// FormatSize prints a byte count in the largest binary unit that divides it.
-func FormatSize(n uint64) string {
-	for _, u := range []struct {
-		shift uint
-		name  string
-	}{{40, "TiB"}, {30, "GiB"}, {20, "MiB"}, {10, "KiB"}} {
-		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
-			return fmt.Sprintf("%d %s", n>>u.shift, u.name)
-		}
-	}
-	if n >= 1<<30 {
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

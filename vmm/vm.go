@@ -33,7 +33,7 @@ type Config struct {
 	// UnpackKernel has a bzImage's kernel unpacked on the host and booted
 	// as the ELF vmlinux it holds: the guest skips its own decompression,
 	// and with it KASLR. The unpacked kernel is kept in KernelCache, a
-	// directory of the user's (DefaultKernelCache), and reused while the
+	// directory of the user's (boot.DefaultKernelCache), and reused while the
 	// image is unchanged; with KernelCache "" it is unpacked on every boot.
 	UnpackKernel bool
 	KernelCache  string
@@ -119,7 +119,8 @@ type VM struct {
 }
 
 // New validates cfg, loads the kernel into fresh guest memory and creates
-// the KVM machine. Invalid input is refused before anything touches KVM.
+// the KVM machine. Invalid input is refused before anything touches KVM; a
+// field that cannot work is refused with a *ConfigError.
 func New(cfg Config) (_ *VM, err error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
@@ -140,7 +141,7 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	if max := min(m.sys.MaxVCPUs(), MaxCPUs); cfg.CPUs > max {
-		return nil, fmt.Errorf("--cpus %d: this host's KVM allows at most %d", cfg.CPUs, max)
+		return nil, &ConfigError{"CPUs", fmt.Errorf("%d vCPUs: this host's KVM allows at most %d", cfg.CPUs, max)}
 	}
 	if err := m.createMachine(); err != nil {
 		return nil, err
@@ -160,29 +161,53 @@ func newVM(cfg Config) *VM {
 	return m
 }
 
+// ConfigError is New refusing a Config field. It names the field, so that
+// a caller can tell its user which of its own inputs (cmd/sfvmm: a flag)
+// to change.
+type ConfigError struct {
+	Field string // the Config field's name: "KernelPath", "InitrdPath", "CPUs" or "MemBytes"
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
 func validate(cfg Config) error {
 	if cfg.CPUs < 1 || cfg.CPUs > MaxCPUs {
-		return fmt.Errorf("--cpus %d: must be between 1 and %d", cfg.CPUs, MaxCPUs)
-	}
-	if cfg.MemBytes == 0 {
-		return errors.New("--memory 0: the guest needs some memory")
+		return &ConfigError{"CPUs", fmt.Errorf("%d vCPUs: must be between 1 and %d", cfg.CPUs, MaxCPUs)}
 	}
 	if cfg.MemBytes < 1<<20 {
-		return fmt.Errorf("--memory %d bytes: the guest needs at least 1 MiB", cfg.MemBytes)
+		return &ConfigError{"MemBytes", fmt.Errorf("guest memory of %d bytes: the guest needs at least 1 MiB", cfg.MemBytes)}
 	}
 	if cfg.MemBytes%memory.PageSize != 0 {
-		return fmt.Errorf("--memory %d bytes: not a multiple of the %d-byte page", cfg.MemBytes, memory.PageSize)
+		return &ConfigError{"MemBytes", fmt.Errorf("guest memory of %d bytes: not a multiple of the %d-byte page", cfg.MemBytes, memory.PageSize)}
 	}
 	var si unix.Sysinfo_t
 	if err := unix.Sysinfo(&si); err == nil {
 		if host := uint64(si.Totalram) * uint64(si.Unit); cfg.MemBytes > host {
-			return fmt.Errorf("--memory %s: more than this host's %s of RAM", FormatSize(cfg.MemBytes), FormatSize(host))
+			return &ConfigError{"MemBytes", fmt.Errorf("guest memory of %s: more than this host's %s of RAM", FormatSize(cfg.MemBytes), FormatSize(host))}
 		}
 	}
 	if cfg.KernelPath == "" {
-		return errors.New("no kernel given (--kernel PATH)")
+		return &ConfigError{"KernelPath", errors.New("no kernel given")}
 	}
 	return nil
+}
+
+// FormatSize prints a byte count in the largest binary unit that divides it.
+func FormatSize(n uint64) string {
+	for _, u := range []struct {
+		shift uint
+		name  string
+	}{{40, "TiB"}, {30, "GiB"}, {20, "MiB"}, {10, "KiB"}} {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d %s", n>>u.shift, u.name)
+		}
+	}
+	if n >= 1<<30 {
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // headOf returns a kernel file's size and first boot.HeaderBytes.
@@ -212,7 +237,7 @@ func (m *VM) loadKernel() error {
 		return fmt.Errorf("kernel %s: %w", m.cfg.KernelPath, err)
 	}
 	if m.kind == boot.BzImage && m.cfg.UnpackKernel {
-		vf, err := unpackedKernel(f, st, head, m.cfg.KernelCache, m.log)
+		vf, err := boot.UnpackedKernel(f, st, head, m.cfg.KernelCache, m.log)
 		switch {
 		case err != nil:
 			// A payload sfvmm cannot read may still be one the
@@ -266,7 +291,7 @@ func (m *VM) loadKernel() error {
 				}
 			}
 		} else if m.cfg.InitrdPath != "" {
-			return fmt.Errorf("--initrd: an %s kernel takes no initrd", m.kind)
+			return &ConfigError{"InitrdPath", fmt.Errorf("an %s kernel takes no initrd", m.kind)}
 		}
 	}
 	if m.entry, err = boot.Load(m.mem, p); err != nil {

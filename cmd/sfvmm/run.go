@@ -15,6 +15,7 @@ import (
 
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/api"
+	"github.com/sfvmm/sfvmm/vmm/boot"
 )
 
 // runCmd implements `sfvmm run` and returns the process exit code: the
@@ -27,7 +28,7 @@ func runCmd(args []string) int {
 	cmdline := fs.String("cmdline", "", "kernel command line")
 	unpack := fs.Bool("unpack-kernel", true, "boot a bzImage's kernel unpacked on the host, once (kept in --kernel-cache): "+
 		"the guest skips its own decompression and KASLR; =false boots the bzImage as it is")
-	kernelCache := fs.String("kernel-cache", vmm.DefaultKernelCache(), "directory keeping unpacked kernels (\"\": none, unpack on every boot)")
+	kernelCache := fs.String("kernel-cache", boot.DefaultKernelCache(), "directory keeping unpacked kernels (\"\": none, unpack on every boot)")
 	cpus := fs.Int("cpus", 1, "number of vCPUs")
 	memory := fs.String("memory", "128M", "guest RAM, e.g. 512M or 2G (a bare number is MiB)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
@@ -50,7 +51,7 @@ func runCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "sfvmm run: %v\n", err)
 		return 2
 	}
-	mem, err := vmm.ParseSize(*memory)
+	mem, err := parseSize(*memory)
 	if err != nil {
 		log.Errorf("--memory: %v", err)
 		return vmm.StatusError
@@ -74,7 +75,7 @@ func runCmd(args []string) int {
 		Fork:         forkDevice(fk),
 	})
 	if err != nil {
-		log.Errorf("%v", err)
+		log.Errorf("%v", withFlag(err))
 		return vmm.StatusError
 	}
 	defer vm.Close()
@@ -82,6 +83,26 @@ func runCmd(args []string) int {
 		defer fk.Close()
 	}
 	return runVM(machine{vm: vm, fork: fk}, runOptions{apiSock: *apiSock, quiet: *quiet, stats: *stats}, log)
+}
+
+// withFlag puts the flag that set a refused vmm.Config field in front of
+// err: vmm names the field, the user knows the flag.
+func withFlag(err error) error {
+	var ce *vmm.ConfigError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	switch ce.Field {
+	case "KernelPath":
+		return fmt.Errorf("--kernel: %w", err)
+	case "InitrdPath":
+		return fmt.Errorf("--initrd: %w", err)
+	case "CPUs":
+		return fmt.Errorf("--cpus: %w", err)
+	case "MemBytes":
+		return fmt.Errorf("--memory: %w", err)
+	}
+	return err
 }
 
 // runOptions are the flags `run` and `restore` share.

@@ -104,12 +104,12 @@ func TestRefusesBadInput(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"memory 0", []string{"--kernel", randomKernel, "--memory", "0"}, "--memory 0"},
-		{"memory beyond host", []string{"--kernel", randomKernel, "--memory", "64T"}, "more than this host's"},
-		{"memory garbage", []string{"--kernel", randomKernel, "--memory", "lots"}, "invalid size"},
-		{"cpus 0", []string{"--kernel", randomKernel, "--cpus", "0"}, "--cpus 0"},
-		{"cpus negative", []string{"--kernel", randomKernel, "--cpus", "-3"}, "--cpus -3"},
-		{"no kernel", []string{}, "no kernel"},
+		{"memory 0", []string{"--kernel", randomKernel, "--memory", "0"}, "--memory: guest memory of 0 bytes"},
+		{"memory beyond host", []string{"--kernel", randomKernel, "--memory", "64T"}, "--memory: guest memory of 64 TiB: more than this host's"},
+		{"memory garbage", []string{"--kernel", randomKernel, "--memory", "lots"}, "--memory: invalid size"},
+		{"cpus 0", []string{"--kernel", randomKernel, "--cpus", "0"}, "--cpus: 0 vCPUs: must be between 1 and"},
+		{"cpus negative", []string{"--kernel", randomKernel, "--cpus", "-3"}, "--cpus: -3 vCPUs"},
+		{"no kernel", []string{}, "--kernel: no kernel given"},
 		{"missing kernel", []string{"--kernel", "/nonexistent/vmlinuz"}, "no such file"},
 		{"random kernel", []string{"--kernel", randomKernel}, "not a bzImage, multiboot or ELF64 kernel"},
 		{"truncated bzImage", []string{"--kernel", truncated}, "truncated"},

@@ -5,8 +5,9 @@
 // it also writes what firmware would have left behind: a memory map, an MP
 // table and ACPI tables, a GDT and, for 64-bit entry, identity page tables.
 //
-// It only writes guest memory. Loading the returned Entry into the vCPU's
-// registers is the VMM's job; nothing here touches KVM.
+// It writes guest memory, and keeps the kernels it unpacks from bzImages in
+// a host cache directory (kernelcache.go). Loading the returned Entry into
+// the vCPU's registers is the VMM's job; nothing here touches KVM.
 //
 // # Guest-physical memory map
 //

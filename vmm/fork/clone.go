@@ -1,6 +1,7 @@
 package fork
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,10 @@ import (
 
 // maxForkDescriptor bounds the fork descriptor file read into memory.
 const maxForkDescriptor = 64 << 20
+
+// versionHead is the length of a descriptor's magic and version, which
+// every version begins with.
+const versionHead = 12
 
 // CloneConfig is what a clone takes from its launcher.
 type CloneConfig struct {
@@ -87,15 +92,29 @@ func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error)
 	return m, client, nil
 }
 
-// ReadDescriptor reads and checks the fork descriptor at path.
+// ReadDescriptor reads and checks the fork descriptor at path. A
+// descriptor of another version is refused as such (snapshot.ErrVersion,
+// naming both versions) whatever its size: this version's size bound says
+// nothing of another's, so the version is checked first.
 func ReadDescriptor(path string) (*Descriptor, snapshot.Header, error) {
 	var h snapshot.Header
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, h, err
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxForkDescriptor+1))
-	f.Close()
+	defer f.Close()
+	// Every version's descriptor opens with the magic and the version
+	// (package snapshot's doc), which DecodeHeader checks before anything
+	// else: on these bytes alone it refuses another version.
+	head := make([]byte, versionHead)
+	n, err := io.ReadFull(f, head)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return nil, h, fmt.Errorf("read %s: %w", path, err)
+	}
+	if _, err := snapshot.DecodeHeader(head[:n]); errors.Is(err, snapshot.ErrVersion) {
+		return nil, h, fmt.Errorf("%s: %w", path, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(io.MultiReader(bytes.NewReader(head[:n]), f), maxForkDescriptor+1))
 	if err != nil {
 		return nil, h, fmt.Errorf("read %s: %w", path, err)
 	}

@@ -1,9 +1,7 @@
-package vmm
+package boot
 
 import (
 	"bytes"
-	"compress/gzip"
-	"encoding/binary"
 	"io"
 	"log/slog"
 	"os"
@@ -13,27 +11,15 @@ import (
 	"time"
 )
 
-// gzipBzImage writes a bzImage holding no setup code, just the header
-// fields that locate its payload: the kernel, gzipped.
-func gzipBzImage(t *testing.T, path string, kernel []byte) {
+// writeGzipBzImage writes a bzImage whose payload is kernel, gzipped.
+func writeGzipBzImage(t *testing.T, path string, kernel []byte) {
 	t.Helper()
-	var z bytes.Buffer
-	w := gzip.NewWriter(&z)
-	w.Write(kernel)
-	w.Close()
-	img := make([]byte, 5*512, 5*512+z.Len()+4)
-	copy(img[0x202:], "HdrS")
-	binary.LittleEndian.PutUint16(img[0x206:], 0x020f)
-	img[0x1f1] = 4                                                // setup sectors: the payload starts at 5*512
-	binary.LittleEndian.PutUint32(img[0x24c:], uint32(z.Len()+4)) // payload_length (offset 0)
-	img = append(img, z.Bytes()...)
-	img = binary.LittleEndian.AppendUint32(img, uint32(len(kernel)))
-	if err := os.WriteFile(path, img, 0o644); err != nil {
+	if err := os.WriteFile(path, bzWithPayload(gzipped(kernel), uint32(len(kernel))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// unpackFile runs unpackedKernel on the image at path and returns what it
+// unpackFile runs UnpackedKernel on the image at path and returns what it
 // gave and what it logged.
 func unpackFile(t *testing.T, path, dir string) (kernel []byte, logged string) {
 	t.Helper()
@@ -42,14 +28,18 @@ func unpackFile(t *testing.T, path, dir string) (kernel []byte, logged string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	st, head, err := headOf(f)
+	st, err := f.Stat()
 	if err != nil {
 		t.Fatal(err)
 	}
+	head := make([]byte, min(st.Size(), HeaderBytes))
+	if _, err := f.ReadAt(head, 0); err != nil {
+		t.Fatal(err)
+	}
 	var log strings.Builder
-	vf, err := unpackedKernel(f, st, head, dir, slog.New(slog.NewTextHandler(&log, nil)))
+	vf, err := UnpackedKernel(f, st, head, dir, slog.New(slog.NewTextHandler(&log, nil)))
 	if err != nil || vf == nil {
-		t.Fatalf("unpackedKernel = %v, %v", vf, err)
+		t.Fatalf("UnpackedKernel = %v, %v", vf, err)
 	}
 	defer vf.Close()
 	if kernel, err = io.ReadAll(vf); err != nil {
@@ -70,7 +60,7 @@ func cached(t *testing.T, dir string) []string {
 func TestKernelCache(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "bzImage")
 	kernel := append([]byte("\x7fELF"), bytes.Repeat([]byte("kernel "), 5000)...)
-	gzipBzImage(t, img, kernel)
+	writeGzipBzImage(t, img, kernel)
 	dir := filepath.Join(t.TempDir(), "cache")
 
 	got, logged := unpackFile(t, img, dir)
@@ -117,7 +107,7 @@ func TestKernelCache(t *testing.T) {
 func TestKernelCacheUnusable(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "bzImage")
 	kernel := append([]byte("\x7fELF"), bytes.Repeat([]byte{7}, 9000)...)
-	gzipBzImage(t, img, kernel)
+	writeGzipBzImage(t, img, kernel)
 	notDir := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package vmm
+package boot
 
 import (
 	"crypto/sha256"
@@ -11,9 +11,11 @@ import (
 	"slices"
 	"syscall"
 	"time"
-
-	"github.com/sfvmm/sfvmm/vmm/boot"
 )
+
+// The kernel cache keeps what Unpack makes. Unlike the loaders, which only
+// write guest memory, it writes host files: a directory of the user's,
+// shared by every sfvmm that boots the same image.
 
 // DefaultKernelCache is where `sfvmm run` keeps unpacked kernels:
 // $XDG_CACHE_HOME/sfvmm/kernels, else ~/.cache/sfvmm/kernels; "" where
@@ -30,16 +32,17 @@ func DefaultKernelCache() string {
 // recently used); each is some 60 MiB.
 const keptKernels = 4
 
-// unpackedKernel returns the ELF vmlinux inside the bzImage f, unpacked
-// once into the cache directory dir ("": none) and reused while f's file is unchanged
+// UnpackedKernel returns the ELF vmlinux inside the bzImage f, of which st
+// is the Stat and head the first HeaderBytes, unpacked once into the cache
+// directory dir ("": none) and reused while f's file is unchanged
 // (same path, inode, size, mtime and ctime: hashing the image would cost
 // more than the boot saves under emulation). Where dir cannot be used the
 // kernel is unpacked into an unlinked temporary file, and log says why.
 // A bzImage whose payload sfvmm cannot decompress returns the reason; one
 // whose header locates no payload, neither file nor error: the bzImage
 // loader then says what is wrong with it.
-func unpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, log *slog.Logger) (*os.File, error) {
-	if _, _, err := boot.Payload(head, st.Size()); err != nil {
+func UnpackedKernel(f *os.File, st os.FileInfo, head []byte, dir string, log *slog.Logger) (*os.File, error) {
+	if _, _, err := Payload(head, st.Size()); err != nil {
 		return nil, nil
 	}
 	if dir == "" {
@@ -95,7 +98,7 @@ func unpackTemp(f *os.File, size int64) (*os.File, error) {
 // unpackTo unpacks the size-byte bzImage f into out and rewinds out for
 // reading; on an error it closes out.
 func unpackTo(out, f *os.File, size int64) error {
-	_, err := boot.Unpack(f, size, out)
+	_, err := Unpack(f, size, out)
 	if err == nil {
 		_, err = out.Seek(0, io.SeekStart)
 	}
