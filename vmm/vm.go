@@ -3,7 +3,10 @@
 // the I/O buses with the legacy devices, and a kernel loaded by vmm/boot.
 //
 // It is the machine, not the command line: cmd/sfvmm parses flags and turns
-// an Exit into a process exit code. Snapshots, fork and memtap build on it.
+// an Exit into a process exit code. It saves and restores the machine's
+// state (snapshots), holds its vCPUs for whoever needs them stopped (Hold),
+// and fills a restored clone's RAM from a MemorySource; the fork core that
+// uses all three is package vmm/fork, which vmm does not know.
 package vmm
 
 import (

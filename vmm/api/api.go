@@ -1,6 +1,6 @@
 // Package api is sfvmm's control API: HTTP/JSON over a Unix socket, in the
 // manner of Firecracker's. `sfvmm run --api-sock PATH` serves it with Serve;
-// the `sfvmm snapshot` (and later `sfvmm fork`) subcommands reach it with
+// the `sfvmm snapshot` and `sfvmm fork` subcommands reach it with
 // Dial.
 //
 // The package owns the wire format, the route table, request limits and the

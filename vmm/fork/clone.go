@@ -33,9 +33,9 @@ type CloneConfig struct {
 	// DirectReads lets memtap read pages the parent has not written
 	// straight from the parent's memory (memtap.ParentMemory) when the
 	// clone is the parent's child process (sfvmm clone does by default).
-	// While the memory server was stopped, such a read has been seen to
-	// block for good; memtap then fails the clone after its timeout, as
-	// for a silent server.
+	// A stopped memory server can hold such a read up; memtap fails the
+	// clone once the read has been blocked for its timeout, as for a
+	// silent server.
 	DirectReads bool
 }
 
