@@ -369,7 +369,7 @@ func (m *VM) addDevices() error {
 		w.ForkHost = m.cfg.Fork(m)
 	}
 	m.devs = devices.New(w)
-	return m.devs.Register(m.pio)
+	return m.devs.Register(m.pio, m.mmio)
 }
 
 // irq returns the interrupt output of a device wired to ISA line n.

@@ -45,7 +45,7 @@ type States struct {
 	Fork      forkdev.State
 }
 
-// Range is a device's span on the port I/O bus.
+// Range is a device's span on a bus.
 type Range struct {
 	Base, Size uint64
 	Dev        bus.Device
@@ -57,7 +57,10 @@ type Entry struct {
 	// PIO is what the device claims on the port I/O bus. The fork
 	// device claims nothing: it reads the calling vCPU's registers, so
 	// the vCPU loop calls it directly at forkdev.Port.
-	PIO     []Range
+	PIO []Range
+	// MMIO is what it claims in guest-physical address space (none of
+	// the legacy devices; virtio-mmio ones will).
+	MMIO    []Range
 	save    func(*States) error
 	restore func(*States) error
 }
@@ -109,12 +112,17 @@ func New(w Wiring) *Set {
 // Entries is the table, in registration order.
 func (s *Set) Entries() []Entry { return s.table }
 
-// Register puts every device on the port I/O bus.
-func (s *Set) Register(pio *bus.Bus) error {
+// Register puts every device on its buses.
+func (s *Set) Register(pio, mmio *bus.Bus) error {
 	for _, e := range s.table {
-		for _, r := range e.PIO {
-			if err := pio.Register(r.Base, r.Size, r.Dev); err != nil {
-				return fmt.Errorf("%s: %w", e.Name, err)
+		for _, b := range []struct {
+			bus    *bus.Bus
+			ranges []Range
+		}{{pio, e.PIO}, {mmio, e.MMIO}} {
+			for _, r := range b.ranges {
+				if err := b.bus.Register(r.Base, r.Size, r.Dev); err != nil {
+					return fmt.Errorf("%s: %w", e.Name, err)
+				}
 			}
 		}
 	}

@@ -28,7 +28,7 @@ func newMachine(t testing.TB) *machine {
 		CPUs: 2, RAMSize: 1 << 30, Cmdline: "console=ttyS0",
 		DebugExit: func(int) {}, Reset: func() {}, PowerOff: func() {}, CloneExit: func(uint32) {},
 	})
-	if err := m.set.Register(m.pio); err != nil {
+	if err := m.set.Register(m.pio, bus.New("mmio", nil)); err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range m.set.Entries() {
