@@ -79,8 +79,10 @@
 // answered nothing, are fatal: memtap never installs a guess. So a server
 // that is gone, stopped or cut off fails the child within the timeout,
 // while one that is merely slow (many clones, a host short of CPU) is
-// waited for; and time in which the helper itself did not run is not held
-// against the server, whose keep-alives are waiting in the socket. The
+// waited for. Time in which the helper itself did not run is not held
+// against the server: its keep-alives are read from the socket before the
+// helper judges, and a wait that ends far later than asked (the whole
+// machine stood still, the server with it) starts the silence over. The
 // error reaches the VMM on Done/Err within that bound.
 // The threads blocked on missing pages stay blocked (they never see wrong
 // data); the VMM must then end the child: either exit, or call Fence, which

@@ -285,18 +285,26 @@ func (h *handler) loop(stop int) error {
 	msgs := make([]uffd.Msg, 64)
 	h.heard = time.Now()
 	for {
-		timeout := -1
+		timeout, asked := -1, time.Duration(0)
 		if len(h.queue) > 0 {
 			if err := h.silent(); err != nil {
 				return err
 			}
-			timeout = int(h.cfg.Timeout/10/time.Millisecond) + 1
+			asked = h.cfg.Timeout / 10
+			timeout = int(asked/time.Millisecond) + 1
 		}
 		pfd[1].Events = unix.POLLIN
 		if len(h.out) > 0 {
 			pfd[1].Events |= unix.POLLOUT
 		}
+		start := time.Now()
 		_, err := unix.Poll(pfd, timeout)
+		if timeout >= 0 && stoodStill(start, asked, time.Now()) {
+			// This process did not run for a while, and neither,
+			// as far as anyone can tell, did the server (a whole
+			// machine that stood still): its silence starts over.
+			h.heard = time.Now()
+		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -359,6 +367,13 @@ func (h *handler) silent() error {
 		return nil
 	}
 	return fmt.Errorf("memory server %s: no answer in %v (nor any keep-alive)", h.addr, h.cfg.Timeout)
+}
+
+// stoodStill reports whether a wait of asked that began at start and
+// ended at now ended later than asked by more than asked again: time in
+// which this process did not run.
+func stoodStill(start time.Time, asked time.Duration, now time.Time) bool {
+	return now.Sub(start) > 2*asked
 }
 
 // alive takes a keep-alive saying the server has answered answered

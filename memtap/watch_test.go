@@ -105,3 +105,23 @@ func TestStuckServer(t *testing.T) {
 		t.Errorf("after %d keep-alives without progress: %v", n, err)
 	}
 }
+
+// A wait that ends far later than asked means the process (or its whole
+// machine) stood still; an early or punctual one does not.
+func TestStoodStill(t *testing.T) {
+	start := time.Unix(1000, 0)
+	const asked = 500 * time.Millisecond
+	for _, tc := range []struct {
+		after time.Duration
+		want  bool
+	}{
+		{100 * time.Millisecond, false}, // woken early by an event
+		{asked, false},
+		{2 * asked, false},
+		{3 * time.Second, true},
+	} {
+		if got := stoodStill(start, asked, start.Add(tc.after)); got != tc.want {
+			t.Errorf("after %v: %v, want %v", tc.after, got, tc.want)
+		}
+	}
+}
