@@ -137,6 +137,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(Welcome{}.Encode())
 	f.Add(Request{Region: 1, First: 2, Count: 3, Tag: 4}.Append(nil))
 	f.Add(Response{Count: 2}.Append(nil))
+	f.Add(Alive(7).Append(nil))
 	f.Add([]byte{PageData, PageZero, PageAbsent})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if h, err := DecodeHello(b); err == nil && !bytes.Equal(h.Encode(), b) {
