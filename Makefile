@@ -31,6 +31,7 @@ deps:
 
 sfvmm:
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/sfvmm ./cmd/sfvmm
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/sfvmm-agent ./cmd/sfvmm-agent
 
 kernels: deps
 	$(MAKE) -C kernels all initramfs

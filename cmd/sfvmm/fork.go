@@ -97,6 +97,7 @@ func cloneCmd(args []string) int {
 	desc := fs.String("descriptor", "", "fork descriptor written by the parent (required)")
 	id := fs.Uint("id", 0, "this clone's ID within its ticket, 1 or more (required)")
 	ticket := fs.Uint("ticket", 0, "the ticket the clone belongs to (for messages)")
+	host := fs.String("host", "", "the host the clone runs on, for its console lines (set by the agent that runs it)")
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	lf := addLogFlags(fs)
@@ -113,7 +114,7 @@ func cloneCmd(args []string) int {
 		log.Errorf("usage: sfvmm clone --descriptor PATH --id K [--ticket T] [--api-sock PATH]")
 		return 2
 	}
-	console := &lines{prefix: []byte(fmt.Sprintf("[clone %d] ", *id)), emit: writeTo(os.Stdout)}
+	console := &lines{prefix: []byte(cloneLabel(*id, *host)), emit: writeTo(os.Stdout)}
 	defer console.Flush()
 	start := time.Now()
 	vm, mt, err := fork.RestoreClone(*desc, fork.CloneConfig{
@@ -206,26 +207,40 @@ func joinTicket(ctx context.Context, c *api.Client, ticket uint32, log logger) i
 }
 
 // forkFlags are the fork flags of run and restore.
-type forkFlags struct{ capacity *int }
-
-func addForkFlags(fs *flag.FlagSet) forkFlags {
-	return forkFlags{capacity: fs.Int("fork-capacity", fork.DefaultCapacity,
-		"clone slots the guest's tickets may hold at once; 0 disables fork")}
+type forkFlags struct {
+	capacity *int
+	cluster  clusterFlags
 }
 
-// forker returns the machine's fork core, nil when fork is disabled.
-func (f forkFlags) forker(apiSock string, c *console, log logger, lf logFlags) (*fork.Forker, error) {
+func addForkFlags(fs *flag.FlagSet) forkFlags {
+	return forkFlags{
+		capacity: fs.Int("fork-capacity", fork.DefaultCapacity,
+			"clone slots the guest's tickets may hold at once; 0 disables fork"),
+		cluster: addClusterFlags(fs),
+	}
+}
+
+// forker returns the machine's fork core, nil when fork is disabled, and
+// what to call once it is closed.
+func (f forkFlags) forker(apiSock string, c *console, log logger, lf logFlags) (*fork.Forker, func(), error) {
 	if *f.capacity < 0 {
-		return nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
+		return nil, nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
 	}
 	if *f.capacity == 0 {
-		return nil, nil
+		return nil, func() {}, nil
+	}
+	cl, serve, err := f.cluster.join(c, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cl != nil {
+		return fork.New(fork.Config{Capacity: *f.capacity, Launcher: cl, ServeAddress: serve, Log: log.Logger}), cl.Close, nil
 	}
 	l, err := newLauncher(apiSock, c, lf.args())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return fork.New(fork.Config{Capacity: *f.capacity, Launcher: l, Log: log.Logger}), nil
+	return fork.New(fork.Config{Capacity: *f.capacity, Launcher: l, Log: log.Logger}), func() {}, nil
 }
 
 // forkDevice is what vmm's Config.Fork takes for fk: nil when fork is

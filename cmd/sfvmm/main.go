@@ -18,7 +18,9 @@ commands:
   restore   continue a guest from a snapshot directory
   describe  print a snapshot's descriptor (--json for all of it)
   fork      fork a running sfvmm into clones through its control socket
-  clone     run one clone of a fork (started by the forking sfvmm)
+  clone     run one clone of a fork (started by the forking sfvmm or an agent)
+  agent     run clones on this host for a cluster's forks (and its etcd)
+  ca        make a cluster's certificates
 
 Run 'sfvmm COMMAND --help' for a command's flags.
 `
@@ -40,6 +42,10 @@ func main() {
 		os.Exit(forkCmd(os.Args[2:]))
 	case "clone":
 		os.Exit(cloneCmd(os.Args[2:]))
+	case "agent":
+		os.Exit(agentCmd(os.Args[2:]))
+	case "ca":
+		os.Exit(caCmd(os.Args[2:]))
 	case "describe":
 		os.Exit(describeCmd(os.Args[2:]))
 	case "-h", "--help", "help":

@@ -57,11 +57,12 @@ func runCmd(args []string) int {
 		return vmm.StatusError
 	}
 	console := newConsole(os.Stdout)
-	fk, err := ff.forker(*apiSock, console, log, lf)
+	fk, leave, err := ff.forker(*apiSock, console, log, lf)
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
+	defer leave()
 	vm, err := vmm.New(vmm.Config{
 		KernelPath:   *kernel,
 		UnpackKernel: *unpack,

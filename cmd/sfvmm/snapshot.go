@@ -67,11 +67,12 @@ func restoreCmd(args []string) int {
 		return 2
 	}
 	console := newConsole(os.Stdout)
-	fk, err := ff.forker(*apiSock, console, log, lf)
+	fk, leave, err := ff.forker(*apiSock, console, log, lf)
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
+	defer leave()
 	start := time.Now()
 	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk)})
 	if err != nil {

@@ -110,7 +110,8 @@ func (b *box) runScript(run string, env []string) string {
 	// every start, which under TCG costs about a second per process; a
 	// copy in the guest's tmpfs starts like any local binary.
 	const localBin = "/run/kvmbox-bin"
-	p("mkdir -p %s; cp %s %s/ 2>/dev/null", localBin, shellQuote(filepath.Join(b.binDir, "sfvmm")), localBin)
+	p("mkdir -p %s; cp %s %s %s/ 2>/dev/null", localBin, shellQuote(filepath.Join(b.binDir, "sfvmm")),
+		shellQuote(filepath.Join(b.binDir, "sfvmm-agent")), localBin)
 	env = append([]string(nil), env...)
 	for i, kv := range env {
 		if rest, ok := strings.CutPrefix(kv, "PATH="); ok {

@@ -125,9 +125,10 @@ func findCheckout(dir string) (string, error) {
 	}
 }
 
-// buildSfvmm builds ./cmd/sfvmm statically into binDir, so that it runs
-// unchanged on the host and in the nested guest. A checkout without
-// cmd/sfvmm yet is not an error; one that does not compile is.
+// buildSfvmm builds ./cmd/sfvmm and ./cmd/sfvmm-agent statically into
+// binDir, so that they run unchanged on the host and in the nested guest.
+// A checkout without cmd/sfvmm yet is not an error; one that does not
+// compile is.
 func buildSfvmm(root, binDir string) error {
 	if _, err := os.Stat(filepath.Join(root, "cmd", "sfvmm")); errors.Is(err, os.ErrNotExist) {
 		warnf("no cmd/sfvmm in %s; sfvmm will not be on PATH", root)
@@ -137,12 +138,17 @@ func buildSfvmm(root, binDir string) error {
 	if err != nil {
 		goBin = "/usr/local/go/bin/go"
 	}
-	cmd := exec.Command(goBin, "build", "-o", filepath.Join(binDir, "sfvmm"), "./cmd/sfvmm")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go build ./cmd/sfvmm: %w\n%s(use --no-build to run without rebuilding sfvmm)", err, out)
+	for _, c := range []string{"sfvmm", "sfvmm-agent"} {
+		if _, err := os.Stat(filepath.Join(root, "cmd", c)); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		cmd := exec.Command(goBin, "build", "-o", filepath.Join(binDir, c), "./cmd/"+c)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("go build ./cmd/%s: %w\n%s(use --no-build to run without rebuilding sfvmm)", c, err, out)
+		}
 	}
 	return nil
 }

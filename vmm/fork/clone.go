@@ -15,8 +15,8 @@ import (
 	"github.com/sfvmm/sfvmm/vmm/snapshot"
 )
 
-// maxForkDescriptor bounds the fork descriptor file read into memory.
-const maxForkDescriptor = 64 << 20
+// MaxDescriptor bounds the fork descriptor file read into memory.
+const MaxDescriptor = 64 << 20
 
 // versionHead is the length of a descriptor's magic and version, which
 // every version begins with.
@@ -114,12 +114,12 @@ func ReadDescriptor(path string) (*Descriptor, snapshot.Header, error) {
 	if _, err := snapshot.DecodeHeader(head[:n]); errors.Is(err, snapshot.ErrVersion) {
 		return nil, h, fmt.Errorf("%s: %w", path, err)
 	}
-	b, err := io.ReadAll(io.LimitReader(io.MultiReader(bytes.NewReader(head[:n]), f), maxForkDescriptor+1))
+	b, err := io.ReadAll(io.LimitReader(io.MultiReader(bytes.NewReader(head[:n]), f), MaxDescriptor+1))
 	if err != nil {
 		return nil, h, fmt.Errorf("read %s: %w", path, err)
 	}
-	if len(b) > maxForkDescriptor {
-		return nil, h, fmt.Errorf("%s: larger than any fork descriptor (%d bytes)", path, maxForkDescriptor)
+	if len(b) > MaxDescriptor {
+		return nil, h, fmt.Errorf("%s: larger than any fork descriptor (%d bytes)", path, MaxDescriptor)
 	}
 	var d Descriptor
 	if h, err = snapshot.Decode(b, &d); err != nil {

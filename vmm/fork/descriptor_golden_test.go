@@ -87,8 +87,8 @@ func TestReadDescriptor(t *testing.T) {
 	}{
 		{"older version", withVersion(snapshot.Version - 1), 0, version(snapshot.Version - 1)},
 		{"newer version", withVersion(snapshot.Version + 1), 0, version(snapshot.Version + 1)},
-		{"newer version, oversized", withVersion(snapshot.Version + 1), maxForkDescriptor + 1, version(snapshot.Version + 1)},
-		{"oversized", fork, maxForkDescriptor + 1, says("larger than any fork descriptor")},
+		{"newer version, oversized", withVersion(snapshot.Version + 1), MaxDescriptor + 1, version(snapshot.Version + 1)},
+		{"oversized", fork, MaxDescriptor + 1, says("larger than any fork descriptor")},
 		{"a snapshot", snap, 0, says("is a snapshot, not a fork descriptor")},
 		{"no memory server", encode(t, &noServer), 0, says("is not a fork descriptor (it names no memory server)")},
 		{"garbage", []byte("not a descriptor"), 0, isCorrupt},

@@ -16,9 +16,7 @@ type deviceHost struct{ f *Forker }
 
 func (h deviceHost) RequestTicket(n uint32) (int32, forkdev.Errno) {
 	f := h.f
-	f.mu.Lock()
-	t, errno := f.tickets.request(n)
-	f.mu.Unlock()
+	t, errno := f.requestTicket(n)
 	if errno != 0 {
 		return 0, errno
 	}

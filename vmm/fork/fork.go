@@ -50,6 +50,10 @@ type Config struct {
 	// NewServer starts the parent's memory server; nil means memtap's
 	// (package memtap/server).
 	NewServer func() (Server, error)
+	// ServeAddress, when set, is the TCP host:port (port 0 picks one) at
+	// which the memory server serves clones on other hosts; otherwise it
+	// serves on a Unix socket in Dir, for this host's clones.
+	ServeAddress string
 }
 
 // DefaultCapacity is the clone slots a VM offers when Config says none.
@@ -85,6 +89,7 @@ type Forker struct {
 	image     *image
 	lastImage uint32
 	tickets   *tickets
+	placer    Placer // nil unless the launcher places clones itself
 	closed    bool
 }
 
@@ -99,7 +104,12 @@ func New(cfg Config) *Forker {
 	if cfg.NewServer == nil {
 		cfg.NewServer = newMemtapServer
 	}
-	return &Forker{cfg: cfg, tickets: newTickets(cfg.Capacity)}
+	f := &Forker{cfg: cfg, tickets: newTickets(cfg.Capacity)}
+	if p, ok := cfg.Launcher.(Placer); ok {
+		f.placer = p
+		f.tickets.onRelease = func(id uint32) { go p.Release(id) }
+	}
+	return f
 }
 
 // Device connects the forker to its machine: it is vmm.Config.Fork (and
@@ -128,16 +138,19 @@ func (f *Forker) Fork(ctx context.Context, n int) (Result, error) {
 	if n < 1 || n > 1<<16 {
 		return Result{}, fmt.Errorf("fork: %d clones", n)
 	}
-	f.mu.Lock()
-	t, errno := f.tickets.request(uint32(n))
-	if errno == 0 {
-		f.tickets.take(t.id)
-	}
-	free := f.tickets.free()
-	f.mu.Unlock()
+	t, errno := f.requestTicket(uint32(n))
 	if errno != 0 {
+		f.mu.Lock()
+		free := f.tickets.free()
+		f.mu.Unlock()
+		if f.placer != nil && free > 0 {
+			return Result{}, fmt.Errorf("fork %d clones: no free slots in the cluster", n)
+		}
 		return Result{}, fmt.Errorf("fork %d clones: %d of %d slots are free", n, free, f.cfg.Capacity)
 	}
+	f.mu.Lock()
+	f.tickets.take(t.id)
+	f.mu.Unlock()
 	img, err := f.freeze(ctx, -1, forkdev.CallClone, false)
 	if err != nil {
 		f.mu.Lock()
@@ -152,6 +165,30 @@ func (f *Forker) Fork(ctx context.Context, n int) (Result, error) {
 		r.Clones = append(r.Clones, id)
 	}
 	return r, nil
+}
+
+// requestTicket reserves up to n slots: from the VM's capacity and, when
+// the launcher places clones on hosts of its own, from those hosts.
+func (f *Forker) requestTicket(n uint32) (*ticket, forkdev.Errno) {
+	f.mu.Lock()
+	t, errno := f.tickets.request(n)
+	f.mu.Unlock()
+	if errno != 0 || f.placer == nil {
+		return t, errno
+	}
+	// The cluster is asked without f.mu: it is a network round trip.
+	m, err := f.placer.Reserve(t.id, int(t.slots))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil || m <= 0 {
+		if err != nil {
+			f.cfg.Log.Error(fmt.Sprintf("ticket %d: reserve %d slots: %v", t.id, t.slots, err))
+		}
+		f.tickets.release(t)
+		return nil, forkdev.ECAPACITY
+	}
+	f.tickets.shrink(t, uint32(m))
+	return t, 0
 }
 
 // join waits up to wait for the ticket's clones to end; once all have, it

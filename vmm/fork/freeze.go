@@ -147,8 +147,18 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 	dir := f.dir
 	f.mu.Unlock()
 
-	info := Info{Checkpoint: img.id, Caller: int32(caller), Call: call, Network: "unix",
-		Address: filepath.Join(dir, fmt.Sprintf("image-%d.sock", img.id)), ParentPID: os.Getpid()}
+	l, err := f.listen(dir, img.id)
+	if err != nil {
+		return nil, fmt.Errorf("memory server socket: %w", err)
+	}
+	// Serve takes l over; until then, every failure closes it.
+	defer func() {
+		if l != nil {
+			l.Close()
+		}
+	}()
+	info := Info{Checkpoint: img.id, Caller: int32(caller), Call: call, Network: l.Addr().Network(),
+		Address: l.Addr().String(), ParentPID: os.Getpid()}
 	if _, err := rand.Read(info.Key[:]); err != nil {
 		return nil, fmt.Errorf("family key: %w", err)
 	}
@@ -188,7 +198,8 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 	release()
 	img.paused = time.Since(start)
 	if err == nil {
-		err = f.publish(img, dir, Descriptor{Machine: *state, Fork: info}, ram)
+		err = f.publish(img, dir, l, Descriptor{Machine: *state, Fork: info}, ram)
+		l = nil
 	}
 	if err != nil {
 		img.frozen.Close()
@@ -249,9 +260,21 @@ func (f *Forker) prepare() (Server, error) {
 	return f.srv, nil
 }
 
+// listen opens the socket on which image id's memory server will serve:
+// a Unix socket in dir, or TCP at Config.ServeAddress for clones on other
+// hosts.
+func (f *Forker) listen(dir string, id uint32) (net.Listener, error) {
+	if f.cfg.ServeAddress != "" {
+		return net.Listen("tcp", f.cfg.ServeAddress)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("image-%d.sock", id))
+	os.Remove(path)
+	return net.Listen("unix", path)
+}
+
 // publish writes the fork descriptor and lets the memory server serve the
-// image on its socket.
-func (f *Forker) publish(img *image, dir string, d Descriptor, ram []RAM) error {
+// image on l, which it takes over (closing it on failure).
+func (f *Forker) publish(img *image, dir string, l net.Listener, d Descriptor, ram []RAM) error {
 	cfg := f.m.Config()
 	h := snapshot.Header{CPUs: uint32(cfg.CPUs), MemBytes: cfg.MemBytes, CreatedUnixNano: time.Now().UnixNano()}
 	for _, r := range ram {
@@ -264,11 +287,6 @@ func (f *Forker) publish(img *image, dir string, d Descriptor, ram []RAM) error 
 	img.descriptor = filepath.Join(dir, fmt.Sprintf("image-%d.sfd", img.id))
 	if err := writeFileAtomic(img.descriptor, b); err != nil {
 		return fmt.Errorf("write fork descriptor: %w", err)
-	}
-	os.Remove(d.Fork.Address)
-	l, err := net.Listen(d.Fork.Network, d.Fork.Address)
-	if err != nil {
-		return fmt.Errorf("memory server socket: %w", err)
 	}
 	if err := img.frozen.Serve(l, wire.Key(d.Fork.Key)); err != nil {
 		return fmt.Errorf("memory server: %w", err)

@@ -23,6 +23,17 @@ type Clone interface {
 	Kill() error
 }
 
+// Placer is a Launcher that places clones on hosts with slots of their own
+// (the agents of a cluster): a ticket's slots are reserved from it as well
+// as from the VM's capacity, and given back to it when the ticket ends.
+type Placer interface {
+	// Reserve reserves up to n slots for ticket and says how many it got;
+	// clones 1 to that many of the ticket are then launched.
+	Reserve(ticket uint32, n int) (int, error)
+	// Release gives ticket's slots back.
+	Release(ticket uint32)
+}
+
 // launch starts the ticket's clones from img, each watched by a goroutine.
 // The parent runs meanwhile: it never waits for its clones.
 func (f *Forker) launch(img *image, t *ticket) {

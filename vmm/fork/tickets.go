@@ -16,6 +16,8 @@ type tickets struct {
 	last     uint32
 	byID     map[uint32]*ticket
 	changed  chan struct{} // closed and replaced when a clone ends
+	// onRelease, if set, is told of each ticket released.
+	onRelease func(id uint32)
 }
 
 // ticket is a reservation of clone slots and, once used, its clones.
@@ -80,6 +82,17 @@ func (ts *tickets) release(t *ticket) {
 	if ts.byID[t.id] == t {
 		delete(ts.byID, t.id)
 		ts.inUse -= int(t.slots)
+		if ts.onRelease != nil {
+			ts.onRelease(t.id)
+		}
+	}
+}
+
+// shrink leaves ticket t m of its slots (m ≤ its slots), before it is used.
+func (ts *tickets) shrink(t *ticket, m uint32) {
+	if m < t.slots {
+		ts.inUse -= int(t.slots - m)
+		t.slots = m
 	}
 }
 
