@@ -274,6 +274,34 @@ func (s *Store) Reserved(ctx context.Context, host, family string, ticket uint32
 	return strconv.Atoi(string(r.Kvs[0].Value))
 }
 
+// Reservation is a family's slots for a ticket on a host.
+type Reservation struct {
+	Host, Family string
+	Ticket       uint32
+	Slots        int
+}
+
+// Reservations lists every slot reservation in the cluster.
+func (s *Store) Reservations(ctx context.Context) ([]Reservation, error) {
+	r, err := s.c.Get(ctx, slotsKey, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	var out []Reservation
+	for _, kv := range r.Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), slotsKey), "/")
+		if len(parts) != 3 {
+			continue
+		}
+		t, err1 := strconv.ParseUint(parts[2], 10, 32)
+		n, err2 := strconv.Atoi(string(kv.Value))
+		if err1 == nil && err2 == nil {
+			out = append(out, Reservation{Host: parts[0], Family: parts[1], Ticket: uint32(t), Slots: n})
+		}
+	}
+	return out, nil
+}
+
 // WatchFamily returns a channel closed once family is gone from the
 // cluster (its parent ended or stopped renewing its lease), or ctx ends.
 func (s *Store) WatchFamily(ctx context.Context, family string) <-chan struct{} {

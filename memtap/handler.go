@@ -2,6 +2,7 @@ package memtap
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/sfvmm/sfvmm/memtap/internal/helper"
 	"github.com/sfvmm/sfvmm/memtap/internal/pages"
+	"github.com/sfvmm/sfvmm/memtap/internal/tlslink"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
 	"github.com/sfvmm/sfvmm/memtap/wire"
 	"golang.org/x/sys/unix"
@@ -218,7 +220,23 @@ func (h *handler) connect() error {
 	if err != nil {
 		return fmt.Errorf("connect to memory server: %w", err)
 	}
-	defer conn.Close()
+	// A server on another host is reached over TLS keyed by the family
+	// key; one on this host's Unix socket needs none.
+	secure := h.cfg.Network == "tcp"
+	if secure {
+		cfg, err := tlslink.Config(h.cfg.Key, false)
+		if err != nil {
+			conn.Close()
+			return err
+		}
+		conn = tls.Client(conn, cfg)
+	}
+	piped := false
+	defer func() {
+		if !piped {
+			conn.Close()
+		}
+	}()
 	conn.SetDeadline(time.Now().Add(h.cfg.Timeout))
 	hello, err := wire.ReadHello(conn)
 	if err != nil {
@@ -253,6 +271,14 @@ func (h *handler) connect() error {
 		return fmt.Errorf("memory server %s refused the key", h.addr)
 	case w.MAC != wire.ServerMAC(h.cfg.Key, hello.Nonce, nonce):
 		return fmt.Errorf("memory server %s does not hold the family key", h.addr)
+	}
+	if secure {
+		conn.SetDeadline(time.Time{})
+		if h.sock, err = tlslink.Pipe(conn, h.cfg.Timeout); err != nil {
+			return fmt.Errorf("memory server %s: %w", h.addr, err)
+		}
+		piped = true
+		return unix.SetNonblock(h.sock, true)
 	}
 	sc, ok := conn.(syscall.Conn)
 	if !ok {

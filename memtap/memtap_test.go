@@ -2,6 +2,7 @@ package memtap_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"unsafe"
 
 	"github.com/sfvmm/sfvmm/memtap"
+	"github.com/sfvmm/sfvmm/memtap/internal/tlslink"
 	"github.com/sfvmm/sfvmm/memtap/server"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
 	"github.com/sfvmm/sfvmm/memtap/wire"
@@ -32,7 +34,9 @@ const pageSize = 4096
 
 func TestMain(m *testing.M) {
 	memtap.Main()
-	if mode := os.Getenv(childEnv); mode != "" {
+	if mode := os.Getenv(childEnv); mode == "proxy" {
+		os.Exit(recordingProxy(os.Args[1], os.Args[2]))
+	} else if mode != "" {
 		os.Exit(childMain(mode))
 	}
 	os.Exit(m.Run())
@@ -430,8 +434,9 @@ func TestWrongKeyRefused(t *testing.T) {
 		c.Close()
 		t.Fatal("a client with the wrong key was accepted")
 	}
-	if !strings.Contains(err.Error(), "refused the key") {
-		t.Errorf("error %q does not say the key was refused", err)
+	// Over TCP the TLS handshake, keyed by the family key, fails first.
+	if !strings.Contains(err.Error(), "does not hold the clone family's key") {
+		t.Errorf("error %q does not say the key was wrong", err)
 	}
 	if s := p.srv.Stats(); s.AuthFailures != 1 || s.Clients != 0 {
 		t.Errorf("server: %d auth failures, %d clients; want 1, 0", s.AuthFailures, s.Clients)
@@ -448,7 +453,7 @@ func TestWrongKeyRefused(t *testing.T) {
 // handshake connects to addr as a client holding key.
 func handshake(t *testing.T, network, addr string, key wire.Key) net.Conn {
 	t.Helper()
-	conn, err := net.Dial(network, addr)
+	conn, err := tlslink.Dial(network, addr, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +493,7 @@ func TestMalformedRequestsRefused(t *testing.T) {
 			defer conn.Close()
 			conn.Write(tt.payload)
 			if !tt.reply {
-				conn.(*net.TCPConn).CloseWrite()
+				conn.(interface{ CloseWrite() error }).CloseWrite()
 			}
 			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 			rest, err := io.ReadAll(conn)
@@ -526,10 +531,16 @@ func fakeServer(t *testing.T, key wire.Key, pages uint64, serve func(net.Conn)) 
 	}
 	t.Cleanup(func() { l.Close() })
 	go func() {
-		conn, err := l.Accept()
+		raw, err := l.Accept()
 		if err != nil {
 			return
 		}
+		cfg, err := tlslink.Config(key, true)
+		if err != nil {
+			raw.Close()
+			return
+		}
+		conn := tls.Server(raw, cfg)
 		defer conn.Close()
 		nonce, _ := wire.NewNonce()
 		conn.Write(wire.Hello{Nonce: nonce, Regions: []uint64{pages}}.Encode())
@@ -1058,4 +1069,109 @@ func TestSlowServerWaitedFor(t *testing.T) {
 		t.Errorf("the page came after %v, before the server answered", took)
 	}
 	t.Logf("page after %v with a %v timeout", took, timeout)
+}
+
+// Between hosts (TCP) the page stream is encrypted: a proxy that records
+// every byte between a clone and the server sees none of the pages it
+// carries, and the clone still gets them all. The proxy is a process of
+// its own: a goroutine of this one could not run while a fault on the
+// child's RAM holds a thread in memmove, unpreemptible, and with it any
+// garbage collection.
+func TestPagesEncryptedOverTCP(t *testing.T) {
+	p := newParent(t)
+	rec := filepath.Join(t.TempDir(), "wire")
+	exe, _ := os.Executable()
+	proxy := exec.Command(exe, p.tcp, rec)
+	proxy.Env = append(os.Environ(), childEnv+"=proxy")
+	out, err := proxy.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Process.Kill()
+	var addr string
+	if _, err := fmt.Fscanln(out, &addr); err != nil {
+		t.Fatalf("proxy address: %v", err)
+	}
+	child := newChildRAM(t)
+	cfg := p.config("tcp", child)
+	cfg.Address = addr
+	c, err := memtap.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify(t, child, false)
+	c.Close()
+	if err := proxy.Wait(); err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	seen, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) < p.counts.data*pageSize {
+		t.Fatalf("the proxy saw %d bytes, fewer than the %d pages sent", len(seen), p.counts.data)
+	}
+	page := make([]byte, pageSize)
+	for i := range regionPages[0] {
+		if kind(i) != kindData {
+			continue
+		}
+		pattern(page, 0, i)
+		if bytes.Contains(seen, page[:64]) {
+			t.Fatalf("page %d's content crossed the network in the clear", i)
+		}
+	}
+}
+
+// recordingProxy relays one connection to target, appending every byte
+// either way to the file rec, and prints its address first.
+func recordingProxy(target, rec string) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 2
+	}
+	fmt.Println(l.Addr())
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+	c, err := l.Accept()
+	if err != nil {
+		return 2
+	}
+	s, err := net.Dial("tcp", target)
+	if err != nil {
+		return 2
+	}
+	f, err := os.Create(rec)
+	if err != nil {
+		return 2
+	}
+	defer f.Close()
+	var mu sync.Mutex
+	var done sync.WaitGroup
+	relay := func(dst, src net.Conn) {
+		defer done.Done()
+		buf := make([]byte, 64<<10)
+		for {
+			src.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, err := src.Read(buf)
+			if n > 0 {
+				mu.Lock()
+				f.Write(buf[:n])
+				mu.Unlock()
+				dst.Write(buf[:n])
+			}
+			if err != nil {
+				dst.Close()
+				src.Close()
+				return
+			}
+		}
+	}
+	done.Add(2)
+	go relay(s, c)
+	go relay(c, s)
+	done.Wait()
+	return 0
 }

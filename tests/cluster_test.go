@@ -5,6 +5,8 @@ package tests
 import (
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -59,6 +61,30 @@ func startCluster(t *testing.T, n, slots int) *sandboxCluster {
 	return c
 }
 
+// statusGone waits up to within for the cluster's status lines (sfvmm agent
+// --status) that start with prefix to be gone, and returns those left.
+func (c *sandboxCluster) statusGone(t *testing.T, prefix string, within time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		out, code := run(t, time.Minute, "ip", "netns", "exec", c.names[0], sfvmmPath(t), "agent", "--status",
+			"--name", c.names[0], "--cluster-tls", c.tls, "--etcd", "https://"+net.JoinHostPort(c.addrs[0], "2379"))
+		if code != 0 {
+			t.Fatalf("sfvmm agent --status: %s", out)
+		}
+		var left []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, prefix) {
+				left = append(left, l)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 func (c *sandboxCluster) agentAddr(i int) string { return net.JoinHostPort(c.addrs[i], agentPort) }
 
 // parent starts sfvmm run on host i with the cluster's flags and args.
@@ -107,4 +133,104 @@ func TestForkAcrossHosts(t *testing.T) {
 			t.Logf("agent %s:\n%s", c.names[i], a.Output())
 		}
 	}
+}
+
+// cloneProcesses lists the sfvmm clone processes running in the sandbox.
+func cloneProcesses() []string {
+	var out []string
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) > 2 && filepath.Base(args[0]) == "sfvmm" && args[1] == "clone" {
+			out = append(out, d.Name()+": "+strings.Join(args, " "))
+		}
+	}
+	return out
+}
+
+// noClonesWithin fails the test unless every clone process has ended
+// within d.
+func noClonesWithin(t *testing.T, d time.Duration, why string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		left := cloneProcesses()
+		if len(left) == 0 {
+			return time.Since(start)
+		}
+		if time.Since(start) > d {
+			t.Fatalf("%s: clone processes still running after %v:\n%s", why, d, strings.Join(left, "\n"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// What ends a family's clones on other hosts: sf_kill, the parent's VMM
+// killed, and the loss of the agent that runs them.
+func TestClusterKills(t *testing.T) {
+	c := startCluster(t, 4, 2)
+	forktest := vmtest.Kernel(t, "forktest")
+
+	t.Run("sf_kill", func(t *testing.T) {
+		p := c.parent(t, 0, "--kernel", forktest, "--cmdline", "mode=kill")
+		p.waitFor(t, "[clone 1 on host0] forktest: clone 1 spinning", 2*time.Minute)
+		p.waitFor(t, "[clone 2 on host1] forktest: clone 2 spinning", 2*time.Minute)
+		p.typeLine(t, "k")
+		if code := p.wait(t, time.Minute); code != 1 {
+			t.Fatalf("exit status %d, want 1 (debug-exit 0): %s\n%s", code, p.trouble(), p.Output())
+		}
+		for _, want := range []string{"forktest: sf_kill -> 0", "forktest: sf_join after sf_kill -> -2"} {
+			if !strings.Contains(p.Output(), want) {
+				t.Errorf("missing %q:\n%s", want, p.Output())
+			}
+		}
+		noClonesWithin(t, 10*time.Second, "after sf_kill")
+	})
+
+	t.Run("parent killed", func(t *testing.T) {
+		p := c.parent(t, 0, "--kernel", forktest, "--cmdline", "mode=kill")
+		p.waitFor(t, "[clone 1 on host0] forktest: clone 1 spinning", 2*time.Minute)
+		p.waitFor(t, "[clone 2 on host1] forktest: clone 2 spinning", 2*time.Minute)
+		p.cmd.Process.Kill()
+		d := noClonesWithin(t, 15*time.Second, "after the parent's VMM was killed")
+		t.Logf("the clones ended %v after their parent was killed", d.Round(time.Millisecond))
+	})
+
+	t.Run("agent killed", func(t *testing.T) {
+		// Four clones, one per host, wait 20 s before they check the
+		// pattern; host2's agent is killed meanwhile.
+		p := c.parent(t, 0, "--kernel", forktest, "--memory", "128M", "--cmdline", "mode=wait clones=4 size=16M delay=20")
+		for id, h := range []string{"host0", "host1", "host2", "host3"} {
+			p.waitFor(t, fmt.Sprintf("[clone %d on %s] forktest: clone %d running", id+1, h, id+1), 2*time.Minute)
+		}
+		killed := time.Now()
+		c.agents[2].cmd.Process.Kill()
+		p.waitFor(t, "agent host2", 15*time.Second)
+		t.Logf("the parent heard of host2's loss after %v", time.Since(killed).Round(time.Millisecond))
+		if code := p.wait(t, 2*time.Minute); code != 3 {
+			t.Fatalf("exit status %d, want 3 (debug-exit 1: a clone failed): %s\n%s", code, p.trouble(), p.Output())
+		}
+		out := p.Output()
+		if want := "forktest: parent joined: all 4 clones exited, 1 without sf_exit(0)"; !strings.Contains(out, want) {
+			t.Errorf("missing %q:\n%s", want, out)
+		}
+		for _, id := range []int{1, 2, 4} {
+			if !strings.Contains(out, fmt.Sprintf("forktest: clone %d: pattern ok", id)) {
+				t.Errorf("clone %d on a live host did not finish:\n%s", id, out)
+			}
+		}
+		noClonesWithin(t, 10*time.Second, "after the join")
+		// The dead agent's host leaves the cluster once its lease runs
+		// out, and the family's reservations went with the join.
+		if left := c.statusGone(t, "reserved ", 15*time.Second); len(left) != 0 {
+			t.Errorf("slot reservations left after the join: %v", left)
+		}
+		if hosts := c.statusGone(t, "host host2 ", 15*time.Second); len(hosts) != 0 {
+			t.Errorf("host2 still in the cluster after its agent died: %v", hosts)
+		}
+	})
 }

@@ -23,7 +23,7 @@ sandbox() {
 	local i=$1 todo=$2 try=1 status log finished
 	while :; do
 		log=$out/kvm$i-$try.log
-		"$kvmbox" --hosts 2 --timeout 20m -- "$bin" -test.run "^($todo)\$" -test.v=test2json -test.timeout 19m >"$log" 2>&1
+		"$kvmbox" --hosts 4 --timeout 20m -- "$bin" -test.run "^($todo)\$" -test.v=test2json -test.timeout 19m >"$log" 2>&1
 		status=$?
 		go tool test2json -p github.com/sfvmm/sfvmm/tests <"$log" >"${log%.log}.json"
 		if [ $status != 123 ] || ! grep -q "heartbeat stopped" "$log" || [ $try -ge 8 ]; then

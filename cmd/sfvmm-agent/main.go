@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sfvmm/sfvmm/cluster"
 	"github.com/sfvmm/sfvmm/cluster/agent"
@@ -38,6 +40,7 @@ func run(args []string) int {
 	embedded := fs.String("etcd-embedded", "", "run the cluster's etcd inside this agent, with its data in this folder")
 	etcdPort := fs.Int("etcd-port", cluster.EmbeddedPort, "with --etcd-embedded: its client port on the --listen IP (the peer port is the next)")
 	workDir := fs.String("work-dir", "", "folder for running clones' descriptors (default: a temporary one)")
+	status := fs.Bool("status", false, "print the cluster's hosts and slot reservations (with --etcd) and exit")
 	level := fs.String("log-level", "info", "least severe of the agent's and its clones' messages to print: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
@@ -54,6 +57,12 @@ func run(args []string) int {
 	fail := func(status int, format string, a ...any) int {
 		log.Error(fmt.Sprintf(format, a...))
 		return status
+	}
+	if *status {
+		if *name == "" || *tlsDir == "" || *etcd == "" || fs.NArg() > 0 {
+			return fail(statusUsage, "usage: sfvmm agent --status --name NAME --cluster-tls DIR --etcd URLS")
+		}
+		return printStatus(*name, *tlsDir, *etcd, log)
 	}
 	if *name == "" || *tlsDir == "" || *listen == "" || fs.NArg() > 0 || (*etcd == "") == (*embedded == "") {
 		return fail(statusUsage, "usage: sfvmm agent --name NAME --cluster-tls DIR --listen IP:PORT [--slots N] (--etcd URLS | --etcd-embedded DIR)")
@@ -118,17 +127,54 @@ func run(args []string) int {
 	fmt.Printf("agent %s serving at %s with %d slots\n", *name, l.Addr(), *slots)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	status := 0
+	code := 0
 	select {
 	case s := <-sig:
 		log.Info(fmt.Sprintf("%v: stopping; this host's clones end", s))
 	case err := <-served:
-		status = fail(statusError, "serve: %v", err)
+		code = fail(statusError, "serve: %v", err)
 	case <-session.Done():
-		status = fail(statusError, "lost the cluster: this host's lease ended; its clones end")
+		code = fail(statusError, "lost the cluster: this host's lease ended; its clones end")
 	case err := <-embErr:
-		status = fail(statusError, "embedded etcd: %v", err)
+		code = fail(statusError, "embedded etcd: %v", err)
 	}
 	a.Close()
-	return status
+	return code
+}
+
+// printStatus prints the cluster's hosts and reservations, one per line:
+//
+//	host NAME AGENT-ADDRESS SLOTS
+//	reserved HOST FAMILY TICKET SLOTS
+func printStatus(name, tlsDir, etcd string, log *slog.Logger) int {
+	id, err := pki.LoadIdentity(tlsDir, name)
+	if err != nil {
+		log.Error(fmt.Sprintf("--cluster-tls: %v", err))
+		return statusError
+	}
+	store, err := cluster.Connect(strings.Split(etcd, ","), id)
+	if err != nil {
+		log.Error(err.Error())
+		return statusError
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hosts, err := store.Hosts(ctx)
+	if err != nil {
+		log.Error(err.Error())
+		return statusError
+	}
+	res, err := store.Reservations(ctx)
+	if err != nil {
+		log.Error(err.Error())
+		return statusError
+	}
+	for _, h := range hosts {
+		fmt.Printf("host %s %s %d\n", h.Name, h.Agent, h.Slots)
+	}
+	for _, r := range res {
+		fmt.Printf("reserved %s %s %d %d\n", r.Host, r.Family, r.Ticket, r.Slots)
+	}
+	return 0
 }

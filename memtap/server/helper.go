@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/hmac"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sfvmm/sfvmm/memtap/internal/helper"
 	"github.com/sfvmm/sfvmm/memtap/internal/pages"
+	"github.com/sfvmm/sfvmm/memtap/internal/tlslink"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
 	"github.com/sfvmm/sfvmm/memtap/wire"
 	"golang.org/x/sys/unix"
@@ -373,6 +375,16 @@ func (s *srv) serve(q request, fds []int) error {
 
 func (im *image) accept(l net.Listener, key wire.Key) {
 	defer im.clients.Done()
+	// Clones on other hosts connect over TCP, and their pages go over
+	// TLS keyed by the family key; local clones' Unix sockets need none.
+	var secure *tls.Config
+	if _, ok := l.(*net.TCPListener); ok {
+		var err error
+		if secure, err = tlslink.Config(key, true); err != nil {
+			fmt.Fprintf(os.Stderr, "memtap server: %v\n", err)
+			return
+		}
+	}
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -391,11 +403,12 @@ func (im *image) accept(l net.Listener, key wire.Key) {
 		im.conns[c] = struct{}{}
 		im.clients.Add(1)
 		im.lmu.Unlock()
-		go im.client(c, key)
+		go im.client(c, key, secure)
 	}
 }
 
-// client serves one connection until it ends or misbehaves. Nothing it
+// client serves one connection until it ends or misbehaves; secure, if
+// set, is its TLS. Nothing it
 // does blocks another client: the only shared lock, im.mu, is held for
 // memory reads only.
 //
@@ -404,14 +417,25 @@ func (im *image) accept(l net.Listener, key wire.Key) {
 // this thread directly, instead of the poller and then this goroutine,
 // which costs several microseconds per fault. A thread per client is fine
 // for a clone family.
-func (im *image) client(c net.Conn, key wire.Key) {
+func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	defer im.clients.Done()
-	authed := im.handshake(c, key)
+	link := c
+	if secure != nil {
+		link = tls.Server(c, secure)
+	}
+	authed := im.handshake(link, key)
 	fd, ok := -1, false
-	if authed {
+	switch {
+	case authed && secure != nil:
+		var err error
+		fd, err = tlslink.Pipe(link, im.s.write)
+		ok = err == nil
+	case authed:
 		fd, ok = rawFd(c)
 	}
-	c.Close()
+	if !ok || secure == nil {
+		c.Close() // else the relay has it
+	}
 	im.lmu.Lock()
 	delete(im.conns, c)
 	if ok && im.closed {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sfvmm/sfvmm/memtap/internal/tlslink"
 	"github.com/sfvmm/sfvmm/memtap/wire"
 	"golang.org/x/sys/unix"
 )
@@ -44,7 +45,7 @@ func newRAM(t *testing.T, n int) []byte {
 // flags and data pages.
 func fetch(t *testing.T, addr string, key wire.Key, first uint64, count uint32) ([]byte, [][]byte) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	c, err := tlslink.Dial("tcp", addr, key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,6 +52,9 @@ func (f *Forker) launch(img *image, t *ticket) {
 		cr.c = c
 		go func() {
 			err := c.Wait()
+			if err != nil {
+				f.cfg.Log.Warn(fmt.Sprintf("ticket %d: clone %d: %v", t.id, id, err))
+			}
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			f.ended(img, cr, err)
