@@ -119,6 +119,19 @@ type Stats struct {
 	PagesPrefetched uint64 // pages with data installed before anything faulted on them
 	Requests        uint64 // requests sent to the server
 	BytesReceived   uint64 // bytes read from the server, handshake included
+	// With multicast (mcdist): PagesMulticast data pages installed from
+	// the family's group (also counted in PagesFetched), of which
+	// PagesFromSiblings had not been asked for by this clone; PagesRetried
+	// pages asked again on the stream after they did not come on the
+	// group; DatagramsForged and DatagramsReplayed datagrams dropped for
+	// failing authentication (another family's, or forged) or for a
+	// sequence number already seen; BytesMulticast datagram bytes read.
+	PagesMulticast    uint64
+	PagesFromSiblings uint64
+	PagesRetried      uint64
+	DatagramsForged   uint64
+	DatagramsReplayed uint64
+	BytesMulticast    uint64
 	// FaultLatency[i] counts faults served in [2^(i-1), 2^i) µs, from the
 	// helper's reading of the fault to the page being installed (bucket
 	// 0: under 1 µs; the last bucket has everything above).
@@ -134,6 +147,12 @@ func (s *Stats) Add(t Stats) {
 	s.PagesPrefetched += t.PagesPrefetched
 	s.Requests += t.Requests
 	s.BytesReceived += t.BytesReceived
+	s.PagesMulticast += t.PagesMulticast
+	s.PagesFromSiblings += t.PagesFromSiblings
+	s.PagesRetried += t.PagesRetried
+	s.DatagramsForged += t.DatagramsForged
+	s.DatagramsReplayed += t.DatagramsReplayed
+	s.BytesMulticast += t.BytesMulticast
 	for i := range s.FaultLatency {
 		s.FaultLatency[i] += t.FaultLatency[i]
 	}
@@ -168,6 +187,7 @@ func bucket(d time.Duration) int {
 // counters is the shared-memory layout of Stats, written by the helper.
 type counters struct {
 	faults, fetched, direct, zeroFilled, prefetched, requests, bytes atomic.Uint64
+	multicast, siblings, retried, forged, replayed, mbytes           atomic.Uint64
 	hist                                                             [Buckets]atomic.Uint64
 }
 
@@ -175,6 +195,8 @@ func (c *counters) stats() Stats {
 	s := Stats{
 		Faults: c.faults.Load(), PagesFetched: c.fetched.Load(), PagesDirect: c.direct.Load(), PagesZeroFilled: c.zeroFilled.Load(),
 		PagesPrefetched: c.prefetched.Load(), Requests: c.requests.Load(), BytesReceived: c.bytes.Load(),
+		PagesMulticast: c.multicast.Load(), PagesFromSiblings: c.siblings.Load(), PagesRetried: c.retried.Load(),
+		DatagramsForged: c.forged.Load(), DatagramsReplayed: c.replayed.Load(), BytesMulticast: c.mbytes.Load(),
 	}
 	for i := range s.FaultLatency {
 		s.FaultLatency[i] = c.hist[i].Load()

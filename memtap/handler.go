@@ -150,6 +150,8 @@ type handler struct {
 	readingSince atomic.Int64
 	tid          atomic.Int32
 
+	mc    *group     // the family's multicast group, if the server has one
+	act   []byte     // what complete does with each page of a reply
 	sock  int        // the server connection, non-blocking
 	out   []byte     // requests not yet written
 	queue []inflight // requests in order; the server answers in order
@@ -179,7 +181,8 @@ type handler struct {
 }
 
 func newHandler(cfg helperConfig, parentFds []int, u *uffd.FD, c *counters) (*handler, error) {
-	h := &handler{cfg: cfg, u: u, c: c, addr: cfg.Network + ":" + cfg.Address, waiting: make(map[uint64][]time.Time), mem: -1, pagemap: -1}
+	h := &handler{cfg: cfg, u: u, c: c, addr: cfg.Network + ":" + cfg.Address, waiting: make(map[uint64][]time.Time), mem: -1, pagemap: -1,
+		act: make([]byte, wire.MaxBatch)}
 	switch {
 	case cfg.Direct && len(parentFds) == 2 && len(cfg.ParentBases) == len(cfg.Regions):
 		h.mem, h.pagemap = parentFds[0], parentFds[1]
@@ -271,6 +274,10 @@ func (h *handler) connect() error {
 		return fmt.Errorf("memory server %s refused the key", h.addr)
 	case w.MAC != wire.ServerMAC(h.cfg.Key, hello.Nonce, nonce):
 		return fmt.Errorf("memory server %s does not hold the family key", h.addr)
+	case w.Port != 0:
+		if err := h.joinGroup(w, conn.LocalAddr()); err != nil {
+			return err
+		}
 	}
 	if secure {
 		conn.SetDeadline(time.Time{})
@@ -308,6 +315,9 @@ func (h *handler) loop(stop int) error {
 		{Fd: int32(h.sock), Events: unix.POLLIN},
 		{Fd: int32(stop), Events: unix.POLLIN},
 	}
+	if h.mc != nil {
+		pfd = append(pfd, unix.PollFd{Fd: int32(h.mc.fd), Events: unix.POLLIN})
+	}
 	msgs := make([]uffd.Msg, 64)
 	h.heard = time.Now()
 	for {
@@ -318,6 +328,12 @@ func (h *handler) loop(stop int) error {
 			}
 			asked = h.cfg.Timeout / 10
 			timeout = int(asked/time.Millisecond) + 1
+		}
+		if due := h.groupDue(); !due.IsZero() {
+			ms := max(int(time.Until(due)/time.Millisecond)+1, 0)
+			if timeout < 0 || ms < timeout {
+				timeout = ms
+			}
 		}
 		pfd[1].Events = unix.POLLIN
 		if len(h.out) > 0 {
@@ -339,6 +355,16 @@ func (h *handler) loop(stop int) error {
 		}
 		if pfd[2].Revents != 0 {
 			return nil
+		}
+		// The group before the stream: a reply that says a page went
+		// there finds it installed.
+		if h.mc != nil {
+			if pfd[3].Revents != 0 {
+				if err := h.datagrams(); err != nil {
+					return err
+				}
+			}
+			h.groupWork(time.Now())
 		}
 		if pfd[1].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0 {
 			if err := h.receive(); err != nil {
@@ -539,9 +565,12 @@ func (h *handler) fetch(ri int, p uint64, w int) (uint64, error) {
 }
 
 // request asks the server for pages [first, end) of region ri.
-func (h *handler) request(ri int, first, end uint64) {
+func (h *handler) request(ri int, first, end uint64) { h.requestFlags(ri, first, end, 0) }
+
+// requestFlags asks for pages [first, end) of region ri with flags.
+func (h *handler) requestFlags(ri int, first, end uint64, flags uint32) {
 	h.tag++
-	q := wire.Request{Region: uint32(ri), First: first, Count: uint32(end - first), Tag: h.tag}
+	q := wire.Request{Region: uint32(ri), First: first, Count: uint32(end - first), Tag: h.tag, Flags: flags}
 	h.out = q.Append(h.out)
 	h.queue = append(h.queue, inflight{q: q, sent: time.Now()})
 	h.c.requests.Add(1)
@@ -806,26 +835,52 @@ func (h *handler) landed(ri int, p uint64, data bool) bool {
 	return false
 }
 
+// What complete does with a page of a reply.
+const (
+	actSkip     = iota // nothing: present already, or coming on the group
+	actSkipData        // nothing, but its data follows in the reply
+	actCopy            // install the data that follows
+	actZero            // install a zero page
+)
+
 // complete installs the current response's pages, data with UFFDIO_COPY
 // and the rest with UFFDIO_ZEROPAGE, a run at a time; each wakes the
-// faults waiting in its run.
+// faults waiting in its run. A page that went to the multicast group is
+// left to come there, and one that came there already is not installed
+// again.
 func (h *handler) complete(flags, data []byte) error {
 	q := h.queue[0].q
 	h.queue = h.queue[1:]
 	r := &h.regions[q.Region]
+	now := time.Now()
+	act := h.act[:len(flags)]
 	// Counters first: the installs wake the faulting threads, which may
 	// read them at once. Fault latency is measured to the install.
-	var fetched, prefetched uint64
+	var fetched, zero, prefetched uint64
 	for i, f := range flags {
-		if f == wire.PageData {
+		p := q.First + uint64(i)
+		switch {
+		case r.state[p] == present && f == wire.PageData:
+			act[i] = actSkipData
+		case r.state[p] == present:
+			act[i] = actSkip
+		case f == wire.PageMulticast:
+			act[i] = actSkip
+			h.await(int(q.Region), p, now)
+		case f == wire.PageData:
+			act[i] = actCopy
 			fetched++
-		}
-		if h.landed(int(q.Region), q.First+uint64(i), f == wire.PageData) {
-			prefetched++
+			if h.landed(int(q.Region), p, true) {
+				prefetched++
+			}
+		default:
+			act[i] = actZero
+			zero++
+			h.landed(int(q.Region), p, false)
 		}
 	}
 	h.c.fetched.Add(fetched)
-	h.c.zeroFilled.Add(uint64(len(flags)) - fetched)
+	h.c.zeroFilled.Add(zero)
 	h.c.prefetched.Add(prefetched)
 	// Data pages follow in order, so a run of data flags is a contiguous
 	// run of data.
@@ -833,19 +888,21 @@ func (h *handler) complete(flags, data []byte) error {
 	if len(data) > 0 {
 		src = uintptr(unsafe.Pointer(&data[0]))
 	}
-	for i := 0; i < len(flags); {
-		isData := flags[i] == wire.PageData
+	for i := 0; i < len(act); {
 		j := i + 1
-		for j < len(flags) && (flags[j] == wire.PageData) == isData {
+		for j < len(act) && act[j] == act[i] {
 			j++
 		}
 		dst := r.base + uintptr(q.First+uint64(i))*uffd.PageSize
 		n := uintptr(j-i) * uffd.PageSize
 		var err error
-		if isData {
+		switch act[i] {
+		case actCopy:
 			_, _, err = h.u.Copy(dst, src, n, 0)
 			src += n
-		} else {
+		case actSkipData:
+			src += n
+		case actZero:
 			_, _, err = h.u.ZeroPage(dst, n, 0)
 		}
 		if err != nil {

@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,6 +112,7 @@ type parent struct {
 	key    wire.Key
 	tcp    string
 	unix   string
+	group  *net.UDPAddr // the TCP clients' multicast group, if any
 	counts struct{ data, zero, absent int }
 }
 
@@ -126,7 +129,14 @@ func newParent(t *testing.T) *parent {
 // overwrites page i of each region where writes(i).
 func newParentWriting(t *testing.T, writes func(i int) bool) *parent {
 	t.Helper()
-	p := &parent{}
+	return newParentOf(t, &parent{}, writes)
+}
+
+// newParentOf makes p a parent whose RAM the given pages are written to
+// after the freeze; with p.group set its TCP clients are a multicast
+// family.
+func newParentOf(t *testing.T, p *parent, writes func(i int) bool) *parent {
+	t.Helper()
 	for r, n := range regionPages {
 		ram := mapRAM(t, n)
 		pop := make(pageSet, n)
@@ -174,6 +184,11 @@ func newParentWriting(t *testing.T, writes func(i int) bool) *parent {
 		t.Fatal(err)
 	}
 	p.tcp = lt.Addr().String()
+	if p.group != nil {
+		if err := p.image.Multicast(net.IPv4(127, 0, 0, 1), p.group, p.key); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := p.image.Serve(lt, p.key); err != nil {
 		t.Fatal(err)
 	}
@@ -480,7 +495,7 @@ func TestMalformedRequestsRefused(t *testing.T) {
 		payload []byte
 		reply   bool // a BadRequest reply comes before the close
 	}{
-		{"garbage", bytes.Repeat([]byte("garbage!"), 3), true},
+		{"garbage", bytes.Repeat([]byte("garbage!"), 4)[:wire.RequestSize], true},
 		{"page out of range", wire.Request{Region: 0, First: 1020, Count: 8}.Append(nil), true},
 		{"region out of range", wire.Request{Region: 2, First: 0, Count: 1}.Append(nil), true},
 		{"too many pages", wire.Request{Region: 0, First: 0, Count: wire.MaxBatch + 1}.Append(nil), true},
@@ -782,7 +797,8 @@ func childMain(mode string) int {
 			return 1
 		}
 		s := c.Stats()
-		fmt.Printf("storm ok: %d faults, %d fetched\n", s.Faults, s.PagesFetched)
+		fmt.Printf("storm ok: %d faults, %d fetched, multicast %d from siblings %d retried %d forged %d replayed %d\n",
+			s.Faults, s.PagesFetched, s.PagesMulticast, s.PagesFromSiblings, s.PagesRetried, s.DatagramsForged, s.DatagramsReplayed)
 		c.Close()
 		return 0
 	case "starve":
@@ -1174,4 +1190,63 @@ func recordingProxy(target, rec string) int {
 	go relay(c, s)
 	done.Wait()
 	return 0
+}
+
+// A multicast family on one host's loopback, in a network namespace of
+// the test's own (the host's loopback has no multicast): three clones in
+// processes of their own fetch every page at once; each installs pages
+// its siblings asked for, and all get the image right.
+func TestMulticastFamily(t *testing.T) {
+	if os.Getenv("MEMTAP_TEST_NETNS") == "" {
+		cmd := exec.Command("unshare", "--net", os.Args[0], "-test.run", "^TestMulticastFamily$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), "MEMTAP_TEST_NETNS=1")
+		out, err := cmd.CombinedOutput()
+		t.Logf("in a network namespace of its own:\n%s", out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"link", "set", "lo", "multicast", "on"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	p := newParentOf(t, &parent{group: server.NewGroup()}, func(int) bool { return true })
+	cc := childConfig{Network: "tcp", Address: p.tcp, Key: p.key, Pages: regionPages}
+	for r := range regionPages {
+		cc.Populated = append(cc.Populated, p.pop[r])
+	}
+	const n = 8
+	outs := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for k := range n {
+		wg.Go(func() { outs[k], errs[k], _ = runChild(t, "storm", cc, time.Minute) })
+	}
+	wg.Wait()
+	siblings := 0
+	re := regexp.MustCompile(`multicast (\d+) from siblings (\d+)`)
+	for k := range n {
+		t.Logf("clone %d: %s", k, outs[k])
+		if errs[k] != nil {
+			t.Errorf("clone %d: %v", k, errs[k])
+			continue
+		}
+		m := re.FindStringSubmatch(outs[k])
+		if m == nil {
+			t.Errorf("clone %d printed no multicast statistics", k)
+			continue
+		}
+		if m[1] == "0" {
+			t.Errorf("clone %d installed no page from the group", k)
+		}
+		s, _ := strconv.Atoi(m[2])
+		siblings += s
+	}
+	if siblings == 0 {
+		t.Error("no clone installed a page a sibling asked for")
+	}
+	st := p.srv.Stats()
+	t.Logf("server: %d pages multicast, %d sent on streams", st.PagesMulticast, st.PagesSent)
 }

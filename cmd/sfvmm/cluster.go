@@ -18,7 +18,7 @@ import (
 // clusterFlags put a VM's clones on the hosts of a cluster, through this
 // host's agent.
 type clusterFlags struct {
-	agent, tlsDir, name, serve, placement *string
+	agent, tlsDir, name, serve, placement, pages *string
 }
 
 func addClusterFlags(fs *flag.FlagSet) clusterFlags {
@@ -28,6 +28,7 @@ func addClusterFlags(fs *flag.FlagSet) clusterFlags {
 		name:      fs.String("cluster-name", "", "with --agent: this host's member name, whose certificate the folder holds (the agent's)"),
 		serve:     fs.String("serve-address", "", "with --agent: IP:PORT at which clones reach this VM's memory server (default: the agent's IP, any port)"),
 		placement: fs.String("placement", "spread", "with --agent: spread a ticket's clones over hosts, or pack them onto few"),
+		pages:     fs.String("pages", "multicast", "with --agent: how clones on other hosts get pages: multicast (one reply installed by every clone of the family) or unicast (a TLS stream per clone, for networks without multicast)"),
 	}
 }
 
@@ -36,6 +37,9 @@ func addClusterFlags(fs *flag.FlagSet) clusterFlags {
 func (f clusterFlags) join(c *console, log logger) (*agentapi.Launcher, string, error) {
 	if *f.agent == "" {
 		return nil, "", nil
+	}
+	if *f.pages != "multicast" && *f.pages != "unicast" {
+		return nil, "", fmt.Errorf("--pages %q: want multicast or unicast", *f.pages)
 	}
 	if *f.tlsDir == "" || *f.name == "" {
 		return nil, "", fmt.Errorf("--agent needs --cluster-tls and --cluster-name")

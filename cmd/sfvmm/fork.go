@@ -234,7 +234,8 @@ func (f forkFlags) forker(apiSock string, c *console, log logger, lf logFlags) (
 		return nil, nil, err
 	}
 	if cl != nil {
-		return fork.New(fork.Config{Capacity: *f.capacity, Launcher: cl, ServeAddress: serve, Log: log.Logger}), cl.Close, nil
+		return fork.New(fork.Config{Capacity: *f.capacity, Launcher: cl, ServeAddress: serve,
+			Multicast: *f.cluster.pages == "multicast", Log: log.Logger}), cl.Close, nil
 	}
 	l, err := newLauncher(apiSock, c, lf.args())
 	if err != nil {
@@ -254,9 +255,14 @@ func forkDevice(fk *fork.Forker) func(*vmm.VM) forkdev.Host {
 
 // formatMemtapStats is a one-line summary of a clone's memory statistics.
 func formatMemtapStats(s memtap.Stats) string {
+	mc := ""
+	if s.BytesMulticast > 0 {
+		mc = fmt.Sprintf(", multicast: %d pages installed (%d asked by siblings), %d asked again, %d forged and %d replayed datagrams dropped",
+			s.PagesMulticast, s.PagesFromSiblings, s.PagesRetried, s.DatagramsForged, s.DatagramsReplayed)
+	}
 	return fmt.Sprintf("%d faults, %d pages fetched, %d zero-filled locally, %d read from the parent directly, %d prefetched, %d requests, %s received, fault p50 %v p99 %v",
 		s.Faults, s.PagesFetched, s.PagesZeroFilled, s.PagesDirect, s.PagesPrefetched, s.Requests, vmm.FormatSize(s.BytesReceived),
-		s.Percentile(0.5).Round(time.Microsecond), s.Percentile(0.99).Round(time.Microsecond))
+		s.Percentile(0.5).Round(time.Microsecond), s.Percentile(0.99).Round(time.Microsecond)) + mc
 }
 
 func (m machine) Fork(ctx context.Context, req api.ForkRequest) (api.ForkInfo, error) {

@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/sfvmm/sfvmm/memtap/internal/helper"
+	"github.com/sfvmm/sfvmm/memtap/internal/mcdist"
 	"github.com/sfvmm/sfvmm/memtap/internal/pages"
 	"github.com/sfvmm/sfvmm/memtap/internal/tlslink"
 	"github.com/sfvmm/sfvmm/memtap/uffd"
@@ -70,6 +71,8 @@ func runHelper() error {
 		case "serve":
 			opErr = s.serve(q, fds)
 			fds = nil
+		case "multicast":
+			opErr = s.multicast(q)
 		case "thaw":
 			if s.img != nil {
 				s.img.close()
@@ -128,7 +131,12 @@ type image struct {
 	conns     map[net.Conn]struct{} // clients in the handshake
 	raw       map[int]struct{}      // descriptors of clients past it
 	closed    bool
-	clients   sync.WaitGroup // accept loops and client goroutines
+	// mc multicasts data pages to the TCP clients' group, if set (before
+	// any client is served); remote counts the TCP clients past the
+	// handshake, who share the group.
+	mc      atomic.Pointer[mcast]
+	remote  atomic.Int32
+	clients sync.WaitGroup // accept loops and client goroutines
 }
 
 const slabSize = 2 << 20
@@ -347,6 +355,28 @@ func readParent(pid int, bufs [][]byte, addrs []uintptr) error {
 	return nil
 }
 
+// multicast makes the image's TCP clients a multicast family (mcdist),
+// sending from the address q.Iface.
+func (s *srv) multicast(q request) error {
+	im := s.img
+	if im == nil {
+		return errors.New("multicast: no frozen image")
+	}
+	if im.mc.Load() != nil {
+		return errors.New("multicast: already on")
+	}
+	group, err := net.ResolveUDPAddr("udp4", q.Group)
+	if err != nil {
+		return fmt.Errorf("multicast: group %q: %w", q.Group, err)
+	}
+	m, err := newMcast(net.ParseIP(q.Iface), group, q.Key)
+	if err != nil {
+		return err
+	}
+	im.mc.Store(m)
+	return nil
+}
+
 func (s *srv) serve(q request, fds []int) error {
 	if len(fds) != 1 {
 		for _, fd := range fds {
@@ -423,7 +453,11 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	if secure != nil {
 		link = tls.Server(c, secure)
 	}
-	authed := im.handshake(link, key)
+	var mc *mcast
+	if secure != nil {
+		mc = im.mc.Load() // a family across hosts shares a group
+	}
+	authed := im.handshake(link, key, mc)
 	fd, ok := -1, false
 	switch {
 	case authed && secure != nil:
@@ -458,6 +492,11 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	im.s.c.clients.Add(1)
 	im.s.c.connected.Add(1)
 	defer im.s.c.connected.Add(^uint64(0))
+	if mc != nil {
+		im.remote.Add(1)
+		defer im.remote.Add(-1)
+		defer mc.gone(fd)
+	}
 	// Keep-alives go out whatever the replies do, so that a client can
 	// tell this server, busy or starved of CPU, from one that is gone.
 	var wmu sync.Mutex // one writer at a time on fd
@@ -508,10 +547,29 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 				wmu.Unlock()
 				return
 			}
+			if q.Flags&wire.RequestReport != 0 {
+				if mc != nil {
+					mc.report(fd, q.First)
+				}
+				continue // no reply
+			}
 			data, err := im.read(q, buf, flags[:q.Count])
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "memtap server: %v\n", err)
 				return // the client sees the connection close and fails
+			}
+			// To the group, unless the client missed the pages there,
+			// or has no sibling left to share them with (the end of a
+			// fork, or a lone clone): then on its stream.
+			if mc != nil && q.Flags&wire.RequestUnicast == 0 && im.remote.Load() > 1 {
+				n, err := mc.send(q, flags[:q.Count], data)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "memtap server: %v\n", err)
+					return
+				}
+				im.s.c.pagesMulticast.Add(uint64(n))
+				im.s.c.bytesMulticast.Add(uint64(n * mcdist.Size))
+				data = data[:0]
 			}
 			out = append(out[:0], wire.Response{Region: q.Region, First: q.First, Count: q.Count, Tag: q.Tag}.Append(hdr[:0]), flags[:q.Count])
 			out = append(out, data...)
@@ -607,7 +665,7 @@ func writeAll(fd int, bufs [][]byte) (int, error) {
 // handshake runs the server's side of the handshake and reports whether the
 // client proved it holds key. A failure is counted before the client can
 // learn of it.
-func (im *image) handshake(c net.Conn, key wire.Key) bool {
+func (im *image) handshake(c net.Conn, key wire.Key, mc *mcast) bool {
 	c.SetDeadline(time.Now().Add(im.s.handshake))
 	defer c.SetDeadline(time.Time{})
 	fail := func() bool {
@@ -631,7 +689,11 @@ func (im *image) handshake(c net.Conn, key wire.Key) bool {
 		c.Write(wire.Welcome{Status: wire.WelcomeRefused}.Encode())
 		return false
 	}
-	if _, err = c.Write(wire.Welcome{Status: wire.WelcomeOK, MAC: wire.ServerMAC(key, nonce, a.Nonce)}.Encode()); err != nil {
+	w := wire.Welcome{Status: wire.WelcomeOK, MAC: wire.ServerMAC(key, nonce, a.Nonce)}
+	if mc != nil {
+		w.Group, w.Port = mc.group, mc.port
+	}
+	if _, err = c.Write(w.Encode()); err != nil {
 		return fail()
 	}
 	return true
@@ -701,6 +763,9 @@ func (im *image) close() {
 	}
 	im.lmu.Unlock()
 	im.clients.Wait()
+	if mc := im.mc.Load(); mc != nil {
+		mc.close()
+	}
 
 	unix.Write(im.stopW, []byte{0})
 	<-im.wpDone

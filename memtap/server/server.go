@@ -101,12 +101,18 @@ type Stats struct {
 	BytesSent    uint64 // bytes written to clients
 	WriteFaults  uint64 // write-protect faults of the parent
 	PagesSaved   uint64 // pages copied before the parent's first write
+	// PagesMulticast and BytesMulticast: pages and bytes sent to the
+	// family's multicast group (mcdist), counted once however many clones
+	// install them.
+	PagesMulticast uint64
+	BytesMulticast uint64
 }
 
 // counters is the shared-memory layout of Stats, updated by the helper.
 type counters struct {
 	clients, connected, authFailures, badRequests, requests   atomic.Uint64
 	pagesSent, pagesEmpty, bytesSent, writeFaults, pagesSaved atomic.Uint64
+	pagesMulticast, bytesMulticast                            atomic.Uint64
 }
 
 func (c *counters) stats() Stats {
@@ -114,7 +120,7 @@ func (c *counters) stats() Stats {
 		Clients: c.clients.Load(), Connected: c.connected.Load(), AuthFailures: c.authFailures.Load(),
 		BadRequests: c.badRequests.Load(), Requests: c.requests.Load(), PagesSent: c.pagesSent.Load(),
 		PagesEmpty: c.pagesEmpty.Load(), BytesSent: c.bytesSent.Load(), WriteFaults: c.writeFaults.Load(),
-		PagesSaved: c.pagesSaved.Load(),
+		PagesSaved: c.pagesSaved.Load(), PagesMulticast: c.pagesMulticast.Load(), BytesMulticast: c.bytesMulticast.Load(),
 	}
 }
 
@@ -135,12 +141,14 @@ type Server struct {
 // Control messages to the helper.
 type (
 	request struct {
-		Op        string // "config", "arm", "seal", "serve", "thaw"
+		Op        string // "config", "arm", "seal", "serve", "multicast", "thaw"
 		Handshake time.Duration
 		Write     time.Duration
 		PID       int
 		Regions   []pages.Region // where the parent's RAM is (arm), and its populated pages
 		Key       wire.Key
+		Iface     string // multicast: the address to send from
+		Group     string // multicast: the group, IP:port
 	}
 	ack struct {
 		Err string
@@ -367,6 +375,22 @@ func (im *Image) Serve(l net.Listener, key wire.Key) error {
 	}
 	if err := im.s.call(request{Op: "serve", Key: key}, int(f.Fd())); err != nil {
 		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// Multicast makes the image's clients on other hosts (those that connect
+// over TCP) a multicast family: the data pages they ask for go to group
+// (NewGroup), sent from iface, and every one of them installs what it
+// lacks (mcdist). Call it before Serve.
+func (im *Image) Multicast(iface net.IP, group *net.UDPAddr, key wire.Key) error {
+	im.s.mu.Lock()
+	defer im.s.mu.Unlock()
+	if im.s.image != im {
+		return errors.New("multicast: image closed")
+	}
+	if err := im.s.call(request{Op: "multicast", Key: key, Iface: iface.String(), Group: group.String()}); err != nil {
+		return fmt.Errorf("multicast: %w", err)
 	}
 	return nil
 }

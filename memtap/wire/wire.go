@@ -8,15 +8,17 @@
 //
 //	server → client  Hello    magic "SFMH", version, region page counts, server nonce
 //	client → server  Auth     magic "SFMA", client nonce, HMAC-SHA256(key, "client" ‖ server nonce ‖ client nonce)
-//	server → client  Welcome  magic "SFMW", status, HMAC-SHA256(key, "server" ‖ client nonce ‖ server nonce)
-//	client → server  Request  magic "SFMQ", region, first page, page count, tag      (any number, pipelined)
+//	server → client  Welcome  magic "SFMW", status, HMAC-SHA256(key, "server" ‖ client nonce ‖ server nonce),
+//	                          the family's multicast group (IPv4 address and port; zero if none)
+//	client → server  Request  magic "SFMQ", region, first page, page count, tag, flags (any number, pipelined)
 //	server → client  Response magic "SFMR", the request's fields, status,
-//	                          then Count flag bytes (PageData, PageZero, PageAbsent),
+//	                          then Count flag bytes (PageData, PageZero, PageAbsent, PageMulticast),
 //	                          then one 4 KiB page for each PageData flag, in order
 //	server → client  Alive    a Response header with StatusAlive, every
 //	                          AliveInterval, whatever else is sent
 //
-// Replies come in request order. A keep-alive says the server is there and
+// Replies come in request order, except to a Report (RequestReport), which
+// has none. A keep-alive says the server is there and
 // how many of this client's requests it has answered (in First), so that a
 // client can tell a server that is gone or stopped (it hears nothing) from
 // one that is slow (it hears keep-alives and the count moves) and from one
@@ -24,9 +26,12 @@
 //
 // Both sides prove they hold the clone family's key without sending it; a
 // client that fails is refused and the connection closed. The pages
-// themselves are not MACed: on a stream the handshake binds the peer, and
-// a per-page MAC would cost more than the fault it serves. (mcdist's
-// datagrams will need one each.) All integers are little-endian.
+// themselves are not MACed here: between hosts the stream is TLS keyed by
+// the family key (memtap/internal/tlslink), and on the parent's own host
+// it is a Unix socket. With multicast (mcdist, memtap/internal/mcdist) a
+// reply may say a page went to the family's group instead (PageMulticast):
+// every clone installs it from there, and a clone that missed it asks
+// again with RequestUnicast. All integers are little-endian.
 //
 // It is not the transport (memtap and memtap/server own their sockets) and
 // not the multicast protocol.
@@ -45,7 +50,7 @@ import (
 
 // Protocol constants.
 const (
-	Version  = 2
+	Version  = 3
 	PageSize = 4096
 	// AliveInterval is how often the server sends a keep-alive.
 	AliveInterval = time.Second
@@ -62,8 +67,8 @@ const (
 const (
 	helloFixed    = 4 + 2 + 2 + 4 + 32 // then 8 bytes per region
 	AuthSize      = 4 + 32 + 32
-	WelcomeSize   = 4 + 4 + 32
-	RequestSize   = 4 + 4 + 8 + 4 + 4
+	WelcomeSize   = 4 + 4 + 32 + 4 + 2 + 2
+	RequestSize   = 4 + 4 + 8 + 4 + 4 + 4
 	ResponseSize  = 4 + 4 + 8 + 4 + 4 + 4 // header; flags and pages follow
 	MaxHelloSize  = helloFixed + 8*MaxRegions
 	magicHello    = "SFMH"
@@ -78,7 +83,26 @@ const (
 	PageData   = 1 // the page follows
 	PageZero   = 2 // the page was all zero at the fork: nothing follows
 	PageAbsent = 3 // the parent never populated the page: nothing follows
+	// PageMulticast: the page went to the family's multicast group;
+	// nothing follows.
+	PageMulticast = 4
 )
+
+// Request flags.
+const (
+	// RequestUnicast asks for the pages on this stream, never by
+	// multicast: the client missed them there.
+	RequestUnicast = 1 << 0
+	// RequestReport is no request but a report: First is how many
+	// multicast pages the client received in the last ReportInterval
+	// (the server paces multicast to its clients' receive rates). It has
+	// no reply; Region and Tag are 0 and Count is 1.
+	RequestReport = 1 << 1
+)
+
+// ReportInterval is how often a multicast client reports its receive
+// rate.
+const ReportInterval = 250 * time.Millisecond
 
 // Response status codes.
 const (
@@ -236,12 +260,19 @@ func DecodeAuth(b []byte) (Auth, error) {
 type Welcome struct {
 	Status uint32   // WelcomeOK or WelcomeRefused
 	MAC    [32]byte // ServerMAC when Status is WelcomeOK, else zero
+	// Group and Port are the family's multicast group, which the client
+	// joins, or zero: no multicast.
+	Group [4]byte
+	Port  uint16
 }
 
 // Encode returns the message bytes.
 func (w Welcome) Encode() []byte {
 	b := binary.LittleEndian.AppendUint32([]byte(magicWelcome), w.Status)
-	return append(b, w.MAC[:]...)
+	b = append(b, w.MAC[:]...)
+	b = append(b, w.Group[:]...)
+	b = binary.LittleEndian.AppendUint16(b, w.Port)
+	return append(b, 0, 0)
 }
 
 // DecodeWelcome decodes b, which must be exactly one Welcome.
@@ -255,6 +286,11 @@ func DecodeWelcome(b []byte) (Welcome, error) {
 		return w, malformed("welcome status %d", w.Status)
 	}
 	copy(w.MAC[:], b[8:40])
+	copy(w.Group[:], b[40:44])
+	w.Port = binary.LittleEndian.Uint16(b[44:])
+	if (w.Group == [4]byte{}) != (w.Port == 0) || w.Group != [4]byte{} && w.Group[0]&0xf0 != 0xe0 {
+		return w, malformed("multicast group %v port %d", w.Group, w.Port)
+	}
 	return w, nil
 }
 
@@ -264,6 +300,7 @@ type Request struct {
 	First  uint64
 	Count  uint32
 	Tag    uint32 // chosen by the client, echoed in the response
+	Flags  uint32 // RequestUnicast, RequestReport
 }
 
 // Append appends the message bytes to b.
@@ -272,7 +309,8 @@ func (q Request) Append(b []byte) []byte {
 	b = binary.LittleEndian.AppendUint32(b, q.Region)
 	b = binary.LittleEndian.AppendUint64(b, q.First)
 	b = binary.LittleEndian.AppendUint32(b, q.Count)
-	return binary.LittleEndian.AppendUint32(b, q.Tag)
+	b = binary.LittleEndian.AppendUint32(b, q.Tag)
+	return binary.LittleEndian.AppendUint32(b, q.Flags)
 }
 
 // DecodeRequest decodes b, which must be exactly one Request. It checks the
@@ -289,14 +327,29 @@ func DecodeRequest(b []byte) (Request, error) {
 	q.First = binary.LittleEndian.Uint64(b[8:])
 	q.Count = binary.LittleEndian.Uint32(b[16:])
 	q.Tag = binary.LittleEndian.Uint32(b[20:])
-	if q.Count == 0 || q.Count > MaxBatch {
+	q.Flags = binary.LittleEndian.Uint32(b[24:])
+	switch {
+	case q.Flags&^(RequestUnicast|RequestReport) != 0 || q.Flags == RequestUnicast|RequestReport:
+		return q, malformed("request flags %#x", q.Flags)
+	case q.Flags == RequestReport && (q.Region != 0 || q.Count != 1 || q.Tag != 0):
+		return q, malformed("report with fields set: %+v", q)
+	case q.Count == 0 || q.Count > MaxBatch:
 		return q, malformed("request for %d pages", q.Count)
 	}
 	return q, nil
 }
 
+// Report is a receive-rate report: received multicast pages in the last
+// ReportInterval.
+func Report(received uint64) Request {
+	return Request{First: received, Count: 1, Flags: RequestReport}
+}
+
 // Check reports whether q lies inside an image of regions (page counts).
 func (q Request) Check(regions []uint64) error {
+	if q.Flags&RequestReport != 0 {
+		return nil
+	}
 	if int64(q.Region) >= int64(len(regions)) {
 		return fmt.Errorf("region %d of %d", q.Region, len(regions))
 	}
@@ -363,7 +416,7 @@ func DataPages(flags []byte) (int, error) {
 		switch f {
 		case PageData:
 			n++
-		case PageZero, PageAbsent:
+		case PageZero, PageAbsent, PageMulticast:
 		default:
 			return 0, malformed("page %d has flag %d", i, f)
 		}

@@ -169,3 +169,45 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestWelcomeGroup(t *testing.T) {
+	w := Welcome{Status: WelcomeOK, MAC: [32]byte{1}, Group: [4]byte{239, 192, 3, 4}, Port: 40001}
+	got, err := DecodeWelcome(w.Encode())
+	if err != nil || got != w {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for _, bad := range []Welcome{
+		{Group: [4]byte{10, 0, 0, 1}, Port: 1}, // not a multicast address
+		{Group: [4]byte{239, 1, 1, 1}},         // no port
+		{Port: 5},                              // no group
+	} {
+		if _, err := DecodeWelcome(bad.Encode()); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%+v: %v, want ErrMalformed", bad, err)
+		}
+	}
+}
+
+func TestRequestFlags(t *testing.T) {
+	for _, q := range []Request{
+		{Count: 3, Tag: 7, Flags: RequestUnicast},
+		Report(1234),
+	} {
+		got, err := DecodeRequest(q.Append(nil))
+		if err != nil || got != q {
+			t.Errorf("round trip of %+v: %+v, %v", q, got, err)
+		}
+	}
+	for _, q := range []Request{
+		{Count: 1, Flags: RequestUnicast | RequestReport},
+		{Count: 1, Flags: 1 << 7},
+		{Count: 2, Flags: RequestReport},
+		{Count: 1, Tag: 3, Flags: RequestReport},
+	} {
+		if _, err := DecodeRequest(q.Append(nil)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%+v: %v, want ErrMalformed", q, err)
+		}
+	}
+	if _, err := DataPages([]byte{PageData, PageMulticast, PageZero}); err != nil {
+		t.Errorf("PageMulticast flag refused: %v", err)
+	}
+}

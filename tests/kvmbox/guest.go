@@ -155,7 +155,8 @@ func (b *box) runNested(q *outerQEMU, sk, k *kernel, vmlinux, initrd string) (in
 	env = append(env, "GOCACHE="+filepath.Join(b.cache, "gocache"), "XDG_CACHE_HOME="+filepath.Join(b.cache, "xdg-cache"))
 	mods := o.modules
 	if o.hosts > 0 {
-		mods = append(append([]string(nil), mods...), "veth", "bridge")
+		// sch_netem: tests that lose packets on purpose (tc qdisc ... netem).
+		mods = append(append([]string(nil), mods...), "veth", "bridge", "sch_netem")
 	}
 	var modList strings.Builder
 	if len(mods) > 0 {

@@ -8,7 +8,8 @@ import (
 // The --hosts network: namespaces host0..host{N-1}, each with loopback up
 // and an eth0 that is one end of a veth pair whose other end is a port of
 // bridge kvmboxbr0 in the root namespace. host i has 10.77.0.{i+1}/24. The
-// bridge has no address, so traffic stays among the namespaces.
+// bridge has no address, so traffic stays among the namespaces, multicast
+// included.
 const (
 	bridgeName = "kvmboxbr0"
 	maxHosts   = 200
@@ -53,7 +54,10 @@ func hostsSetup(n int) []ipBatch {
 		return nil
 	}
 	root := ipBatch{lines: []string{
-		"link add " + bridgeName + " type bridge",
+		// Without snooping the bridge floods multicast to every port:
+		// the hosts' clones get their family's group with no IGMP
+		// querier on the segment.
+		"link add " + bridgeName + " type bridge mcast_snooping 0",
 		"link set " + bridgeName + " up",
 	}}
 	var inside []ipBatch

@@ -54,6 +54,10 @@ type Config struct {
 	// which the memory server serves clones on other hosts; otherwise it
 	// serves on a Unix socket in Dir, for this host's clones.
 	ServeAddress string
+	// Multicast sends the pages clones on other hosts ask for to the
+	// family's multicast group, for every clone to install (mcdist);
+	// it needs ServeAddress, whose IP it sends from.
+	Multicast bool
 }
 
 // DefaultCapacity is the clone slots a VM offers when Config says none.

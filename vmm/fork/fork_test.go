@@ -121,7 +121,8 @@ func (im *fakeImage) Serve(l net.Listener, _ wire.Key) error {
 	l.Close()
 	return im.ev.step("serve")
 }
-func (im *fakeImage) Close() error { im.closed = true; return nil }
+func (im *fakeImage) Multicast(net.IP, *net.UDPAddr, wire.Key) error { return im.ev.step("multicast") }
+func (im *fakeImage) Close() error                                   { im.closed = true; return nil }
 
 // fakeClone ends when told to, with the error it is given.
 type fakeClone struct {

@@ -3,6 +3,7 @@ package fork
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -63,6 +64,9 @@ type Image interface {
 	Seal(regions []server.Region) error
 	// Serve serves the image on l to clients holding key.
 	Serve(l net.Listener, key wire.Key) error
+	// Multicast makes the image's clients on other hosts a multicast
+	// family, sending from iface (before Serve).
+	Multicast(iface net.IP, group *net.UDPAddr, key wire.Key) error
 	Close() error
 }
 
@@ -287,6 +291,19 @@ func (f *Forker) publish(img *image, dir string, l net.Listener, d Descriptor, r
 	img.descriptor = filepath.Join(dir, fmt.Sprintf("image-%d.sfd", img.id))
 	if err := writeFileAtomic(img.descriptor, b); err != nil {
 		return fmt.Errorf("write fork descriptor: %w", err)
+	}
+	if f.cfg.Multicast {
+		tl, ok := l.Addr().(*net.TCPAddr)
+		if !ok {
+			l.Close()
+			return errors.New("multicast needs a TCP memory server (ServeAddress)")
+		}
+		group := server.NewGroup()
+		if err := img.frozen.Multicast(tl.IP, group, wire.Key(d.Fork.Key)); err != nil {
+			l.Close()
+			return fmt.Errorf("memory server: %w", err)
+		}
+		f.infof("fork: image %d: pages for other hosts multicast to %v from %v", img.id, group, tl.IP)
 	}
 	if err := img.frozen.Serve(l, wire.Key(d.Fork.Key)); err != nil {
 		return fmt.Errorf("memory server: %w", err)

@@ -1,0 +1,195 @@
+package memtap
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"time"
+	"unsafe"
+
+	"github.com/sfvmm/sfvmm/memtap/internal/mcdist"
+	"github.com/sfvmm/sfvmm/memtap/uffd"
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"golang.org/x/sys/unix"
+)
+
+// The helper's side of multicast (mcdist): it joins the family's group,
+// installs every page that comes there and that this clone lacks, asks
+// again on its stream (RequestUnicast) for a page a reply said went to the
+// group but that did not come, and reports how fast pages come so that the
+// server paces to the slowest clone.
+
+// retryAfter is how long a page a reply said went to the group may take
+// to come before it is asked again on the stream. The server sends the
+// datagrams before the reply, on a shorter path (no TLS relay), so a page
+// that has not come by then is almost surely lost.
+const retryAfter = 100 * time.Millisecond
+
+// group is the handler's multicast state.
+type group struct {
+	fd     int
+	opener *mcdist.Opener
+	buf    []byte // one datagram
+	body   []byte // its opened body
+	// awaiting: pages (region<<40 | page) a reply said went to the
+	// group, with when to ask again if they have not come.
+	awaiting map[uint64]time.Time
+	received uint64    // pages installed from the group since the last report
+	reported time.Time // when the last report went
+}
+
+// joinGroup joins the group of w from the interface at local.
+func (h *handler) joinGroup(w wire.Welcome, local net.Addr) error {
+	ta, ok := local.(*net.TCPAddr)
+	if !ok || ta.IP.To4() == nil {
+		return fmt.Errorf("multicast: join from %v: not an IPv4 address", local)
+	}
+	o, err := mcdist.NewOpener(h.cfg.Key)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("multicast socket: %w", err)
+	}
+	// Room for bursts: a window of pages arrives at once. The forced
+	// size needs CAP_NET_ADMIN; without it the plain one is capped.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<20)
+	}
+	err = errors.Join(
+		// Clones of one family on one host all bind the group's port.
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
+		unix.Bind(fd, &unix.SockaddrInet4{Addr: w.Group, Port: int(w.Port)}),
+		unix.SetsockoptIPMreq(fd, unix.IPPROTO_IP, unix.IP_ADD_MEMBERSHIP, &unix.IPMreq{Multiaddr: w.Group, Interface: [4]byte(ta.IP.To4())}),
+	)
+	if err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("multicast: join %v:%d on %v: %w", net.IP(w.Group[:]), w.Port, ta.IP, err)
+	}
+	h.mc = &group{fd: fd, opener: o, buf: make([]byte, mcdist.Size+1), body: make([]byte, mcdist.BodySize),
+		awaiting: map[uint64]time.Time{}, reported: time.Now()}
+	return nil
+}
+
+// datagrams installs what has come on the group.
+func (h *handler) datagrams() error {
+	g := h.mc
+	for {
+		n, err := unix.Read(g.fd, g.buf)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return fmt.Errorf("multicast: receive: %w", err)
+		}
+		h.c.mbytes.Add(uint64(n))
+		ri, p, data, err := g.opener.Open(g.buf[:n], g.body)
+		switch {
+		case errors.Is(err, mcdist.ErrReplayed):
+			h.c.replayed.Add(1)
+			continue
+		case err != nil:
+			h.c.forged.Add(1)
+			continue
+		case int64(ri) >= int64(len(h.regions)) || p >= h.regions[ri].pages:
+			// Authentic, so the server's: it cannot happen, and is
+			// not worth a clone.
+			h.c.forged.Add(1)
+			continue
+		}
+		r := &h.regions[ri]
+		if r.state[p] == present {
+			continue
+		}
+		key := uint64(ri)<<40 | p
+		mine := r.state[p] == requested
+		delete(g.awaiting, key)
+		g.received++
+		// Counters first, as in complete.
+		h.c.fetched.Add(1)
+		h.c.multicast.Add(1)
+		if !mine {
+			h.c.siblings.Add(1)
+		}
+		if h.landed(int(ri), p, true) {
+			h.c.prefetched.Add(1)
+		}
+		if _, _, err := h.u.Copy(r.base+uintptr(p)*uffd.PageSize, uintptr(unsafe.Pointer(&data[0])), uffd.PageSize, 0); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("install pages: %w", err)
+		}
+	}
+}
+
+// await notes that page p of region ri went to the group.
+func (h *handler) await(ri int, p uint64, now time.Time) {
+	if h.mc == nil {
+		return
+	}
+	h.mc.awaiting[uint64(ri)<<40|p] = now.Add(retryAfter)
+}
+
+// groupDue returns when the group next needs attention: a page to ask
+// again for, or a report; zero if never.
+func (h *handler) groupDue() time.Time {
+	if h.mc == nil {
+		return time.Time{}
+	}
+	due := h.mc.reported.Add(wire.ReportInterval)
+	for _, t := range h.mc.awaiting {
+		if t.Before(due) {
+			due = t
+		}
+	}
+	return due
+}
+
+// groupWork asks again, on the stream, for the pages that did not come on
+// the group in time, and sends a report when one is due.
+func (h *handler) groupWork(now time.Time) {
+	g := h.mc
+	if g == nil {
+		return
+	}
+	var late []uint64
+	for key, t := range g.awaiting {
+		if now.Before(t) {
+			continue
+		}
+		delete(g.awaiting, key)
+		if h.regions[key>>40].state[key&(1<<40-1)] != present {
+			late = append(late, key)
+		}
+	}
+	slices.Sort(late)
+	for i := 0; i < len(late); {
+		j := i + 1
+		for j < len(late) && late[j] == late[j-1]+1 && late[j]>>40 == late[i]>>40 && j-i < wire.MaxBatch {
+			j++
+		}
+		h.c.retried.Add(uint64(j - i))
+		h.requestFlags(int(late[i]>>40), late[i]&(1<<40-1), late[j-1]&(1<<40-1)+1, wire.RequestUnicast)
+		i = j
+	}
+	if os.Getenv("MEMTAP_DEBUG") != "" {
+		for key, ts := range h.waiting {
+			if now.Sub(ts[0]) > 5*time.Second {
+				_, aw := g.awaiting[key]
+				head := wire.Request{}
+				if len(h.queue) > 0 {
+					head = h.queue[0].q
+				}
+				fmt.Fprintf(os.Stderr, "memtap debug: page %d/%d waited %v: state %d awaiting %v queue %d (head %+v sent %v ago) out %d answered %d stuck %d heard %v ago\n", key>>40, key&(1<<40-1), now.Sub(ts[0]), h.regions[key>>40].state[key&(1<<40-1)], aw, len(h.queue), head, now.Sub(h.queue[0].sent), len(h.out), h.answered, h.stuck, now.Sub(h.heard))
+				break
+			}
+		}
+	}
+	if now.Sub(g.reported) >= wire.ReportInterval {
+		h.out = wire.Report(g.received).Append(h.out)
+		g.received, g.reported = 0, now
+	}
+}

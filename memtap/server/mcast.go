@@ -1,0 +1,194 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sfvmm/sfvmm/memtap/internal/mcdist"
+	"github.com/sfvmm/sfvmm/memtap/wire"
+	"golang.org/x/sys/unix"
+)
+
+// The helper's multicast sender (mcdist): an image's TCP clients are told
+// the family's group in their Welcome, and the data pages of their
+// replies go to the group, sealed, instead of down their stream.
+const (
+	// lockstep is how long after a page went to the group a request for
+	// it is answered with "sent by multicast" and not sent again: siblings
+	// that fault on the same page at about the same time (they run the
+	// same code) share one datagram.
+	lockstep = 200 * time.Millisecond
+	// Pacing: the group is sent to at twice the slowest recent receiver's
+	// rate, within these bounds, so that a receiver that falls behind
+	// slows the sender instead of losing datagrams.
+	minRate = 2000   // pages per second
+	maxRate = 200000 // pages per second
+	// reportAge is how long a receiver's report counts.
+	reportAge = 4 * wire.ReportInterval
+)
+
+// mcast is an image's multicast sender.
+type mcast struct {
+	fd    int // a UDP socket connected to the group
+	group [4]byte
+	port  uint16
+
+	mu      sync.Mutex // guards all below; held while sending, so one pace for all
+	sealer  *mcdist.Sealer
+	sent    map[uint64]time.Time // region<<40 | page → when it last went out
+	dgram   []byte
+	reports map[int]report // by client descriptor
+	tokens  float64
+	last    time.Time
+}
+
+type report struct {
+	rate float64 // pages per second
+	at   time.Time
+}
+
+// newMcast opens a sender from iface (an IPv4 address of this host) to
+// group (an IPv4 multicast address and port).
+func newMcast(iface net.IP, group *net.UDPAddr, key wire.Key) (*mcast, error) {
+	ip4, g4 := iface.To4(), group.IP.To4()
+	if ip4 == nil || g4 == nil || !g4.IsMulticast() || group.Port <= 0 || group.Port > 65535 {
+		return nil, fmt.Errorf("multicast from %v to %v: want IPv4 addresses, the second a group with a port", iface, group)
+	}
+	m := &mcast{group: [4]byte(g4), port: uint16(group.Port),
+		sent: map[uint64]time.Time{}, reports: map[int]report{}, dgram: make([]byte, 0, mcdist.Size), tokens: 64}
+	var err error
+	if m.sealer, err = mcdist.NewSealer(key); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("multicast socket: %w", err)
+	}
+	local := [4]byte(ip4)
+	err = errors.Join(
+		unix.SetsockoptInet4Addr(fd, unix.IPPROTO_IP, unix.IP_MULTICAST_IF, local),
+		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MULTICAST_TTL, 1),
+		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MULTICAST_LOOP, 1), // clones on this host
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20),
+		unix.Bind(fd, &unix.SockaddrInet4{Addr: local}),
+		unix.Connect(fd, &unix.SockaddrInet4{Addr: m.group, Port: int(m.port)}),
+	)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("multicast socket on %v: %w", iface, err)
+	}
+	m.fd = fd
+	return m, nil
+}
+
+func (m *mcast) close() { unix.Close(m.fd) }
+
+// report takes client fd's receive report.
+func (m *mcast) report(fd int, received uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.reports[fd] = report{rate: float64(received) / wire.ReportInterval.Seconds(), at: time.Now()}
+}
+
+// gone forgets client fd.
+func (m *mcast) gone(fd int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.reports, fd)
+}
+
+// rate is the pace now, m.mu held.
+func (m *mcast) rate(now time.Time) float64 {
+	slowest := -1.0
+	for fd, r := range m.reports {
+		if now.Sub(r.at) > reportAge {
+			delete(m.reports, fd)
+			continue
+		}
+		if slowest < 0 || r.rate < slowest {
+			slowest = r.rate
+		}
+	}
+	if slowest < 0 {
+		return maxRate
+	}
+	return min(max(2*slowest, minRate), maxRate)
+}
+
+// send multicasts the data pages of q's reply (flags and data as
+// image.read made them) that did not go out within lockstep, and marks
+// every data page PageMulticast. It returns the pages sent.
+func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (sent int, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	k := 0
+	for i, f := range flags {
+		if f != wire.PageData {
+			continue
+		}
+		page := q.First + uint64(i)
+		key := uint64(q.Region)<<40 | page
+		d := data[k]
+		k++
+		flags[i] = wire.PageMulticast
+		if t, ok := m.sent[key]; ok && now.Sub(t) < lockstep {
+			continue
+		}
+		t0 := time.Now()
+		m.pace()
+		t1 := time.Now()
+		m.dgram = m.sealer.Seal(m.dgram[:0], q.Region, page, d)
+		if _, err := unix.Write(m.fd, m.dgram); err != nil && !errors.Is(err, unix.ENOBUFS) {
+			return sent, fmt.Errorf("multicast: %w", err)
+		}
+		if d := time.Since(t0); d > 500*time.Millisecond {
+			fmt.Fprintf(os.Stderr, "memtap server debug: page %d: pace %v write %v rate %v\n", page, t1.Sub(t0), time.Since(t1), m.rate(time.Now()))
+		}
+		// A datagram the kernel could not queue is lost like one the
+		// network dropped: the clone asks again.
+		m.sent[key] = time.Now()
+		sent++
+	}
+	if len(m.sent) > 1<<20 {
+		for key, t := range m.sent {
+			if now.Sub(t) >= lockstep {
+				delete(m.sent, key)
+			}
+		}
+	}
+	return sent, nil
+}
+
+// pace waits for a token of the bucket filled at the current rate; m.mu
+// held.
+func (m *mcast) pace() {
+	for {
+		now := time.Now()
+		r := m.rate(now)
+		if !m.last.IsZero() {
+			m.tokens = min(m.tokens+now.Sub(m.last).Seconds()*r, 64)
+		}
+		m.last = now
+		if m.tokens >= 1 {
+			m.tokens--
+			return
+		}
+		time.Sleep(time.Duration((1 - m.tokens) / r * float64(time.Second)))
+	}
+}
+
+// NewGroup picks a random group in 239.192.0.0/14 (organisation-local
+// scope) and a port for a family. Families that pick the same one only
+// see each other's datagrams fail to authenticate.
+func NewGroup() *net.UDPAddr {
+	var r [5]byte
+	rand.Read(r[:])
+	return &net.UDPAddr{IP: net.IPv4(239, 192|r[0]&3, r[1], r[2]|1), Port: 20000 + int(binary.LittleEndian.Uint16(r[3:]))%40000}
+}
