@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"time"
 	"unsafe"
@@ -174,19 +173,6 @@ func (h *handler) groupWork(now time.Time) {
 		h.c.retried.Add(uint64(j - i))
 		h.requestFlags(int(late[i]>>40), late[i]&(1<<40-1), late[j-1]&(1<<40-1)+1, wire.RequestUnicast)
 		i = j
-	}
-	if os.Getenv("MEMTAP_DEBUG") != "" {
-		for key, ts := range h.waiting {
-			if now.Sub(ts[0]) > 5*time.Second {
-				_, aw := g.awaiting[key]
-				head := wire.Request{}
-				if len(h.queue) > 0 {
-					head = h.queue[0].q
-				}
-				fmt.Fprintf(os.Stderr, "memtap debug: page %d/%d waited %v: state %d awaiting %v queue %d (head %+v sent %v ago) out %d answered %d stuck %d heard %v ago\n", key>>40, key&(1<<40-1), now.Sub(ts[0]), h.regions[key>>40].state[key&(1<<40-1)], aw, len(h.queue), head, now.Sub(h.queue[0].sent), len(h.out), h.answered, h.stuck, now.Sub(h.heard))
-				break
-			}
-		}
 	}
 	if now.Sub(g.reported) >= wire.ReportInterval {
 		h.out = wire.Report(g.received).Append(h.out)

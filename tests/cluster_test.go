@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +35,6 @@ func startCluster(t *testing.T, n, slots int) *sandboxCluster {
 	if len(names) < n {
 		t.Fatalf("need %d sandbox hosts (kvmbox --hosts %d), have %d", n, n, len(names))
 	}
-	os.Setenv("MEMTAP_DEBUG", "1")
 	c := &sandboxCluster{tls: t.TempDir(), names: names[:n], addrs: addrs[:n]}
 	sfvmm := sfvmmPath(t)
 	if out, code := run(t, time.Minute, sfvmm, "ca", "init", "--dir", c.tls); code != 0 {
@@ -108,30 +106,12 @@ func clonesByHost(out, what string) map[string][]string {
 	return by
 }
 
-// mcastRE matches the multicast part of a clone's memtap statistics.
-var mcastRE = regexp.MustCompile(`sfvmm clone (\d+): memtap: .*multicast: (\d+) pages installed \((\d+) asked by siblings\), (\d+) asked again, (\d+) forged and (\d+) replayed datagrams dropped`)
-
-// mcastStats are a clone's multicast counters, by clone ID.
-type mcastStats struct{ installed, siblings, retried, forged, replayed int }
-
-func parseMcast(out string) map[int]mcastStats {
-	m := map[int]mcastStats{}
-	for _, s := range mcastRE.FindAllStringSubmatch(out, -1) {
-		n := make([]int, 6)
-		for i := range n {
-			n[i], _ = strconv.Atoi(s[i+1])
-		}
-		m[n[0]] = mcastStats{n[1], n[2], n[3], n[4], n[5]}
-	}
-	return m
-}
-
-// forkAcross runs the forktest kernel's 8-clone fork in the cluster with
-// the given --pages mode and checks that 2 clones on each of 4 hosts
-// verified the pre-fork pattern while the parent overwrote it.
-func forkAcross(t *testing.T, c *sandboxCluster, pages string) string {
-	t.Helper()
-	p := c.parent(t, 0, "--pages", pages, "--kernel", vmtest.Kernel(t, "forktest"), "--memory", "128M", "--cmdline", "mode=fork clones=8 size=16M")
+// The forktest kernel forks 8 clones, 2 per host on 4 hosts: each checks
+// the pre-fork pattern, fetched over the network (TLS) from the parent's
+// memory server, while the parent overwrites it; the parent joins them.
+func TestForkAcrossHosts(t *testing.T) {
+	c := startCluster(t, 4, 2)
+	p := c.parent(t, 0, "--kernel", vmtest.Kernel(t, "forktest"), "--memory", "128M", "--cmdline", "mode=fork clones=8 size=16M")
 	out, sum := forkDone(t, p, 5*time.Minute, 16<<20)
 	by := clonesByHost(out, `forktest: clone \d+: pattern ok, checksum `+regexp.QuoteMeta(sum))
 	for _, h := range c.names {
@@ -153,39 +133,6 @@ func forkAcross(t *testing.T, c *sandboxCluster, pages string) string {
 			t.Logf("agent %s:\n%s", c.names[i], a.Output())
 		}
 	}
-	return out
-}
-
-// The forktest kernel forks 8 clones, 2 per host on 4 hosts: each checks
-// the pre-fork pattern, fetched over the network from the parent's memory
-// server, while the parent overwrites it; the parent joins them. Once
-// with a TLS stream per clone, once with replies multicast to the family.
-func TestForkAcrossHosts(t *testing.T) {
-	c := startCluster(t, 4, 2)
-	t.Run("unicast", func(t *testing.T) {
-		out := forkAcross(t, c, "unicast")
-		if m := parseMcast(out); len(m) != 0 {
-			t.Errorf("multicast statistics in unicast mode: %v", m)
-		}
-	})
-	t.Run("multicast", func(t *testing.T) {
-		out := forkAcross(t, c, "multicast")
-		m := parseMcast(out)
-		if len(m) != 8 {
-			t.Fatalf("multicast statistics of %d clones, want 8:\n%s", len(m), out)
-		}
-		siblings := 0
-		for id, s := range m {
-			t.Logf("clone %d: %+v", id, s)
-			if s.installed == 0 {
-				t.Errorf("clone %d installed no page from the group", id)
-			}
-			siblings += s.siblings
-		}
-		if siblings == 0 {
-			t.Error("no clone installed a page its siblings asked for")
-		}
-	})
 }
 
 // cloneProcesses lists the sfvmm clone processes running in the sandbox.
@@ -288,99 +235,6 @@ func TestClusterKills(t *testing.T) {
 	})
 }
 
-// With 10% of every host's packets lost (netem on each host's interface:
-// datagrams, the TLS streams and etcd alike), every clone still verifies
-// its pattern: a page that does not come on the group is asked again.
-func TestMulticastLoss(t *testing.T) {
-	c := startCluster(t, 4, 2)
-	for _, h := range c.names {
-		if out, code := run(t, time.Minute, "ip", "netns", "exec", h, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "10%"); code != 0 {
-			t.Fatalf("netem on %s: %s", h, out)
-		}
-	}
-	out := forkAcross(t, c, "multicast")
-	retried := 0
-	for id, s := range parseMcast(out) {
-		t.Logf("clone %d: %+v", id, s)
-		retried += s.retried
-	}
-	if retried == 0 {
-		t.Error("with 10% loss no clone asked again for a page the group lost")
-	}
-}
-
-// A datagram that does not authenticate, and one replayed, are dropped
-// and counted by every clone. The test joins the family's group from
-// host3, records a datagram, and sends it back and a forgery of it while
-// the clones wait.
-func TestMulticastForgedAndReplayed(t *testing.T) {
-	c := startCluster(t, 4, 1)
-	p := c.parent(t, 0, "--pages", "multicast", "--kernel", vmtest.Kernel(t, "forktest"), "--memory", "128M",
-		"--cmdline", "mode=wait clones=4 size=16M delay=15")
-	p.waitFor(t, "multicast to ", 2*time.Minute)
-	m := regexp.MustCompile(`multicast to (\d+\.\d+\.\d+\.\d+:\d+)`).FindStringSubmatch(p.Output())
-	if m == nil {
-		t.Fatalf("no group in:\n%s", p.Output())
-	}
-	group, err := net.ResolveUDPAddr("udp4", m[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conn *net.UDPConn
-	if err := inNetns(c.names[3], func() (err error) {
-		ifi, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		conn, err = net.ListenMulticastUDP("udp4", ifi, group)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	// Once every clone has joined the group (it runs), any datagram is
-	// one they have all seen: sent again, it is a replay to each.
-	for id := 1; id <= 4; id++ {
-		p.waitFor(t, fmt.Sprintf("forktest: clone %d running", id), 2*time.Minute)
-	}
-	conn.SetReadDeadline(time.Now().Add(time.Minute))
-	buf := make([]byte, 9000)
-	n, _, err := conn.ReadFromUDP(buf)
-	if err != nil {
-		t.Fatalf("no datagram on the group: %v", err)
-	}
-	replay := append([]byte(nil), buf[:n]...)
-	forged := append([]byte(nil), replay...)
-	forged[12] ^= 0xff            // sequence number: past the window's top
-	forged[len(forged)-1] ^= 0xff // and the tag no longer matches
-	forged[4] = 0x7f              // a number far above any sent
-	if err := inNetns(c.names[3], func() error {
-		s, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(c.addrs[3])}, group)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		if _, err := s.Write(replay); err != nil {
-			return err
-		}
-		_, err = s.Write(forged)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	out, _ := forkDone(t, p, 3*time.Minute, 16<<20)
-	stats := parseMcast(out)
-	if len(stats) != 4 {
-		t.Fatalf("multicast statistics of %d clones, want 4:\n%s", len(stats), out)
-	}
-	for id, s := range stats {
-		t.Logf("clone %d: %+v", id, s)
-		if s.forged < 1 || s.replayed < 1 {
-			t.Errorf("clone %d counted %d forged and %d replayed datagrams, want at least 1 each", id, s.forged, s.replayed)
-		}
-	}
-}
-
 // The agent that holds the embedded etcd killed: what README says ends
 // and what survives. The other agents lose the cluster within their
 // lease and exit, killing their clones; the parent's VMM runs on, and its
@@ -408,5 +262,39 @@ func TestEtcdHostLost(t *testing.T) {
 	}
 	if !strings.Contains(p.Output(), "forktest: parent goes on after sf_kill") {
 		t.Errorf("the parent did not go on:\n%s", p.Output())
+	}
+}
+
+// A Linux guest's shell script forks 4 clones spread over 4 hosts; each
+// prints its clone ID and the checksum of a file the parent wrote before
+// the fork, read again in the clone; the parent joins them.
+func TestForkLinuxAcrossHosts(t *testing.T) {
+	c := startCluster(t, 4, 1)
+	kernel, initrd := linuxKernel(t)
+	script := `head -c 2000000 /dev/urandom > /tmp/f; sum=$(md5sum /tmp/f | cut -c1-32); echo parent sum $sum; ` +
+		`t=$(sfctl ticket 4); id=$(sfctl clone $t); ` +
+		`if [ $id != 0 ]; then echo clone $id sum $(md5sum /tmp/f | cut -c1-32); sfctl exit; fi; ` +
+		`sfctl join $t && echo parent joined 4 clones`
+	p := c.parent(t, 0, "--kernel", kernel, "--initrd", initrd, "--memory", "256M",
+		"--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
+	if code := p.wait(t, 8*time.Minute); code != 0 {
+		t.Fatalf("exit status %d, want 0: %s\n%s", code, p.trouble(), p.Output())
+	}
+	out := p.Output()
+	m := regexp.MustCompile(`parent sum ([0-9a-f]{32})`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no parent checksum:\n%s", out)
+	}
+	by := clonesByHost(out, `clone \d+ sum `+m[1])
+	for _, h := range c.names {
+		if len(by[h]) != 1 {
+			t.Errorf("%s ran clones %v with the file intact, want 1", h, by[h])
+		}
+	}
+	if !strings.Contains(out, "parent joined 4 clones") {
+		t.Errorf("the parent did not join")
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
 	}
 }

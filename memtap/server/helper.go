@@ -562,14 +562,14 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 			// or has no sibling left to share them with (the end of a
 			// fork, or a lone clone): then on its stream.
 			if mc != nil && q.Flags&wire.RequestUnicast == 0 && im.remote.Load() > 1 {
-				n, err := mc.send(q, flags[:q.Count], data)
+				var n int
+				data, n, err = mc.send(q, flags[:q.Count], data)
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "memtap server: %v\n", err)
 					return
 				}
 				im.s.c.pagesMulticast.Add(uint64(n))
 				im.s.c.bytesMulticast.Add(uint64(n * mcdist.Size))
-				data = data[:0]
 			}
 			out = append(out[:0], wire.Response{Region: q.Region, First: q.First, Count: q.Count, Tag: q.Tag}.Append(hdr[:0]), flags[:q.Count])
 			out = append(out, data...)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -27,8 +26,9 @@ const (
 	// Pacing: the group is sent to at twice the slowest recent receiver's
 	// rate, within these bounds, so that a receiver that falls behind
 	// slows the sender instead of losing datagrams.
-	minRate = 2000   // pages per second
-	maxRate = 200000 // pages per second
+	minRate   = 2000   // pages per second
+	maxRate   = 200000 // pages per second
+	startRate = 10000  // pages per second, until receivers report
 	// reportAge is how long a receiver's report counts.
 	reportAge = 4 * wire.ReportInterval
 )
@@ -66,7 +66,9 @@ func newMcast(iface net.IP, group *net.UDPAddr, key wire.Key) (*mcast, error) {
 	if m.sealer, err = mcdist.NewSealer(key); err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	// Non-blocking: a send that would wait (the host's network is
+	// backed up) sends the page on the client's stream instead.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("multicast socket: %w", err)
 	}
@@ -116,18 +118,21 @@ func (m *mcast) rate(now time.Time) float64 {
 		}
 	}
 	if slowest < 0 {
-		return maxRate
+		return startRate
 	}
 	return min(max(2*slowest, minRate), maxRate)
 }
 
 // send multicasts the data pages of q's reply (flags and data as
-// image.read made them) that did not go out within lockstep, and marks
-// every data page PageMulticast. It returns the pages sent.
-func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (sent int, err error) {
+// image.read made them) that did not go out within lockstep, marking each
+// page sent, or sent within lockstep, PageMulticast. It returns the data
+// of the pages still to go on the client's stream (those the socket had
+// no room for, in order) and how many it sent.
+func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (stream [][]byte, sent int, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
+	stream = data[:0]
 	k := 0
 	for i, f := range flags {
 		if f != wire.PageData {
@@ -137,22 +142,21 @@ func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (sent int, err
 		key := uint64(q.Region)<<40 | page
 		d := data[k]
 		k++
-		flags[i] = wire.PageMulticast
 		if t, ok := m.sent[key]; ok && now.Sub(t) < lockstep {
+			flags[i] = wire.PageMulticast
 			continue
 		}
-		t0 := time.Now()
 		m.pace()
-		t1 := time.Now()
 		m.dgram = m.sealer.Seal(m.dgram[:0], q.Region, page, d)
-		if _, err := unix.Write(m.fd, m.dgram); err != nil && !errors.Is(err, unix.ENOBUFS) {
-			return sent, fmt.Errorf("multicast: %w", err)
+		_, err := unix.Write(m.fd, m.dgram)
+		switch {
+		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS):
+			stream = append(stream, d) // the stream has room
+			continue
+		case err != nil:
+			return nil, sent, fmt.Errorf("multicast: %w", err)
 		}
-		if d := time.Since(t0); d > 500*time.Millisecond {
-			fmt.Fprintf(os.Stderr, "memtap server debug: page %d: pace %v write %v rate %v\n", page, t1.Sub(t0), time.Since(t1), m.rate(time.Now()))
-		}
-		// A datagram the kernel could not queue is lost like one the
-		// network dropped: the clone asks again.
+		flags[i] = wire.PageMulticast
 		m.sent[key] = time.Now()
 		sent++
 	}
@@ -163,7 +167,7 @@ func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (sent int, err
 			}
 		}
 	}
-	return sent, nil
+	return stream, sent, nil
 }
 
 // pace waits for a token of the bucket filled at the current rate; m.mu

@@ -420,3 +420,77 @@ func TestCloseKillsLiveClones(t *testing.T) {
 		t.Errorf("fork after close: %v, want ErrClosed", err)
 	}
 }
+
+// fakePlacer is a launcher that places clones itself, with free slots of
+// its own.
+type fakePlacer struct {
+	fakeLauncher
+	free     int
+	reserved map[uint32]int
+	released chan uint32
+	err      error
+}
+
+func (p *fakePlacer) Reserve(ticket uint32, n int) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return 0, p.err
+	}
+	m := min(n, p.free)
+	p.free -= m
+	p.reserved[ticket] = m
+	return m, nil
+}
+
+func (p *fakePlacer) Release(ticket uint32) {
+	p.mu.Lock()
+	p.free += p.reserved[ticket]
+	delete(p.reserved, ticket)
+	p.mu.Unlock()
+	p.released <- ticket
+}
+
+// With a launcher that places clones (agents of a cluster), a ticket gets
+// the fewer of the VM's free slots and the cluster's, the cluster's
+// failure is SF_ECAPACITY, and the ticket's end gives its slots back.
+func TestPlacerSlots(t *testing.T) {
+	p := &fakePlacer{fakeLauncher: fakeLauncher{clones: map[uint32]*fakeClone{}, fail: map[uint32]bool{}},
+		free: 3, reserved: map[uint32]int{}, released: make(chan uint32, 4)}
+	f := New(Config{Capacity: 8, Launcher: p, Dir: t.TempDir()})
+	defer f.Close()
+	tk, errno := f.requestTicket(5)
+	if errno != 0 || tk.slots != 3 {
+		t.Fatalf("5 slots with 3 free in the cluster: %+v, %v; want a ticket of 3", tk, errno)
+	}
+	f.mu.Lock()
+	if free := f.tickets.free(); free != 5 {
+		t.Errorf("the VM has %d slots free, want 8-3", free)
+	}
+	f.mu.Unlock()
+	if _, errno := f.requestTicket(1); errno != forkdev.ECAPACITY {
+		t.Errorf("a full cluster: %v, want SF_ECAPACITY", errno)
+	}
+	f.mu.Lock()
+	f.tickets.release(tk)
+	f.mu.Unlock()
+	// (The refused ticket is released too, with nothing reserved.)
+	for id := uint32(0); id != tk.id; {
+		select {
+		case id = <-p.released:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the placer was not told the ticket ended")
+		}
+	}
+	p.mu.Lock()
+	p.err = errors.New("etcd unreachable")
+	p.mu.Unlock()
+	if _, errno := f.requestTicket(1); errno != forkdev.ECAPACITY {
+		t.Errorf("a cluster that cannot be asked: %v, want SF_ECAPACITY", errno)
+	}
+	f.mu.Lock()
+	if free := f.tickets.free(); free != 8 {
+		t.Errorf("after a failed reservation the VM has %d slots free, want 8", free)
+	}
+	f.mu.Unlock()
+}
