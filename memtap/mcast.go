@@ -87,7 +87,16 @@ func (h *handler) datagrams() error {
 			return fmt.Errorf("multicast: receive: %w", err)
 		}
 		h.c.mbytes.Add(uint64(n))
-		ri, p, data, err := g.opener.Open(g.buf[:n], g.body)
+		// A page this clone has, or that is not in its RAM, is dropped
+		// unopened: what the header says does not matter then.
+		ri, p, err := g.opener.Peek(g.buf[:n])
+		if err == nil && (int64(ri) >= int64(len(h.regions)) || p >= h.regions[ri].pages || h.regions[ri].state[p] == present) {
+			continue
+		}
+		var data []byte
+		if err == nil {
+			ri, p, data, err = g.opener.Open(g.buf[:n], g.body)
+		}
 		switch {
 		case errors.Is(err, mcdist.ErrReplayed):
 			h.c.replayed.Add(1)
@@ -95,16 +104,8 @@ func (h *handler) datagrams() error {
 		case err != nil:
 			h.c.forged.Add(1)
 			continue
-		case int64(ri) >= int64(len(h.regions)) || p >= h.regions[ri].pages:
-			// Authentic, so the server's: it cannot happen, and is
-			// not worth a clone.
-			h.c.forged.Add(1)
-			continue
 		}
 		r := &h.regions[ri]
-		if r.state[p] == present {
-			continue
-		}
 		key := uint64(ri)<<40 | p
 		mine := r.state[p] == requested
 		delete(g.awaiting, key)

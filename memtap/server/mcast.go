@@ -39,13 +39,19 @@ type mcast struct {
 	group [4]byte
 	port  uint16
 
-	mu      sync.Mutex // guards all below; held while sending, so one pace for all
-	sealer  *mcdist.Sealer
-	sent    map[uint64]time.Time // region<<40 | page → when it last went out
-	dgram   []byte
-	reports map[int]report // by client descriptor
-	tokens  float64
-	last    time.Time
+	// mu guards the sender: held for one page at a time, so that one
+	// pace holds for all clients and their pages interleave.
+	mu     sync.Mutex
+	sealer *mcdist.Sealer
+	sent   map[uint64]time.Time // region<<40 | page → when it last went out
+	dgram  []byte
+	tokens float64
+	last   time.Time
+
+	// rmu guards reports (by client descriptor): a client's report never
+	// waits for another's pages.
+	rmu     sync.Mutex
+	reports map[int]report
 }
 
 type report struct {
@@ -93,20 +99,22 @@ func (m *mcast) close() { unix.Close(m.fd) }
 
 // report takes client fd's receive report.
 func (m *mcast) report(fd int, received uint64) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.rmu.Lock()
+	defer m.rmu.Unlock()
 	m.reports[fd] = report{rate: float64(received) / wire.ReportInterval.Seconds(), at: time.Now()}
 }
 
 // gone forgets client fd.
 func (m *mcast) gone(fd int) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.rmu.Lock()
+	defer m.rmu.Unlock()
 	delete(m.reports, fd)
 }
 
-// rate is the pace now, m.mu held.
+// rate is the pace now.
 func (m *mcast) rate(now time.Time) float64 {
+	m.rmu.Lock()
+	defer m.rmu.Unlock()
 	slowest := -1.0
 	for fd, r := range m.reports {
 		if now.Sub(r.at) > reportAge {
@@ -129,37 +137,48 @@ func (m *mcast) rate(now time.Time) float64 {
 // of the pages still to go on the client's stream (those the socket had
 // no room for, in order) and how many it sent.
 func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (stream [][]byte, sent int, err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	now := time.Now()
 	stream = data[:0]
 	k := 0
 	for i, f := range flags {
 		if f != wire.PageData {
 			continue
 		}
-		page := q.First + uint64(i)
-		key := uint64(q.Region)<<40 | page
 		d := data[k]
 		k++
-		if t, ok := m.sent[key]; ok && now.Sub(t) < lockstep {
-			flags[i] = wire.PageMulticast
-			continue
-		}
-		m.pace()
-		m.dgram = m.sealer.Seal(m.dgram[:0], q.Region, page, d)
-		_, err := unix.Write(m.fd, m.dgram)
-		switch {
-		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS):
-			stream = append(stream, d) // the stream has room
-			continue
+		switch went, err := m.sendPage(q.Region, q.First+uint64(i), d); {
 		case err != nil:
-			return nil, sent, fmt.Errorf("multicast: %w", err)
+			return nil, sent, err
+		case went:
+			flags[i] = wire.PageMulticast
+			sent++
+		default:
+			stream = append(stream, d) // the stream has room
 		}
-		flags[i] = wire.PageMulticast
-		m.sent[key] = time.Now()
-		sent++
 	}
+	return stream, sent, nil
+}
+
+// sendPage sends a page to the group unless it went within lockstep. It
+// reports whether the page is on the group (sent now or before), false
+// when the socket had no room.
+func (m *mcast) sendPage(region uint32, page uint64, d []byte) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := uint64(region)<<40 | page
+	now := time.Now()
+	if t, ok := m.sent[key]; ok && now.Sub(t) < lockstep {
+		return true, nil
+	}
+	m.pace()
+	m.dgram = m.sealer.Seal(m.dgram[:0], region, page, d)
+	_, err := unix.Write(m.fd, m.dgram)
+	switch {
+	case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("multicast: %w", err)
+	}
+	m.sent[key] = time.Now()
 	if len(m.sent) > 1<<20 {
 		for key, t := range m.sent {
 			if now.Sub(t) >= lockstep {
@@ -167,7 +186,7 @@ func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (stream [][]by
 			}
 		}
 	}
-	return stream, sent, nil
+	return true, nil
 }
 
 // pace waits for a token of the bucket filled at the current rate; m.mu

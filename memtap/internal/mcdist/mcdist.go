@@ -5,11 +5,14 @@
 //
 // A datagram carries one page:
 //
-//	magic "SFMD" | sequence number (8) | AEAD(region (4) | page (8) | 4 KiB)
+//	magic "SFMD" | sequence number (8) | region (4) | page (8) | AEAD(4 KiB)
 //
 // sealed with AES-256-GCM under a key derived from the family key, the
-// nonce being the sequence number, with magic and sequence number as
-// additional data. The server numbers its datagrams from 1 and never
+// nonce being the sequence number, with the header before it as
+// additional data. The header is in the clear so that a clone that has
+// the page already drops the datagram without decrypting it: every clone
+// receives every page any sibling asked for, and decryption is most of a
+// datagram's cost. The server numbers its datagrams from 1 and never
 // reuses a number under one key (one sender per family key: the memory
 // server of one fork image). A receiver drops, and counts, a datagram that
 // does not open (another family's, or forged) and one whose number it has
@@ -30,8 +33,8 @@ import (
 // Sizes.
 const (
 	PageSize   = 4096
-	headerSize = 4 + 8
-	bodySize   = 4 + 8 + PageSize
+	headerSize = 4 + 8 + 4 + 8
+	bodySize   = PageSize
 	tagSize    = 16
 	// Size is a datagram's size.
 	Size = headerSize + bodySize + tagSize
@@ -91,10 +94,9 @@ func (s *Sealer) Seal(dst []byte, region uint32, page uint64, data []byte) []byt
 	head := len(dst)
 	dst = append(dst, magic...)
 	dst = binary.BigEndian.AppendUint64(dst, s.seq)
-	binary.LittleEndian.PutUint32(s.body, region)
-	binary.LittleEndian.PutUint64(s.body[4:], page)
-	copy(s.body[12:], data)
-	return s.aead.Seal(dst, nonce(s.seq), s.body, dst[head:head+headerSize])
+	dst = binary.LittleEndian.AppendUint32(dst, region)
+	dst = binary.LittleEndian.AppendUint64(dst, page)
+	return s.aead.Seal(dst, nonce(s.seq), data[:PageSize], dst[head:head+headerSize])
 }
 
 // Opener checks and opens a family's datagrams. It is not safe for
@@ -116,24 +118,35 @@ func NewOpener(key [32]byte) (*Opener, error) {
 	return &Opener{aead: a}, nil
 }
 
-// Open checks datagram b and returns its page's region, number and
-// content (in buf, which must hold bodySize bytes). The sequence number is
-// marked seen only if the datagram authenticates, so that forgeries cannot
-// shift the window.
-func (o *Opener) Open(b, buf []byte) (region uint32, page uint64, data []byte, err error) {
+// Peek checks what a datagram's header says, without opening it: its
+// form, and that its sequence number is not one seen (ErrReplayed). It
+// returns the page it claims to carry, so that a receiver that has the
+// page drops it without the cost of opening it.
+func (o *Opener) Peek(b []byte) (region uint32, page uint64, err error) {
 	if len(b) != Size || string(b[:4]) != magic {
-		return 0, 0, nil, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
+		return 0, 0, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
 	}
-	seq := binary.BigEndian.Uint64(b[4:headerSize])
-	if seq == 0 || !o.fresh(seq) {
-		return 0, 0, nil, ErrReplayed
+	if seq := binary.BigEndian.Uint64(b[4:12]); seq == 0 || !o.fresh(seq) {
+		return 0, 0, ErrReplayed
 	}
-	body, err := o.aead.Open(buf[:0], nonce(seq), b[headerSize:], b[:headerSize])
+	return binary.LittleEndian.Uint32(b[12:]), binary.LittleEndian.Uint64(b[16:]), nil
+}
+
+// Open checks datagram b and returns its page's region, number and
+// content (in buf, which must hold BodySize bytes). The sequence number
+// is marked seen only if the datagram authenticates, so that forgeries
+// cannot shift the window.
+func (o *Opener) Open(b, buf []byte) (region uint32, page uint64, data []byte, err error) {
+	if region, page, err = o.Peek(b); err != nil {
+		return 0, 0, nil, err
+	}
+	seq := binary.BigEndian.Uint64(b[4:12])
+	data, err = o.aead.Open(buf[:0], nonce(seq), b[headerSize:], b[:headerSize])
 	if err != nil {
 		return 0, 0, nil, ErrForged
 	}
 	o.mark(seq)
-	return binary.LittleEndian.Uint32(body), binary.LittleEndian.Uint64(body[4:]), body[12:], nil
+	return region, page, data, nil
 }
 
 // fresh reports whether seq may still be accepted.

@@ -98,3 +98,20 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// Peek tells a replay, and the claimed page, before any decryption.
+func TestPeek(t *testing.T) {
+	key := [32]byte{4}
+	s, _ := NewSealer(key)
+	o, _ := NewOpener(key)
+	d := s.Seal(nil, 2, 99, page(1))
+	if r, p, err := o.Peek(d); err != nil || r != 2 || p != 99 {
+		t.Fatalf("peek: region %d page %d, %v", r, p, err)
+	}
+	if _, _, _, err := o.Open(d, make([]byte, BodySize)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := o.Peek(d); !errors.Is(err, ErrReplayed) {
+		t.Errorf("peek at a replay: %v, want ErrReplayed", err)
+	}
+}
