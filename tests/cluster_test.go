@@ -3,11 +3,13 @@
 package tests
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,13 +108,31 @@ func clonesByHost(out, what string) map[string][]string {
 	return by
 }
 
-// The forktest kernel forks 8 clones, 2 per host on 4 hosts: each checks
-// the pre-fork pattern, fetched over the network (TLS) from the parent's
-// memory server, while the parent overwrites it; the parent joins them.
-func TestForkAcrossHosts(t *testing.T) {
-	c := startCluster(t, 4, 2)
-	p := c.parent(t, 0, "--kernel", vmtest.Kernel(t, "forktest"), "--memory", "128M", "--cmdline", "mode=fork clones=8 size=16M")
-	out, sum := forkDone(t, p, 5*time.Minute, 16<<20)
+// mcastRE matches the multicast part of a clone's memtap statistics.
+var mcastRE = regexp.MustCompile(`sfvmm clone (\d+): memtap: .*multicast: (\d+) pages installed \((\d+) asked by siblings\), (\d+) asked again, (\d+) forged and (\d+) replayed datagrams dropped`)
+
+// mcastStats are a clone's multicast counters, by clone ID.
+type mcastStats struct{ installed, siblings, retried, forged, replayed int }
+
+func parseMcast(out string) map[int]mcastStats {
+	m := map[int]mcastStats{}
+	for _, s := range mcastRE.FindAllStringSubmatch(out, -1) {
+		n := make([]int, 6)
+		for i := range n {
+			n[i], _ = strconv.Atoi(s[i+1])
+		}
+		m[n[0]] = mcastStats{n[1], n[2], n[3], n[4], n[5]}
+	}
+	return m
+}
+
+// forkAcross runs the forktest kernel's 8-clone fork in the cluster with
+// the given --pages mode and checks that 2 clones on each of 4 hosts
+// verified the pre-fork pattern while the parent overwrote it.
+func forkAcross(t *testing.T, c *sandboxCluster, pages string) string {
+	t.Helper()
+	p := c.parent(t, 0, "--pages", pages, "--kernel", vmtest.Kernel(t, "forktest"), "--memory", "128M", "--cmdline", "mode=fork clones=8 size=8M")
+	out, sum := forkDone(t, p, 8*time.Minute, 8<<20)
 	by := clonesByHost(out, `forktest: clone \d+: pattern ok, checksum `+regexp.QuoteMeta(sum))
 	for _, h := range c.names {
 		if len(by[h]) != 2 {
@@ -133,6 +153,39 @@ func TestForkAcrossHosts(t *testing.T) {
 			t.Logf("agent %s:\n%s", c.names[i], a.Output())
 		}
 	}
+	return out
+}
+
+// The forktest kernel forks 8 clones, 2 per host on 4 hosts: each checks
+// the pre-fork pattern, fetched over the network from the parent's memory
+// server, while the parent overwrites it; the parent joins them. Once
+// with a TLS stream per clone, once with replies multicast to the family.
+func TestForkAcrossHosts(t *testing.T) {
+	c := startCluster(t, 4, 2)
+	t.Run("unicast", func(t *testing.T) {
+		out := forkAcross(t, c, "unicast")
+		if m := parseMcast(out); len(m) != 0 {
+			t.Errorf("multicast statistics in unicast mode: %v", m)
+		}
+	})
+	t.Run("multicast", func(t *testing.T) {
+		out := forkAcross(t, c, "multicast")
+		m := parseMcast(out)
+		if len(m) != 8 {
+			t.Fatalf("multicast statistics of %d clones, want 8:\n%s", len(m), out)
+		}
+		siblings := 0
+		for id, s := range m {
+			t.Logf("clone %d: %+v", id, s)
+			if s.installed == 0 {
+				t.Errorf("clone %d installed no page from the group", id)
+			}
+			siblings += s.siblings
+		}
+		if siblings == 0 {
+			t.Error("no clone installed a page its siblings asked for")
+		}
+	})
 }
 
 // cloneProcesses lists the sfvmm clone processes running in the sandbox.
@@ -233,6 +286,114 @@ func TestClusterKills(t *testing.T) {
 			t.Errorf("host2 still in the cluster after its agent died: %v", hosts)
 		}
 	})
+}
+
+// With 10% of every host's packets lost (netem on each host's interface:
+// datagrams, the TLS streams and etcd alike), every clone still verifies
+// its pattern: a page that does not come on the group is asked again.
+func TestMulticastLoss(t *testing.T) {
+	c := startCluster(t, 4, 2)
+	for _, h := range c.names {
+		if out, code := run(t, time.Minute, "ip", "netns", "exec", h, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "10%"); code != 0 {
+			t.Fatalf("netem on %s: %s", h, out)
+		}
+		// The hosts outlive the test: the next one gets a clean network.
+		t.Cleanup(func() { run(t, time.Minute, "ip", "netns", "exec", h, "tc", "qdisc", "del", "dev", "eth0", "root") })
+	}
+	out := forkAcross(t, c, "multicast")
+	retried := 0
+	for id, s := range parseMcast(out) {
+		t.Logf("clone %d: %+v", id, s)
+		retried += s.retried
+	}
+	if retried == 0 {
+		t.Error("with 10% loss no clone asked again for a page the group lost")
+	}
+}
+
+// A datagram that does not authenticate, and one replayed, are dropped
+// and counted by every clone. The test joins the family's group from
+// host3, records a datagram, and sends it back and a forgery of it while
+// the clones wait.
+func TestMulticastForgedAndReplayed(t *testing.T) {
+	c := startCluster(t, 4, 1)
+	p := c.parent(t, 0, "--pages", "multicast", "--kernel", vmtest.Kernel(t, "forktest"), "--memory", "128M",
+		"--cmdline", "mode=wait clones=4 size=16M delay=20")
+	p.waitFor(t, "multicast to ", 2*time.Minute)
+	m := regexp.MustCompile(`multicast to (\d+\.\d+\.\d+\.\d+:\d+)`).FindStringSubmatch(p.Output())
+	if m == nil {
+		t.Fatalf("no group in:\n%s", p.Output())
+	}
+	group, err := net.ResolveUDPAddr("udp4", m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conn *net.UDPConn
+	if err := inNetns(c.names[3], func() (err error) {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		conn, err = net.ListenMulticastUDP("udp4", ifi, group)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Once every clone has joined the group (it runs), a datagram is one
+	// they all receive: sent again, it is a replay to each.
+	for id := 1; id <= 4; id++ {
+		p.waitFor(t, fmt.Sprintf("forktest: clone %d running", id), 2*time.Minute)
+	}
+	// The datagram replayed carries a page of the pattern's region: the
+	// clones touch it only after their delay, so each one lacks the page
+	// and opens the datagram (one for a page a clone has is dropped
+	// unopened, its number unrecorded, and a replay of it too).
+	conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	buf := make([]byte, 9000)
+	var replay []byte
+	for replay == nil {
+		n, _, err := conn.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("no datagram of the region on the group: %v", err)
+		}
+		if page := binary.LittleEndian.Uint64(buf[16:]); n > 24 && page >= 4096 && page < 4096+4096 {
+			replay = append([]byte(nil), buf[:n]...)
+		}
+	}
+	time.Sleep(time.Second) // every clone has the original
+	// A forgery: a fresh sequence number, a page of the region the
+	// clones have not fetched yet (so that they open it), and a tag that
+	// no longer matches.
+	forged := append([]byte(nil), replay...)
+	forged[4] = 0x7f // a number far above any sent
+	binary.LittleEndian.PutUint64(forged[16:], 4096+2048)
+	forged[len(forged)-1] ^= 0xff
+	if err := inNetns(c.names[3], func() error {
+		s, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(c.addrs[3])}, group)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if _, err := s.Write(replay); err != nil {
+			return err
+		}
+		_, err = s.Write(forged)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := forkDone(t, p, 8*time.Minute, 16<<20)
+	stats := parseMcast(out)
+	if len(stats) != 4 {
+		t.Fatalf("multicast statistics of %d clones, want 4:\n%s", len(stats), out)
+	}
+	for id, s := range stats {
+		t.Logf("clone %d: %+v", id, s)
+		if s.forged < 1 || s.replayed < 1 {
+			t.Errorf("clone %d counted %d forged and %d replayed datagrams, want at least 1 each", id, s.forged, s.replayed)
+		}
+	}
 }
 
 // The agent that holds the embedded etcd killed: what README says ends
