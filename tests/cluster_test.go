@@ -3,17 +3,24 @@
 package tests
 
 import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sfvmm/sfvmm/vmm/api"
 	"github.com/sfvmm/sfvmm/vmm/vmtest"
 )
 
@@ -222,8 +229,10 @@ func noClonesWithin(t *testing.T, d time.Duration, why string) time.Duration {
 	}
 }
 
-// What ends a family's clones on other hosts: sf_kill, the parent's VMM
-// killed, and the loss of the agent that runs them.
+// What ends a family's clones on other hosts, and how soon: sf_kill, the
+// parent's VMM killed, its memory server killed, the loss of the agent
+// that runs them, and a host cut off from the others. Also: an agent
+// refuses a launch from a client without the cluster's certificate.
 func TestClusterKills(t *testing.T) {
 	c := startCluster(t, 4, 2)
 	forktest := vmtest.Kernel(t, "forktest")
@@ -251,6 +260,90 @@ func TestClusterKills(t *testing.T) {
 		p.cmd.Process.Kill()
 		d := noClonesWithin(t, 15*time.Second, "after the parent's VMM was killed")
 		t.Logf("the clones ended %v after their parent was killed", d.Round(time.Millisecond))
+	})
+
+	t.Run("memory server killed", func(t *testing.T) {
+		// As TestForkDeadMemoryServer, with the clones on four hosts: the
+		// signal comes once the parent has overwritten the region's first
+		// page and before the clones, waiting 10 s, touch it.
+		sock := filepath.Join(t.TempDir(), "api.sock")
+		p := c.parent(t, 0, "--api-sock", sock, "--kernel", forktest, "--memory", "128M", "--cmdline", "mode=wait clones=4 size=16M delay=10")
+		for id, h := range c.names {
+			p.waitFor(t, fmt.Sprintf("[clone %d on %s] forktest: clone %d running", id+1, h, id+1), 2*time.Minute)
+		}
+		p.waitFor(t, "forktest: parent overwrote the region's first page", time.Minute)
+		a := api.Dial(sock)
+		defer a.Close()
+		st, err := a.Status(context.Background())
+		if err != nil || st.MemoryServerPID == 0 {
+			t.Fatalf("no memory server in the parent's status: %+v, %v", st, err)
+		}
+		if err := syscall.Kill(st.MemoryServerPID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		p.waitFor(t, "forktest: parent joined: all 4 clones exited, 4 without sf_exit(0)", 30*time.Second)
+		t.Logf("all clones ended %v after the memory server was killed", time.Since(killed).Round(time.Millisecond))
+		if code := p.wait(t, time.Minute); code != 3 {
+			t.Errorf("exit status %d, want 3 (debug-exit 1)", code)
+		}
+		for id := 1; id <= 4; id++ {
+			if want := fmt.Sprintf("sfvmm clone %d: error: guest memory lost: memtap: memory server", id); !strings.Contains(p.Output(), want) {
+				t.Errorf("missing %q:\n%s", want, p.Output())
+			}
+		}
+		noClonesWithin(t, 10*time.Second, "after the memory server was killed")
+	})
+
+	t.Run("no cluster certificate", func(t *testing.T) {
+		// From another host, a client with no certificate and one with a
+		// certificate of another CA: the agent refuses both at the TLS
+		// handshake, before any request is read.
+		ca, err := os.ReadFile(filepath.Join(c.tls, "ca.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(ca)
+		other := t.TempDir()
+		if out, code := run(t, time.Minute, sfvmmPath(t), "ca", "init", "--dir", other); code != 0 {
+			t.Fatalf("sfvmm ca init: %s", out)
+		}
+		if out, code := run(t, time.Minute, sfvmmPath(t), "ca", "issue", "--dir", other, "--name", "host3"); code != 0 {
+			t.Fatalf("sfvmm ca issue: %s", out)
+		}
+		stranger, err := tls.LoadX509KeyPair(filepath.Join(other, "host3.pem"), filepath.Join(other, "host3-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, certs := range map[string][]tls.Certificate{"no certificate": nil, "another CA's certificate": {stranger}} {
+			// Dialled and read on this goroutine, whose thread is in
+			// host3's namespace (an http.Client would dial elsewhere).
+			err := inNetns(c.names[3], func() error {
+				conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", c.agentAddr(1),
+					&tls.Config{RootCAs: roots, ServerName: c.names[1], Certificates: certs, MinVersion: tls.VersionTLS13})
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(10 * time.Second))
+				req, _ := http.NewRequest("POST", "https://"+c.agentAddr(1)+"/v1/launch", strings.NewReader("{}"))
+				if err := req.Write(conn); err != nil {
+					return err
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+				if err != nil {
+					return err
+				}
+				resp.Body.Close()
+				return fmt.Errorf("HTTP %s", resp.Status)
+			})
+			if err == nil || !strings.Contains(err.Error(), "certificate") {
+				t.Errorf("%s: a launch got through or failed for another reason: %v", name, err)
+			} else {
+				t.Logf("%s: refused: %v", name, err)
+			}
+		}
 	})
 
 	t.Run("agent killed", func(t *testing.T) {
@@ -284,6 +377,64 @@ func TestClusterKills(t *testing.T) {
 		}
 		if hosts := c.statusGone(t, "host host2 ", 15*time.Second); len(hosts) != 0 {
 			t.Errorf("host2 still in the cluster after its agent died: %v", hosts)
+		}
+	})
+
+	t.Run("partitioned host", func(t *testing.T) {
+		// host2 is gone: three clones, one on each live host, wait 20 s;
+		// host3 then loses every packet it sends (its streams to the
+		// parent and to etcd go silent, as in a partition, with no reset
+		// to tell anyone). The parent counts host3's clone lost; host3's
+		// clone loses its memory server, and host3's agent its lease.
+		p := c.parent(t, 0, "--kernel", forktest, "--memory", "128M", "--cmdline", "mode=wait clones=3 size=16M delay=20")
+		running := regexp.MustCompile(`\[clone (\d+) on (host\d+)\] forktest: clone \d+ running`)
+		p.waitUntil(t, "3 clones running", func(out string) bool { return len(running.FindAllString(out, -1)) == 3 }, 2*time.Minute)
+		cut := ""
+		for _, m := range running.FindAllStringSubmatch(p.Output(), -1) {
+			if m[2] == "host3" {
+				cut = m[1]
+			}
+		}
+		if cut == "" {
+			t.Fatalf("no clone on host3:\n%s", p.Output())
+		}
+		if out, code := run(t, time.Minute, "ip", "netns", "exec", "host3", "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "100%"); code != 0 {
+			t.Fatalf("netem on host3: %s", out)
+		}
+		healed := false
+		heal := func() {
+			if !healed {
+				healed = true
+				run(t, time.Minute, "ip", "netns", "exec", "host3", "tc", "qdisc", "del", "dev", "eth0", "root")
+			}
+		}
+		t.Cleanup(heal)
+		cutAt := time.Now()
+		p.waitFor(t, "agent host3", 15*time.Second)
+		t.Logf("the parent counted host3's clone lost %v after host3 was cut off", time.Since(cutAt).Round(time.Millisecond))
+		if code := p.wait(t, 2*time.Minute); code != 3 {
+			t.Fatalf("exit status %d, want 3 (debug-exit 1: a clone failed): %s\n%s", code, p.trouble(), p.Output())
+		}
+		t.Logf("the parent joined %v after host3 was cut off", time.Since(cutAt).Round(time.Millisecond))
+		out := p.Output()
+		if want := "forktest: parent joined: all 3 clones exited, 1 without sf_exit(0)"; !strings.Contains(out, want) {
+			t.Errorf("missing %q:\n%s", want, out)
+		}
+		if strings.Contains(out, "forktest: clone "+cut+": pattern ok") {
+			t.Errorf("clone %s on the cut-off host reported its pattern", cut)
+		}
+		// On host3 itself: the clone ends (its memory server is silent)
+		// and the agent, without etcd, ends too.
+		noClonesWithin(t, 20*time.Second, "on the cut-off host")
+		if code := c.agents[3].wait(t, 30*time.Second); code == 0 || !strings.Contains(c.agents[3].Output(), "lost the cluster") {
+			t.Errorf("host3's agent: exit status %d, want it to have lost the cluster:\n%s", code, c.agents[3].Output())
+		}
+		heal()
+		if left := c.statusGone(t, "reserved ", 15*time.Second); len(left) != 0 {
+			t.Errorf("slot reservations left after the join: %v", left)
+		}
+		if hosts := c.statusGone(t, "host host3 ", 15*time.Second); len(hosts) != 0 {
+			t.Errorf("host3 still in the cluster after it was cut off: %v", hosts)
 		}
 	})
 }
