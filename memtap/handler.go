@@ -2,7 +2,6 @@ package memtap
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -150,11 +149,12 @@ type handler struct {
 	readingSince atomic.Int64
 	tid          atomic.Int32
 
-	mc    *group     // the family's multicast group, if the server has one
-	act   []byte     // what complete does with each page of a reply
-	sock  int        // the server connection, non-blocking
-	out   []byte     // requests not yet written
-	queue []inflight // requests in order; the server answers in order
+	mc    *group        // the family's multicast group, if the server has one
+	act   []byte        // what complete does with each page of a reply
+	sock  int           // the server connection, non-blocking
+	tls   *tlslink.Conn // over sock, to a server on another host; nil: sock is plain
+	out   []byte        // requests not yet written
+	queue []inflight    // requests in order; the server answers in order
 	tag   uint32
 	// heard is when the server last sent anything (a reply or a
 	// keep-alive). answered is the count of requests its last keep-alive
@@ -224,24 +224,34 @@ func (h *handler) connect() error {
 		return fmt.Errorf("connect to memory server: %w", err)
 	}
 	// A server on another host is reached over TLS keyed by the family
-	// key; one on this host's Unix socket needs none.
+	// key; one on this host's Unix socket needs none. TLS runs on
+	// memtap's own descriptor from the start, so that its record layer
+	// later runs on the thread that serves faults.
 	secure := h.cfg.Network == "tcp"
+	var link net.Conn = conn
 	if secure {
 		cfg, err := tlslink.Config(h.cfg.Key, false)
-		if err != nil {
-			conn.Close()
-			return err
+		if err == nil {
+			h.sock, err = dupSocket(conn)
 		}
-		conn = tls.Client(conn, cfg)
+		conn.Close()
+		if err != nil {
+			return fmt.Errorf("memory server %s: %w", h.addr, err)
+		}
+		h.tls = tlslink.Client(h.sock, conn.LocalAddr(), conn.RemoteAddr(), cfg)
+		link = h.tls
 	}
-	piped := false
+	ok := false
 	defer func() {
-		if !piped {
-			conn.Close()
+		if !ok && secure {
+			unix.Close(h.sock)
+		}
+		if !secure {
+			conn.Close() // the poll loop has its own descriptor
 		}
 	}()
-	conn.SetDeadline(time.Now().Add(h.cfg.Timeout))
-	hello, err := wire.ReadHello(conn)
+	link.SetDeadline(time.Now().Add(h.cfg.Timeout))
+	hello, err := wire.ReadHello(link)
 	if err != nil {
 		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
 	}
@@ -258,11 +268,11 @@ func (h *handler) connect() error {
 	if err != nil {
 		return err
 	}
-	if _, err := conn.Write(wire.Auth{Nonce: nonce, MAC: wire.ClientMAC(h.cfg.Key, hello.Nonce, nonce)}.Encode()); err != nil {
+	if _, err := link.Write(wire.Auth{Nonce: nonce, MAC: wire.ClientMAC(h.cfg.Key, hello.Nonce, nonce)}.Encode()); err != nil {
 		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
 	}
 	b := make([]byte, wire.WelcomeSize)
-	if _, err := io.ReadFull(conn, b); err != nil {
+	if _, err := io.ReadFull(link, b); err != nil {
 		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
 	}
 	h.c.bytes.Add(wire.WelcomeSize)
@@ -275,33 +285,48 @@ func (h *handler) connect() error {
 	case w.MAC != wire.ServerMAC(h.cfg.Key, hello.Nonce, nonce):
 		return fmt.Errorf("memory server %s does not hold the family key", h.addr)
 	case w.Port != 0:
-		if err := h.joinGroup(w, conn.LocalAddr()); err != nil {
+		if err := h.joinGroup(w, link.LocalAddr()); err != nil {
 			return err
 		}
 	}
-	if secure {
-		conn.SetDeadline(time.Time{})
-		if h.sock, err = tlslink.Pipe(conn, h.cfg.Timeout); err != nil {
+	if !secure {
+		if h.sock, err = dupSocket(conn); err != nil {
 			return fmt.Errorf("memory server %s: %w", h.addr, err)
 		}
-		piped = true
-		return unix.SetNonblock(h.sock, true)
 	}
-	sc, ok := conn.(syscall.Conn)
+	link.SetDeadline(time.Time{})
+	unix.SetsockoptInt(h.sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	if secure {
+		err = h.tls.SetNonblock()
+	} else {
+		err = unix.SetNonblock(h.sock, true)
+	}
+	ok = err == nil
+	return err
+}
+
+// dupSocket returns a blocking duplicate of c's descriptor.
+func dupSocket(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return fmt.Errorf("memory server %s: connection has no descriptor", h.addr)
+		return -1, errors.New("connection has no descriptor")
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return err
+		return -1, err
 	}
-	var derr error
-	rc.Control(func(fd uintptr) { h.sock, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
-	if derr != nil {
-		return fmt.Errorf("memory server %s: %w", h.addr, derr)
+	fd := -1
+	if cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
+		return -1, cerr
 	}
-	unix.SetsockoptInt(h.sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	return unix.SetNonblock(h.sock, true)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // loop serves faults until stop becomes readable (nil) or the server fails
@@ -336,7 +361,7 @@ func (h *handler) loop(stop int) error {
 			}
 		}
 		pfd[1].Events = unix.POLLIN
-		if len(h.out) > 0 {
+		if len(h.out) > 0 || h.tls != nil && h.tls.Pending() {
 			pfd[1].Events |= unix.POLLOUT
 		}
 		start := time.Now()
@@ -712,7 +737,13 @@ func preadFull(fd int, b []byte, off int64) int {
 
 func (h *handler) flush() error {
 	for len(h.out) > 0 {
-		n, err := unix.Write(h.sock, h.out)
+		var n int
+		var err error
+		if h.tls != nil {
+			n, err = h.tls.Write(h.out) // takes all: the rest waits in h.tls
+		} else {
+			n, err = unix.Write(h.sock, h.out)
+		}
 		if errors.Is(err, unix.EAGAIN) {
 			return nil
 		}
@@ -725,6 +756,11 @@ func (h *handler) flush() error {
 		h.out = h.out[n:]
 	}
 	h.out = h.out[:0]
+	if h.tls != nil {
+		if err := h.tls.Flush(); err != nil && !errors.Is(err, unix.EAGAIN) {
+			return fmt.Errorf("memory server %s: send: %w", h.addr, err)
+		}
+	}
 	return nil
 }
 
@@ -742,7 +778,16 @@ func (h *handler) receive() error {
 		if h.rh >= limit {
 			continue // parse has what it needs
 		}
-		n, err := unix.Read(h.sock, h.rb[h.rh:limit])
+		var n int
+		var err error
+		if h.tls != nil {
+			n, err = h.tls.Read(h.rb[h.rh:limit])
+			if errors.Is(err, io.EOF) {
+				n, err = 0, nil
+			}
+		} else {
+			n, err = unix.Read(h.sock, h.rb[h.rh:limit])
+		}
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return nil

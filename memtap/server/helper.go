@@ -449,38 +449,53 @@ func (im *image) accept(l net.Listener, key wire.Key) {
 // for a clone family.
 func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	defer im.clients.Done()
-	link := c
+	// TLS runs on this thread's own descriptor from the start, so that
+	// its record layer later runs in the blocking reads and writes below.
+	var link net.Conn = c
+	var tc *tlslink.Conn
+	fd, ok := -1, true
 	if secure != nil {
-		link = tls.Server(c, secure)
+		fd, ok = rawFd(c)
+		c.Close()
+		im.lmu.Lock()
+		delete(im.conns, c)
+		if ok {
+			tc = tlslink.Server(fd, c.LocalAddr(), c.RemoteAddr(), secure)
+			link = tc
+			im.conns[tc] = struct{}{} // Close wakes its handshake
+		}
+		im.lmu.Unlock()
+		if !ok {
+			return
+		}
 	}
 	var mc *mcast
 	if secure != nil {
 		mc = im.mc.Load() // a family across hosts shares a group
 	}
 	authed := im.handshake(link, key, mc)
-	fd, ok := -1, false
 	switch {
-	case authed && secure != nil:
-		var err error
-		fd, err = tlslink.Pipe(link, im.s.write)
-		ok = err == nil
-	case authed:
+	case !authed:
+		ok = false
+	case secure == nil:
 		fd, ok = rawFd(c)
 	}
-	if !ok || secure == nil {
-		c.Close() // else the relay has it
+	if secure == nil {
+		c.Close()
 	}
 	im.lmu.Lock()
-	delete(im.conns, c)
+	delete(im.conns, link)
 	if ok && im.closed {
 		ok = false
-		unix.Close(fd)
 	}
 	if ok {
 		im.raw[fd] = struct{}{}
 	}
 	im.lmu.Unlock()
 	if !ok {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return
 	}
 	defer func() {
@@ -489,6 +504,23 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 		im.lmu.Unlock()
 		unix.Close(fd)
 	}()
+	// How this connection is read and written: plain system calls on a
+	// local client's socket, crypto/tls on the same thread for a remote
+	// one (a reply's header, flags and pages then go in one record).
+	recv := func(b []byte) (int, error) { return unix.Read(fd, b) }
+	send := func(bufs [][]byte) error { _, err := writeAll(fd, bufs); return err }
+	if tc != nil {
+		recv = tc.Read
+		var cat []byte // under wmu, as every send
+		send = func(bufs [][]byte) error {
+			cat = cat[:0]
+			for _, b := range bufs {
+				cat = append(cat, b...)
+			}
+			_, err := tc.Write(cat)
+			return err
+		}
+	}
 	im.s.c.clients.Add(1)
 	im.s.c.connected.Add(1)
 	defer im.s.c.connected.Add(^uint64(0))
@@ -504,7 +536,7 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	stop := make(chan struct{})
 	var alive sync.WaitGroup
 	alive.Add(1)
-	go im.keepAlive(fd, &wmu, &answered, stop, &alive)
+	go im.keepAlive(send, &wmu, &answered, stop, &alive)
 	defer func() {
 		close(stop)
 		alive.Wait() // before fd is closed and its number reused
@@ -521,7 +553,7 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	hdr := make([]byte, 0, wire.ResponseSize)
 	out := make([][]byte, 0, 2+wire.MaxBatch)
 	for {
-		n, err := unix.Read(fd, in[have:])
+		n, err := recv(in[have:])
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -543,7 +575,7 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 			if err != nil {
 				im.s.c.badRequests.Add(1)
 				wmu.Lock()
-				writeAll(fd, [][]byte{wire.Response{Region: q.Region, First: q.First, Count: q.Count, Tag: q.Tag, Status: wire.StatusBadRequest}.Append(hdr[:0])})
+				send([][]byte{wire.Response{Region: q.Region, First: q.First, Count: q.Count, Tag: q.Tag, Status: wire.StatusBadRequest}.Append(hdr[:0])})
 				wmu.Unlock()
 				return
 			}
@@ -580,7 +612,7 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 			im.s.c.pagesEmpty.Add(uint64(int(q.Count) - len(data)))
 			im.s.c.bytesSent.Add(uint64(wire.ResponseSize + int(q.Count) + len(data)*uffd.PageSize))
 			wmu.Lock()
-			_, err = writeAll(fd, out)
+			err = send(out)
 			wmu.Unlock()
 			if err != nil {
 				return // gone, or not reading within the write timeout
@@ -591,9 +623,9 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	}
 }
 
-// keepAlive sends a keep-alive on fd every wire.AliveInterval until stop
-// is closed or a write fails.
-func (im *image) keepAlive(fd int, wmu *sync.Mutex, answered *atomic.Uint64, stop <-chan struct{}, done *sync.WaitGroup) {
+// keepAlive sends a keep-alive every wire.AliveInterval until stop is
+// closed or a send fails.
+func (im *image) keepAlive(send func([][]byte) error, wmu *sync.Mutex, answered *atomic.Uint64, stop <-chan struct{}, done *sync.WaitGroup) {
 	defer done.Done()
 	t := time.NewTicker(wire.AliveInterval)
 	defer t.Stop()
@@ -605,7 +637,7 @@ func (im *image) keepAlive(fd int, wmu *sync.Mutex, answered *atomic.Uint64, sto
 		case <-t.C:
 		}
 		wmu.Lock()
-		_, err := writeAll(fd, [][]byte{wire.Alive(answered.Load()).Append(b[:0])})
+		err := send([][]byte{wire.Alive(answered.Load()).Append(b[:0])})
 		wmu.Unlock()
 		if err != nil {
 			return

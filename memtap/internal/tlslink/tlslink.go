@@ -7,9 +7,8 @@
 //
 // memtap's client and server drive their sockets with raw, blocking or
 // polled, system calls (a fault's round trip must not wait on Go's
-// scheduler). Pipe keeps that: it returns one end of a socket pair that
-// carries the stream in the clear, and two goroutines relay it through
-// the TLS connection.
+// scheduler). Conn keeps that: crypto/tls runs over the descriptor itself,
+// on the thread that reads or writes.
 package tlslink
 
 import (
@@ -24,6 +23,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -81,54 +81,167 @@ func Config(key [32]byte, server bool) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// relayBuffer is what one relay copies at a time: a page reply of a
-// whole window is up to 1 MiB.
-const relayBuffer = 256 << 10
-
-// Pipe relays c (a TLS connection whose handshake is done) to a new
-// socket pair and returns the pair's other end, a blocking descriptor
-// that the caller owns and closes. c is closed when either side ends; a
-// write to c that takes longer than writeTimeout ends it too.
-func Pipe(c net.Conn, writeTimeout time.Duration) (int, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	for _, fd := range fds {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	}
-	f := os.NewFile(uintptr(fds[1]), "memtap tls relay")
-	pc, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		unix.Close(fds[0])
-		return -1, err
-	}
-	// Network to caller: at the network's end, the caller reads EOF.
-	go func() {
-		io.CopyBuffer(pc, c, make([]byte, relayBuffer))
-		pc.(*net.UnixConn).CloseWrite()
-	}()
-	// Caller to network: at the caller's end (or a stuck network
-	// write), both sides close.
-	go func() {
-		io.CopyBuffer(deadlineWriter{c, writeTimeout}, pc, make([]byte, relayBuffer))
-		c.Close()
-		pc.Close()
-	}()
-	return fds[0], nil
+// Conn is a TLS stream on a socket descriptor that memtap drives with
+// plain system calls: its Read and Write run the record layer on the
+// calling thread, with no goroutine between the socket and the caller.
+type Conn struct {
+	*tls.Conn
+	raw *fdConn
 }
 
-// deadlineWriter bounds each write to c.
-type deadlineWriter struct {
-	c net.Conn
-	d time.Duration
+// Client starts the client's side of TLS on fd, a connected blocking
+// socket that stays the caller's to close; local and remote name its
+// ends. The handshake runs on the first Read or Write.
+func Client(fd int, local, remote net.Addr, cfg *tls.Config) *Conn {
+	raw := &fdConn{fd: fd, local: local, remote: remote}
+	return &Conn{Conn: tls.Client(raw, cfg), raw: raw}
 }
 
-func (w deadlineWriter) Write(b []byte) (int, error) {
-	w.c.SetWriteDeadline(time.Now().Add(w.d))
-	return w.c.Write(b)
+// Server is Client's counterpart.
+func Server(fd int, local, remote net.Addr, cfg *tls.Config) *Conn {
+	raw := &fdConn{fd: fd, local: local, remote: remote}
+	return &Conn{Conn: tls.Server(raw, cfg), raw: raw}
+}
+
+// SetNonblock puts the descriptor in non-blocking mode, for a caller that
+// polls it: Read then fails with an error that is unix.EAGAIN when no whole
+// record has come, and Write never blocks: what the socket does not take
+// waits in the Conn until Flush.
+func (c *Conn) SetNonblock() error {
+	c.raw.mu.Lock()
+	defer c.raw.mu.Unlock()
+	c.raw.nonblock = true
+	return unix.SetNonblock(c.raw.fd, true)
+}
+
+// Flush sends what earlier writes left waiting; unix.EAGAIN if the socket
+// still does not take all of it.
+func (c *Conn) Flush() error {
+	c.raw.mu.Lock()
+	defer c.raw.mu.Unlock()
+	return c.raw.flush()
+}
+
+// Pending reports whether bytes wait for Flush.
+func (c *Conn) Pending() bool {
+	c.raw.mu.Lock()
+	defer c.raw.mu.Unlock()
+	return len(c.raw.pending) > 0
+}
+
+// errAgain is a non-blocking descriptor's "nothing now": temporary to
+// crypto/tls, which then keeps a partial record for the next Read.
+type errAgain struct{}
+
+func (errAgain) Error() string   { return "resource temporarily unavailable" }
+func (errAgain) Timeout() bool   { return true }
+func (errAgain) Temporary() bool { return true }
+func (errAgain) Unwrap() error   { return unix.EAGAIN }
+
+// fdConn is a net.Conn on a raw socket descriptor. Deadlines are the
+// socket's SO_RCVTIMEO and SO_SNDTIMEO, which blocking system calls obey.
+type fdConn struct {
+	fd            int
+	local, remote net.Addr
+
+	mu       sync.Mutex // guards nonblock and pending, and orders writes
+	nonblock bool
+	pending  []byte
+}
+
+func (c *fdConn) Read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(c.fd, b)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			if c.isNonblock() {
+				return 0, errAgain{}
+			}
+			return 0, os.ErrDeadlineExceeded
+		case err != nil:
+			return 0, err
+		case n == 0 && len(b) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+func (c *fdConn) isNonblock() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nonblock
+}
+
+// Write writes all of b on a blocking descriptor. On a non-blocking one it
+// writes what the socket takes and keeps the rest, after anything already
+// kept, for flush: a TLS record is never left half written.
+func (c *fdConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.nonblock {
+		for done := 0; done < len(b); {
+			n, err := unix.Write(c.fd, b[done:])
+			switch {
+			case errors.Is(err, unix.EINTR):
+				continue
+			case errors.Is(err, unix.EAGAIN):
+				return done, os.ErrDeadlineExceeded
+			case err != nil:
+				return done, err
+			}
+			done += n
+		}
+		return len(b), nil
+	}
+	c.pending = append(c.pending, b...)
+	if err := c.flush(); err != nil && !errors.Is(err, unix.EAGAIN) {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (c *fdConn) flush() error {
+	for len(c.pending) > 0 {
+		n, err := unix.Write(c.fd, c.pending)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		}
+		c.pending = c.pending[n:]
+	}
+	c.pending = c.pending[:0]
+	return nil
+}
+
+// Close shuts the stream down, which wakes a reader blocked on it; the
+// descriptor is its owner's to close.
+func (c *fdConn) Close() error { return unix.Shutdown(c.fd, unix.SHUT_RDWR) }
+
+func (c *fdConn) LocalAddr() net.Addr  { return c.local }
+func (c *fdConn) RemoteAddr() net.Addr { return c.remote }
+
+func (c *fdConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
+func (c *fdConn) SetReadDeadline(t time.Time) error  { return c.timeout(unix.SO_RCVTIMEO, t) }
+func (c *fdConn) SetWriteDeadline(t time.Time) error { return c.timeout(unix.SO_SNDTIMEO, t) }
+
+func (c *fdConn) timeout(opt int, t time.Time) error {
+	var d time.Duration
+	if !t.IsZero() {
+		d = max(time.Until(t), time.Microsecond) // zero would mean none
+	}
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	return unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, opt, &tv)
 }
 
 // Dial connects to a memory server as memtap's client does: over TLS
