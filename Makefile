@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
 LINUX_CMDLINE := console=ttyS0 reboot=k panic=-1 pci=off quiet
 
-.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap bench-fork clean
+.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap bench-fork bench-cluster clean
 
 all: sfvmm kernels
 
@@ -85,7 +85,7 @@ kvmtest:
 	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(BUILD)/test/kvm.test ./tests
 	tests/kvmtest.sh $(KVMBOX) $(CURDIR)/$(BUILD)/test/kvm.test $(CURDIR)/$(BUILD)/test $(KVMTEST_SANDBOXES)
 
-bench: bench-boot bench-snapshot bench-memtap bench-fork
+bench: bench-boot bench-snapshot bench-memtap bench-fork bench-cluster
 
 bench-boot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/boot ./tests/bench/boot
@@ -102,6 +102,13 @@ bench-snapshot: deps kernels sfvmm
 bench-fork: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/fork ./tests/bench/fork
 	$(KVMBOX) --mem 4G --timeout 60m -- $(BUILD)/bench/fork -root $(CURDIR) $(BENCH_FORK_FLAGS)
+
+# Fork across 4 sandbox hosts: bytes the parent's host sent, unicast and
+# multicast, fork time against one host and cold boots, pages per clone
+# (in the sandbox; an hour or more at the default 64 MiB).
+bench-cluster: deps kernels sfvmm
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/cluster ./tests/bench/cluster
+	$(KVMBOX) --hosts 4 --mem 6G --timeout 180m -- $(BUILD)/bench/cluster -root $(CURDIR) $(BENCH_CLUSTER_FLAGS)
 
 # memtap's page-fault service against a plain userfaultfd handler, on the
 # host (root, userfaultfd; no KVM).
