@@ -291,6 +291,9 @@ func DecodeWelcome(b []byte) (Welcome, error) {
 	if (w.Group == [4]byte{}) != (w.Port == 0) || w.Group != [4]byte{} && w.Group[0]&0xf0 != 0xe0 {
 		return w, malformed("multicast group %v port %d", w.Group, w.Port)
 	}
+	if b[46] != 0 || b[47] != 0 {
+		return w, malformed("welcome padding %#x %#x, want zero", b[46], b[47])
+	}
 	return w, nil
 }
 

@@ -58,6 +58,9 @@ type result struct {
 	took   time.Duration
 	sent   uint64 // host0's tx_bytes
 	clones []clone
+	// firstUp and lastUp: when the first and the last clone's VMM said
+	// it was running, after the ticket.
+	firstUp, lastUp time.Duration
 }
 
 type clone struct {
@@ -171,8 +174,8 @@ func main() {
 	fmt.Println()
 	fmt.Println("Per clone (mean over the N clones): pages it fetched itself, pages it installed from the group (of those, asked for by a sibling), pages asked again, and the median of its faults' service times")
 	fmt.Println()
-	fmt.Println("| N | mode | fetched itself | installed from the group | (asked by siblings) | asked again | fault p50 |")
-	fmt.Println("| --- | --- | --- | --- | --- | --- | --- |")
+	fmt.Println("| N | mode | fetched itself | installed from the group | (asked by siblings) | asked again | fault p50 | clones running (after the ticket), first – last |")
+	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, n := range ns {
 		for _, m := range ms {
 			var s clone
@@ -187,8 +190,8 @@ func main() {
 			}
 			k := float64(len(cs))
 			slices.Sort(p50s)
-			fmt.Printf("| %d | %s | %.0f | %.0f | %.0f | %.0f | %v |\n", n, m, float64(s.fetched)/k, float64(s.installed)/k,
-				float64(s.siblings)/k, float64(s.retried)/k, p50s[len(p50s)/2])
+			fmt.Printf("| %d | %s | %.0f | %.0f | %.0f | %.0f | %v | %s – %s |\n", n, m, float64(s.fetched)/k, float64(s.installed)/k,
+				float64(s.siblings)/k, float64(s.retried)/k, p50s[len(p50s)/2], secs(across[m][n].firstUp), secs(across[m][n].lastUp))
 		}
 	}
 	fmt.Println()
@@ -259,9 +262,11 @@ func (b *bench) txBytes() (uint64, error) {
 }
 
 var (
-	ticketRE = regexp.MustCompile(`^forktest: ticket \d+ for`)
-	crashRE  = regexp.MustCompile(`^sfvmm clone \d+: (error: |guest ended: (triple fault|reset|error))`)
-	statsRE  = regexp.MustCompile(`^sfvmm clone \d+: memtap: \d+ faults, (\d+) pages fetched, .* fault p50 (\S+) p99 [^,\s]+(, multicast: (\d+) pages installed \((\d+) asked by siblings\), (\d+) asked again)?`)
+	ticketRE  = regexp.MustCompile(`^forktest: ticket \d+ for`)
+	runningRE = regexp.MustCompile(`^sfvmm clone \d+: running `)
+	// A clone's own report of a crash, or the parent's of a clone lost.
+	crashRE = regexp.MustCompile(`^sfvmm clone \d+: (error: |guest ended: (triple fault|reset|error))|^sfvmm: (warning|error): ticket \d+: (start )?clone \d+: `)
+	statsRE = regexp.MustCompile(`^sfvmm clone \d+: memtap: \d+ faults, (\d+) pages fetched, .* fault p50 (\S+) p99 [^,\s]+(, multicast: (\d+) pages installed \((\d+) asked by siblings\), (\d+) asked again)?`)
 )
 
 func joinedRE(n int) *regexp.Regexp {
@@ -270,29 +275,29 @@ func joinedRE(n int) *regexp.Regexp {
 
 // forkRun runs the forktest parent with args before its own and times the
 // ticket to the join of n clones.
-func (b *bench) forkRun(n int, args ...string) (*benchproc.Proc, time.Duration, error) {
+func (b *bench) forkRun(n int, args ...string) (*benchproc.Proc, time.Time, time.Duration, error) {
 	args = append(args, "--kernel", b.forktest, "--memory", b.memory, "--fork-capacity", fmt.Sprint(n),
 		"--cmdline", fmt.Sprintf("mode=fork clones=%d size=%s", n, b.size))
 	p, err := benchproc.Start(args[0], args[1:]...)
 	if err != nil {
-		return nil, 0, err
+		return nil, time.Time{}, 0, err
 	}
 	what := fmt.Sprintf("fork of %d", n)
 	t, i, _, err := p.WaitLineUnless(0, ticketRE, false, crashRE, b.timeout, what)
 	if err != nil {
 		p.Kill()
-		return nil, 0, err
+		return nil, time.Time{}, 0, err
 	}
 	j, _, _, err := p.WaitLineUnless(i, joinedRE(n), false, crashRE, b.timeout, what)
 	if err != nil {
 		p.Kill()
-		return nil, 0, err
+		return nil, time.Time{}, 0, err
 	}
 	if exited, _ := p.ExitedWithin(time.Minute); !exited {
 		p.Kill()
-		return nil, 0, fmt.Errorf("%s: the parent did not exit after its join", what)
+		return nil, time.Time{}, 0, fmt.Errorf("%s: the parent did not exit after its join", what)
 	}
-	return p, j.At.Sub(t.At), nil
+	return p, t.At, j.At.Sub(t.At), nil
 }
 
 func (b *bench) forkAcross(n int, mode string) (result, error) {
@@ -300,7 +305,7 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	p, took, err := b.forkRun(n, "ip", "netns", "exec", b.names[0], b.sfvmm, "run", "--agent", b.agentAddr(0),
+	p, ticket, took, err := b.forkRun(n, "ip", "netns", "exec", b.names[0], b.sfvmm, "run", "--agent", b.agentAddr(0),
 		"--cluster-tls", b.tls, "--cluster-name", b.names[0], "--pages", mode)
 	if err != nil {
 		return result{}, fmt.Errorf("%s: %w", mode, err)
@@ -309,15 +314,19 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	r := result{took: took, sent: after - before}
+	r := result{took: took, sent: after - before, firstUp: b.timeout}
 	for _, l := range p.Lines(0, p.Mark()) {
+		if runningRE.MatchString(l.Text) {
+			r.firstUp, r.lastUp = min(r.firstUp, l.At.Sub(ticket)), max(r.lastUp, l.At.Sub(ticket))
+		}
 		m := statsRE.FindStringSubmatch(l.Text)
 		if m == nil {
 			continue
 		}
 		atoi := func(s string) int { v, _ := strconv.Atoi(s); return v }
 		p50, _ := time.ParseDuration(m[2])
-		r.clones = append(r.clones, clone{fetched: atoi(m[1]), p50: p50, installed: atoi(m[4]), siblings: atoi(m[5]), retried: atoi(m[6])})
+		// memtap counts the pages installed from the group as fetched.
+		r.clones = append(r.clones, clone{fetched: atoi(m[1]) - atoi(m[4]), p50: p50, installed: atoi(m[4]), siblings: atoi(m[5]), retried: atoi(m[6])})
 	}
 	if len(r.clones) != n {
 		return r, fmt.Errorf("%s: statistics of %d clones, want %d:\n%s", mode, len(r.clones), n, p.Tail(40))
@@ -326,7 +335,7 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 }
 
 func (b *bench) forkLocal(n int) (time.Duration, error) {
-	_, took, err := b.forkRun(n, b.sfvmm, "run")
+	_, _, took, err := b.forkRun(n, b.sfvmm, "run")
 	if err != nil {
 		return 0, fmt.Errorf("one host: %w", err)
 	}
