@@ -158,11 +158,12 @@ func (p *proc) watch(ok func(out string) bool, timeout time.Duration) watchResul
 	}
 }
 
-// cloneLineRE matches a clone's whole line in a parent's output. A clone's
+// cloneLineRE matches a clone's whole line in a parent's output ("[clone
+// K on HOST] " for a clone an agent runs). A clone's
 // line can land inside one of the parent's (the console holds it only
 // lineWait for the parent's line to end, and a guest under TCG can be
 // slower), so it may start anywhere.
-var cloneLineRE = regexp.MustCompile(`(sfvmm clone \d+: |\[clone \d+\] )[^\n]*\n`)
+var cloneLineRE = regexp.MustCompile(`(sfvmm clone \d+: |\[clone \d+( on [^\]\n]+)?\] )[^\n]*\n`)
 
 // printed reports whether out has want, or has it once the clones' lines
 // are taken out of the parent's.
@@ -233,4 +234,15 @@ func run(t *testing.T, timeout time.Duration, name string, args ...string) (stri
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
 	return string(out), 0
+}
+
+// A parent's console line is found with clones' lines, local or relayed
+// by an agent, cut into it.
+func TestPrinted(t *testing.T) {
+	out := "forktest: parent oversfvmm clone 2: running (ticket 1, restored in 1.6s)\n" +
+		"wrote the regi[clone 1 on host0] forktest: clone 1 running, touching the region in 10 s\n" +
+		"on's fi[clone 3] forktest: clone 3 running\nrst page\n"
+	if !printed(out, "forktest: parent overwrote the region's first page") {
+		t.Errorf("the parent's line not found in %q", out)
+	}
 }
