@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sfvmm/sfvmm/cluster/agentapi"
 	"github.com/sfvmm/sfvmm/vmm/api"
 	"github.com/sfvmm/sfvmm/vmm/vmtest"
 )
@@ -55,6 +56,15 @@ func startCluster(t *testing.T, n, slots int) *sandboxCluster {
 		}
 	}
 	etcdDir := t.TempDir()
+	// A test that fails shows what each agent said: why a clone or a
+	// whole host left.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, a := range c.agents {
+				t.Logf("agent %s:\n%s", c.names[i], a.Output())
+			}
+		}
+	})
 	for i := range c.names {
 		args := []string{"netns", "exec", c.names[i], sfvmm, "agent", "--name", c.names[i], "--cluster-tls", c.tls,
 			"--listen", c.agentAddr(i), "--slots", fmt.Sprint(slots)}
@@ -156,9 +166,6 @@ func forkAcross(t *testing.T, c *sandboxCluster, pages string) string {
 	}
 	if t.Failed() {
 		t.Logf("output:\n%s", out)
-		for i, a := range c.agents {
-			t.Logf("agent %s:\n%s", c.names[i], a.Output())
-		}
 	}
 	return out
 }
@@ -410,7 +417,7 @@ func TestClusterKills(t *testing.T) {
 		}
 		t.Cleanup(heal)
 		cutAt := time.Now()
-		p.waitFor(t, "agent host3", 15*time.Second)
+		p.waitFor(t, "agent host3", agentapi.Silence+15*time.Second)
 		t.Logf("the parent counted host3's clone lost %v after host3 was cut off", time.Since(cutAt).Round(time.Millisecond))
 		if code := p.wait(t, 2*time.Minute); code != 3 {
 			t.Fatalf("exit status %d, want 3 (debug-exit 1: a clone failed): %s\n%s", code, p.trouble(), p.Output())

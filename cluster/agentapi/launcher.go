@@ -69,7 +69,7 @@ func Join(cfg Config) (*Launcher, error) {
 	named := make(chan string, 1)
 	go func() {
 		defer close(l.lost)
-		err := readStream(body, cancel, func(e Event) bool {
+		err := readStream(body, Silence, cancel, func(e Event) bool {
 			if e.Family != "" {
 				named <- e.Family
 			}
@@ -213,12 +213,12 @@ func (l *Launcher) call(path string, q, r any) error {
 var errSilent = fmt.Errorf("silent for %v", Silence)
 
 // readStream hands body's events to each until it returns true (nil) or
-// the stream fails; a stream silent for Silence is cut off (cancel) and
-// fails with errSilent.
-func readStream(body io.ReadCloser, cancel context.CancelFunc, each func(Event) bool) error {
+// the stream fails; a stream silent for silence (Silence) is cut off
+// (cancel) and fails with errSilent.
+func readStream(body io.ReadCloser, silence time.Duration, cancel context.CancelFunc, each func(Event) bool) error {
 	defer body.Close()
 	var silent atomic.Bool
-	timer := time.AfterFunc(Silence, func() { silent.Store(true); cancel() })
+	timer := time.AfterFunc(silence, func() { silent.Store(true); cancel() })
 	defer timer.Stop()
 	s := bufio.NewScanner(body)
 	s.Buffer(make([]byte, 4096), 2<<20)
@@ -226,7 +226,7 @@ func readStream(body io.ReadCloser, cancel context.CancelFunc, each func(Event) 
 		if !timer.Stop() {
 			break // the timer fired while this line came in
 		}
-		timer.Reset(Silence)
+		timer.Reset(silence)
 		var e Event
 		if err := json.Unmarshal(s.Bytes(), &e); err != nil {
 			return fmt.Errorf("bad event: %w", err)
@@ -257,7 +257,7 @@ func (c *remoteClone) read(body io.ReadCloser, l *Launcher) {
 	defer close(c.done)
 	defer c.cancel()
 	var end error
-	err := readStream(body, c.cancel, func(e Event) bool {
+	err := readStream(body, Silence, c.cancel, func(e Event) bool {
 		switch {
 		case e.End:
 			if e.Error != "" {

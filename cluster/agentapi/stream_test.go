@@ -10,7 +10,8 @@ import (
 )
 
 // A stream that stops saying anything, heartbeats included, is cut off
-// after Silence: an agent whose host is gone, or a partition.
+// after its silence (Silence in use): an agent whose host is gone, or a
+// partition.
 func TestStreamSilence(t *testing.T) {
 	r, w := io.Pipe()
 	go w.Write(Event{Alive: true}.Encode())
@@ -22,12 +23,13 @@ func TestStreamSilence(t *testing.T) {
 	}()
 	start := time.Now()
 	events := 0
-	err := readStream(r, cancel, func(Event) bool { events++; return false })
+	const silence = time.Second
+	err := readStream(r, silence, cancel, func(Event) bool { events++; return false })
 	if !errors.Is(err, errSilent) {
 		t.Fatalf("silent stream: %v, want errSilent", err)
 	}
-	if d := time.Since(start); d < Silence || d > Silence+2*time.Second {
-		t.Errorf("cut off after %v, want %v", d, Silence)
+	if d := time.Since(start); d < silence || d > silence+2*time.Second {
+		t.Errorf("cut off after %v, want %v", d, silence)
 	}
 	if events != 1 {
 		t.Errorf("%d events before the silence, want 1", events)
@@ -38,7 +40,7 @@ func TestStreamSilence(t *testing.T) {
 func TestStreamBadEvent(t *testing.T) {
 	r, w := io.Pipe()
 	go w.Write([]byte("{not json\n"))
-	err := readStream(r, func() {}, func(Event) bool { return false })
+	err := readStream(r, Silence, func() {}, func(Event) bool { return false })
 	if err == nil || !strings.HasPrefix(err.Error(), "bad event") {
 		t.Fatalf("bad event: %v", err)
 	}

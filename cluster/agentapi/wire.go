@@ -41,10 +41,14 @@ const (
 
 // Heartbeat is how often an agent says a stream still lives; Silence is
 // how long the other side waits without a word before it counts the
-// stream's clone (or family) lost.
+// stream's clone (or family) lost. A dead agent or host that still has a
+// kernel resets the stream at once; Silence is for a host that is gone
+// or cut off, and must outlast TCP's retransmissions on a lossy network
+// whose hosts are short of CPU (a backoff of 200 ms doubling five times
+// is 12.6 s).
 const (
 	Heartbeat = time.Second
-	Silence   = 5 * time.Second
+	Silence   = 15 * time.Second
 )
 
 // MaxLaunch bounds a launch request: a descriptor, base64 in JSON.
