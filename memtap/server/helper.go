@@ -546,6 +546,7 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 	// Room for a few whole replies in flight: a window is up to 1 MiB.
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
 
+	var joined time.Time // when this client's first request was read
 	in := make([]byte, 64*wire.RequestSize)
 	have := 0
 	buf := make([]byte, wire.MaxBatch*uffd.PageSize)
@@ -566,6 +567,11 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 			return
 		}
 		have += n
+		if joined.IsZero() {
+			// The client joins the group before it asks for
+			// anything: every page sent from now on went to it too.
+			joined = time.Now()
+		}
 		next := 0
 		for ; have-next >= wire.RequestSize; next += wire.RequestSize {
 			q, err := wire.DecodeRequest(in[next : next+wire.RequestSize])
@@ -595,7 +601,7 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 			// fork, or a lone clone): then on its stream.
 			if mc != nil && q.Flags&wire.RequestUnicast == 0 && im.remote.Load() > 1 {
 				var n int
-				data, n, err = mc.send(q, flags[:q.Count], data)
+				data, n, err = mc.send(q, flags[:q.Count], data, joined)
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "memtap server: %v\n", err)
 					return

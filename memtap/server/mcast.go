@@ -132,11 +132,12 @@ func (m *mcast) rate(now time.Time) float64 {
 }
 
 // send multicasts the data pages of q's reply (flags and data as
-// image.read made them) that did not go out within lockstep, marking each
-// page sent, or sent within lockstep, PageMulticast. It returns the data
-// of the pages still to go on the client's stream (those the socket had
-// no room for, in order) and how many it sent.
-func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (stream [][]byte, sent int, err error) {
+// image.read made them) that did not go out within lockstep or since the
+// client joined the group, marking each page sent, or sent before,
+// PageMulticast. It returns the data of the pages still to go on the
+// client's stream (those the socket had no room for, in order) and how
+// many it sent.
+func (m *mcast) send(q wire.Request, flags []byte, data [][]byte, joined time.Time) (stream [][]byte, sent int, err error) {
 	stream = data[:0]
 	k := 0
 	for i, f := range flags {
@@ -145,7 +146,7 @@ func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (stream [][]by
 		}
 		d := data[k]
 		k++
-		switch went, err := m.sendPage(q.Region, q.First+uint64(i), d); {
+		switch went, err := m.sendPage(q.Region, q.First+uint64(i), d, joined); {
 		case err != nil:
 			return nil, sent, err
 		case went:
@@ -158,15 +159,20 @@ func (m *mcast) send(q wire.Request, flags []byte, data [][]byte) (stream [][]by
 	return stream, sent, nil
 }
 
-// sendPage sends a page to the group unless it went within lockstep. It
+// sendPage sends a page to the group unless it went within lockstep, or
+// since the client asking joined the group: then its request crossed the
+// datagram, which it has or will have, and it asks again on its stream
+// (RequestUnicast) if the datagram was lost. Only a client that joined
+// after a page went out needs it sent again. A paced sender serves a
+// queue of requests, so a request can wait far longer than lockstep. It
 // reports whether the page is on the group (sent now or before), false
 // when the socket had no room.
-func (m *mcast) sendPage(region uint32, page uint64, d []byte) (bool, error) {
+func (m *mcast) sendPage(region uint32, page uint64, d []byte, joined time.Time) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	key := uint64(region)<<40 | page
 	now := time.Now()
-	if t, ok := m.sent[key]; ok && now.Sub(t) < lockstep {
+	if t, ok := m.sent[key]; ok && (now.Sub(t) < lockstep || t.After(joined)) {
 		return true, nil
 	}
 	m.pace()

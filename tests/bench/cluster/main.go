@@ -19,7 +19,9 @@
 //     filled the same bytes itself;
 //   - per clone: pages it fetched itself against pages it installed from
 //     the group (those its siblings asked for, in brackets), pages asked
-//     again, and its median fault service time.
+//     again, its median fault service time, and when the clones started;
+//   - on the clones' hosts, the kernel's count of datagrams delivered,
+//     dropped for a full socket buffer, and of failed IP reassemblies.
 //
 // One run per cell: the bytes are what the targets are about, and the
 // nested sandbox's times are slow and noisy; read them as ratios.
@@ -61,7 +63,13 @@ type result struct {
 	// firstUp and lastUp: when the first and the last clone's VMM said
 	// it was running, after the ticket.
 	firstUp, lastUp time.Duration
+	// The clones' hosts' kernel counters (summed, the run's change).
+	kernel map[string]uint64
 }
+
+// kernelCounters are the counters of /proc/net/snmp that say where
+// datagrams went on the clones' hosts.
+var kernelCounters = []string{"Udp:InDatagrams", "Udp:RcvbufErrors", "Udp:InErrors", "Ip:ReasmFails", "Ip:ReasmTimeout"}
 
 type clone struct {
 	fetched, installed, siblings, retried int
@@ -195,6 +203,24 @@ func main() {
 		}
 	}
 	fmt.Println()
+	fmt.Println("On the clones' hosts, summed (/proc/net/snmp, the run's change): datagrams delivered to sockets (each clone's socket counts its own), dropped because a socket's buffer was full, other receive errors, and IP reassembly failures and timeouts (a datagram is three fragments)")
+	fmt.Println()
+	fmt.Print("| N | mode |")
+	for _, k := range kernelCounters {
+		fmt.Printf(" %s |", k)
+	}
+	fmt.Println()
+	fmt.Println("|" + strings.Repeat(" --- |", 2+len(kernelCounters)))
+	for _, n := range ns {
+		for _, m := range ms {
+			fmt.Printf("| %d | %s |", n, m)
+			for _, k := range kernelCounters {
+				fmt.Printf(" %d |", across[m][n].kernel[k])
+			}
+			fmt.Println()
+		}
+	}
+	fmt.Println()
 	fmt.Printf("(run took %v)\n", time.Since(start).Round(time.Second))
 }
 
@@ -305,6 +331,10 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
+	kBefore, err := b.snmp()
+	if err != nil {
+		return result{}, err
+	}
 	p, ticket, took, err := b.forkRun(n, "ip", "netns", "exec", b.names[0], b.sfvmm, "run", "--agent", b.agentAddr(0),
 		"--cluster-tls", b.tls, "--cluster-name", b.names[0], "--pages", mode)
 	if err != nil {
@@ -314,7 +344,14 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	r := result{took: took, sent: after - before, firstUp: b.timeout}
+	kAfter, err := b.snmp()
+	if err != nil {
+		return result{}, err
+	}
+	r := result{took: took, sent: after - before, firstUp: b.timeout, kernel: map[string]uint64{}}
+	for k, v := range kAfter {
+		r.kernel[k] = v - kBefore[k]
+	}
 	for _, l := range p.Lines(0, p.Mark()) {
 		if runningRE.MatchString(l.Text) {
 			r.firstUp, r.lastUp = min(r.firstUp, l.At.Sub(ticket)), max(r.lastUp, l.At.Sub(ticket))
@@ -332,6 +369,29 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 		return r, fmt.Errorf("%s: statistics of %d clones, want %d:\n%s", mode, len(r.clones), n, p.Tail(40))
 	}
 	return r, nil
+}
+
+// snmp sums kernelCounters over the clones' hosts.
+func (b *bench) snmp() (map[string]uint64, error) {
+	sum := map[string]uint64{}
+	for _, h := range b.names[1:4] {
+		out, err := exec.Command("ip", "netns", "exec", h, "cat", "/proc/net/snmp").Output()
+		if err != nil {
+			return nil, fmt.Errorf("%s's /proc/net/snmp: %v", h, err)
+		}
+		lines := strings.Split(string(out), "\n")
+		for i := 0; i+1 < len(lines); i += 2 {
+			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			if len(names) != len(values) || len(names) == 0 {
+				continue
+			}
+			for j := 1; j < len(names); j++ {
+				v, _ := strconv.ParseUint(values[j], 10, 64)
+				sum[names[0]+names[j]] += v
+			}
+		}
+	}
+	return sum, nil
 }
 
 func (b *bench) forkLocal(n int) (time.Duration, error) {
