@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,14 +13,23 @@ import (
 )
 
 // pair returns a client and a server Conn on the two ends of a socket
-// pair, their handshake done.
-func pair(t *testing.T, key [32]byte) (*Conn, *Conn) {
+// pair, their handshake done. The test's goroutines that use them go in
+// wg: at the end the pair is shut down, which ends their system calls,
+// and closed only once they are done, so that none of them reads or
+// writes a later test's socket that got the same descriptor number.
+func pair(t *testing.T, key [32]byte, wg *sync.WaitGroup) (*Conn, *Conn) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	t.Cleanup(func() {
+		unix.Shutdown(fds[0], unix.SHUT_RDWR)
+		unix.Shutdown(fds[1], unix.SHUT_RDWR)
+		wg.Wait()
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+	})
 	ccfg, err := Config(key, false)
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +39,7 @@ func pair(t *testing.T, key [32]byte) (*Conn, *Conn) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	s.SetDeadline(time.Now().Add(10 * time.Second))
 	errc := make(chan error, 1)
-	go func() { errc <- s.Handshake() }()
+	wg.Go(func() { errc <- s.Handshake() })
 	if err := c.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -44,8 +54,15 @@ func pair(t *testing.T, key [32]byte) (*Conn, *Conn) {
 func pollFd(t *testing.T, c *Conn, events int16) {
 	t.Helper()
 	p := []unix.PollFd{{Fd: int32(c.raw.fd), Events: events}}
-	if n, err := unix.Poll(p, 10000); n != 1 || err != nil {
-		t.Fatalf("poll: %d, %v", n, err)
+	for {
+		n, err := unix.Poll(p, 10000)
+		if errors.Is(err, unix.EINTR) {
+			continue // Go's own signals
+		}
+		if n != 1 || err != nil {
+			t.Fatalf("poll: %d, %v", n, err)
+		}
+		return
 	}
 }
 
@@ -53,7 +70,8 @@ func pollFd(t *testing.T, c *Conn, events int16) {
 // between, and never blocks on a write: what the socket does not take
 // waits for Flush.
 func TestNonblockingConn(t *testing.T) {
-	c, s := pair(t, [32]byte{1})
+	var wg sync.WaitGroup
+	c, s := pair(t, [32]byte{1}, &wg)
 	if err := c.SetNonblock(); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +80,7 @@ func TestNonblockingConn(t *testing.T) {
 		t.Fatalf("read with nothing sent: %v, want EAGAIN", err)
 	}
 	want := bytes.Repeat([]byte("page"), 100<<10)
-	go s.Write(want)
+	wg.Go(func() { s.Write(want) })
 	var got []byte
 	for len(got) < len(want) {
 		n, err := c.Read(buf)
@@ -92,12 +110,12 @@ func TestNonblockingConn(t *testing.T) {
 	if !c.Pending() {
 		t.Fatal("nothing pending after 16 MiB written to a socket pair nobody reads")
 	}
-	done := make(chan []byte)
-	go func() {
+	done := make(chan []byte, 1)
+	wg.Go(func() {
 		b := make([]byte, len(big))
 		io.ReadFull(s, b)
 		done <- b
-	}()
+	})
 	for c.Pending() {
 		if err := c.Flush(); err != nil && !errors.Is(err, unix.EAGAIN) {
 			t.Fatal(err)
@@ -114,7 +132,8 @@ func TestNonblockingConn(t *testing.T) {
 // On a blocking descriptor a deadline is the socket's timeout: a read
 // past it fails with os.ErrDeadlineExceeded, and the stream still works.
 func TestBlockingDeadline(t *testing.T) {
-	c, s := pair(t, [32]byte{2})
+	var wg sync.WaitGroup
+	c, s := pair(t, [32]byte{2}, &wg)
 	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	start := time.Now()
 	if _, err := c.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -124,7 +143,7 @@ func TestBlockingDeadline(t *testing.T) {
 		t.Errorf("the deadline took %v", d)
 	}
 	c.SetReadDeadline(time.Time{})
-	go s.Write([]byte("after"))
+	wg.Go(func() { s.Write([]byte("after")) })
 	b := make([]byte, 5)
 	if _, err := io.ReadFull(c, b); err != nil || string(b) != "after" {
 		t.Fatalf("read after a deadline: %q, %v", b, err)
@@ -144,8 +163,13 @@ func TestOtherFamilyRefused(t *testing.T) {
 	c, s := Client(fds[0], nil, nil, ccfg), Server(fds[1], nil, nil, scfg)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	s.SetDeadline(time.Now().Add(10 * time.Second))
-	go s.Handshake()
+	errc := make(chan error, 1)
+	go func() { errc <- s.Handshake() }()
 	if err := c.Handshake(); err == nil {
-		t.Fatal("a client of one family completed a handshake with a server of another")
+		t.Error("a client of one family completed a handshake with a server of another")
+	}
+	unix.Shutdown(fds[0], unix.SHUT_RDWR)
+	if err := <-errc; err == nil {
+		t.Error("a server of one family completed a handshake with a client of another")
 	}
 }
