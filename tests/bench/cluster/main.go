@@ -327,11 +327,7 @@ func (b *bench) forkRun(n int, args ...string) (*benchproc.Proc, time.Time, time
 }
 
 func (b *bench) forkAcross(n int, mode string) (result, error) {
-	before, err := b.txBytes()
-	if err != nil {
-		return result{}, err
-	}
-	kBefore, err := b.snmp()
+	before, kBefore, err := b.counters()
 	if err != nil {
 		return result{}, err
 	}
@@ -340,11 +336,7 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 	if err != nil {
 		return result{}, fmt.Errorf("%s: %w", mode, err)
 	}
-	after, err := b.txBytes()
-	if err != nil {
-		return result{}, err
-	}
-	kAfter, err := b.snmp()
+	after, kAfter, err := b.counters()
 	if err != nil {
 		return result{}, err
 	}
@@ -369,6 +361,16 @@ func (b *bench) forkAcross(n int, mode string) (result, error) {
 		return r, fmt.Errorf("%s: statistics of %d clones, want %d:\n%s", mode, len(r.clones), n, p.Tail(40))
 	}
 	return r, nil
+}
+
+// counters reads host0's tx_bytes and the clones' hosts' kernel counters.
+func (b *bench) counters() (uint64, map[string]uint64, error) {
+	tx, err := b.txBytes()
+	if err != nil {
+		return 0, nil, err
+	}
+	k, err := b.snmp()
+	return tx, k, err
 }
 
 // snmp sums kernelCounters over the clones' hosts.
