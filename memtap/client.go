@@ -125,13 +125,16 @@ type Stats struct {
 	// pages asked again on the stream after they did not come on the
 	// group; DatagramsForged and DatagramsReplayed datagrams dropped for
 	// failing authentication (another family's, or forged) or for a
-	// sequence number already seen; BytesMulticast datagram bytes read.
+	// sequence number already seen; BytesMulticast datagram bytes read;
+	// MulticastOff clients that left the group because nothing came on
+	// it (a network that drops multicast) and asked by unicast after.
 	PagesMulticast    uint64
 	PagesFromSiblings uint64
 	PagesRetried      uint64
 	DatagramsForged   uint64
 	DatagramsReplayed uint64
 	BytesMulticast    uint64
+	MulticastOff      uint64
 	// FaultLatency[i] counts faults served in [2^(i-1), 2^i) µs, from the
 	// helper's reading of the fault to the page being installed (bucket
 	// 0: under 1 µs; the last bucket has everything above).
@@ -153,6 +156,7 @@ func (s *Stats) Add(t Stats) {
 	s.DatagramsForged += t.DatagramsForged
 	s.DatagramsReplayed += t.DatagramsReplayed
 	s.BytesMulticast += t.BytesMulticast
+	s.MulticastOff += t.MulticastOff
 	for i := range s.FaultLatency {
 		s.FaultLatency[i] += t.FaultLatency[i]
 	}
@@ -187,7 +191,7 @@ func bucket(d time.Duration) int {
 // counters is the shared-memory layout of Stats, written by the helper.
 type counters struct {
 	faults, fetched, direct, zeroFilled, prefetched, requests, bytes atomic.Uint64
-	multicast, siblings, retried, forged, replayed, mbytes           atomic.Uint64
+	multicast, siblings, retried, forged, replayed, mbytes, mcOff    atomic.Uint64
 	hist                                                             [Buckets]atomic.Uint64
 }
 
@@ -197,6 +201,7 @@ func (c *counters) stats() Stats {
 		PagesPrefetched: c.prefetched.Load(), Requests: c.requests.Load(), BytesReceived: c.bytes.Load(),
 		PagesMulticast: c.multicast.Load(), PagesFromSiblings: c.siblings.Load(), PagesRetried: c.retried.Load(),
 		DatagramsForged: c.forged.Load(), DatagramsReplayed: c.replayed.Load(), BytesMulticast: c.mbytes.Load(),
+		MulticastOff: c.mcOff.Load(),
 	}
 	for i := range s.FaultLatency {
 		s.FaultLatency[i] = c.hist[i].Load()

@@ -384,12 +384,15 @@ func (h *handler) loop(stop int) error {
 		// The group before the stream: a reply that says a page went
 		// there finds it installed.
 		if h.mc != nil {
-			if pfd[3].Revents != 0 {
+			if pfd[3].Revents != 0 && !h.mc.left {
 				if err := h.datagrams(); err != nil {
 					return err
 				}
 			}
 			h.groupWork(time.Now())
+			if h.mc.left {
+				pfd[3].Fd = -1 // poll skips it
+			}
 		}
 		if pfd[1].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0 {
 			if err := h.receive(); err != nil {
@@ -590,7 +593,7 @@ func (h *handler) fetch(ri int, p uint64, w int) (uint64, error) {
 }
 
 // request asks the server for pages [first, end) of region ri.
-func (h *handler) request(ri int, first, end uint64) { h.requestFlags(ri, first, end, 0) }
+func (h *handler) request(ri int, first, end uint64) { h.requestFlags(ri, first, end, h.firstAsk()) }
 
 // requestFlags asks for pages [first, end) of region ri with flags.
 func (h *handler) requestFlags(ri int, first, end uint64, flags uint32) {

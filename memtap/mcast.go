@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"time"
 	"unsafe"
@@ -18,13 +19,21 @@ import (
 // installs every page that comes there and that this clone lacks, asks
 // again on its stream (RequestUnicast) for a page a reply said went to the
 // group but that did not come, and reports how fast pages come so that the
-// server paces to the slowest clone.
+// server paces to the slowest clone. A clone whose network drops multicast
+// (many clouds do) notices that pages stop coming and leaves the group:
+// it asks for everything by unicast from then on.
 
 // retryAfter is how long a page a reply said went to the group may take
 // to come before it is asked again on the stream. The server sends the
 // datagrams before the reply, on a shorter path (no TLS relay), so a page
 // that has not come by then is almost surely lost.
 const retryAfter = 100 * time.Millisecond
+
+// leaveAfter is how many pages in a row may go missing on the group, none
+// coming in between, before the clone leaves it. Loss alone (10% of
+// datagrams) does not lose 16 in a row; a network that drops multicast
+// costs the clone at most a few of retryAfter before it leaves.
+const leaveAfter = 16
 
 // group is the handler's multicast state.
 type group struct {
@@ -37,6 +46,9 @@ type group struct {
 	awaiting map[uint64]time.Time
 	received uint64    // pages installed from the group since the last report
 	reported time.Time // when the last report went
+	missed   int       // pages that went missing since one last came
+	left     bool      // the clone left the group: every page by unicast
+	name     string    // the group, for messages
 }
 
 // joinGroup joins the group of w from the interface at local.
@@ -69,8 +81,27 @@ func (h *handler) joinGroup(w wire.Welcome, local net.Addr) error {
 		return fmt.Errorf("multicast: join %v:%d on %v: %w", net.IP(w.Group[:]), w.Port, ta.IP, err)
 	}
 	h.mc = &group{fd: fd, opener: o, buf: make([]byte, mcdist.Size+1), body: make([]byte, mcdist.BodySize),
-		awaiting: map[uint64]time.Time{}, reported: time.Now()}
+		awaiting: map[uint64]time.Time{}, reported: time.Now(), name: fmt.Sprintf("%v:%d", net.IP(w.Group[:]), w.Port)}
 	return nil
+}
+
+// firstAsk is the flags of a request for pages not asked before:
+// RequestUnicast once the clone has left the group.
+func (h *handler) firstAsk() uint32 {
+	if h.mc != nil && h.mc.left {
+		return wire.RequestUnicast
+	}
+	return 0
+}
+
+// leave leaves the group for good: nothing has come on it while
+// leaveAfter pages went missing.
+func (h *handler) leave() {
+	g := h.mc
+	fmt.Fprintf(os.Stderr, "memtap: multicast: %d pages sent to group %s went missing and none came: leaving it, every page by unicast from now on\n", g.missed, g.name)
+	unix.Close(g.fd)
+	g.fd, g.left = -1, true
+	h.c.mcOff.Store(1)
 }
 
 // datagrams installs what has come on the group.
@@ -110,6 +141,7 @@ func (h *handler) datagrams() error {
 		mine := r.state[p] == requested
 		delete(g.awaiting, key)
 		g.received++
+		g.missed = 0
 		// Counters first, as in complete.
 		h.c.fetched.Add(1)
 		h.c.multicast.Add(1)
@@ -125,12 +157,18 @@ func (h *handler) datagrams() error {
 	}
 }
 
-// await notes that page p of region ri went to the group.
+// await notes that page p of region ri went to the group. A clone that
+// left the group asks again at once (the reply answered a request sent
+// before it left).
 func (h *handler) await(ri int, p uint64, now time.Time) {
 	if h.mc == nil {
 		return
 	}
-	h.mc.awaiting[uint64(ri)<<40|p] = now.Add(retryAfter)
+	due := now.Add(retryAfter)
+	if h.mc.left {
+		due = now
+	}
+	h.mc.awaiting[uint64(ri)<<40|p] = due
 }
 
 // groupDue returns when the group next needs attention: a page to ask
@@ -140,8 +178,11 @@ func (h *handler) groupDue() time.Time {
 		return time.Time{}
 	}
 	due := h.mc.reported.Add(wire.ReportInterval)
+	if h.mc.left {
+		due = time.Time{}
+	}
 	for _, t := range h.mc.awaiting {
-		if t.Before(due) {
+		if due.IsZero() || t.Before(due) {
 			due = t
 		}
 	}
@@ -165,6 +206,12 @@ func (h *handler) groupWork(now time.Time) {
 			late = append(late, key)
 		}
 	}
+	if !g.left {
+		g.missed += len(late)
+		if g.missed >= leaveAfter {
+			h.leave()
+		}
+	}
 	slices.Sort(late)
 	for i := 0; i < len(late); {
 		j := i + 1
@@ -175,7 +222,7 @@ func (h *handler) groupWork(now time.Time) {
 		h.requestFlags(int(late[i]>>40), late[i]&(1<<40-1), late[j-1]&(1<<40-1)+1, wire.RequestUnicast)
 		i = j
 	}
-	if now.Sub(g.reported) >= wire.ReportInterval {
+	if !g.left && now.Sub(g.reported) >= wire.ReportInterval {
 		h.out = wire.Report(g.received).Append(h.out)
 		g.received, g.reported = 0, now
 	}

@@ -113,6 +113,7 @@ type parent struct {
 	tcp    string
 	unix   string
 	group  *net.UDPAddr // the TCP clients' multicast group, if any
+	from   net.IP       // the interface the group is sent from (default loopback)
 	counts struct{ data, zero, absent int }
 }
 
@@ -185,7 +186,10 @@ func newParentOf(t *testing.T, p *parent, writes func(i int) bool) *parent {
 	}
 	p.tcp = lt.Addr().String()
 	if p.group != nil {
-		if err := p.image.Multicast(net.IPv4(127, 0, 0, 1), p.group, p.key); err != nil {
+		if p.from == nil {
+			p.from = net.IPv4(127, 0, 0, 1)
+		}
+		if err := p.image.Multicast(p.from, p.group, p.key); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -797,8 +801,8 @@ func childMain(mode string) int {
 			return 1
 		}
 		s := c.Stats()
-		fmt.Printf("storm ok: %d faults, %d fetched, multicast %d from siblings %d retried %d forged %d replayed %d\n",
-			s.Faults, s.PagesFetched, s.PagesMulticast, s.PagesFromSiblings, s.PagesRetried, s.DatagramsForged, s.DatagramsReplayed)
+		fmt.Printf("storm ok: %d faults, %d fetched, multicast %d from siblings %d retried %d forged %d replayed %d left %d\n",
+			s.Faults, s.PagesFetched, s.PagesMulticast, s.PagesFromSiblings, s.PagesRetried, s.DatagramsForged, s.DatagramsReplayed, s.MulticastOff)
 		c.Close()
 		return 0
 	case "starve":
@@ -1193,31 +1197,65 @@ func recordingProxy(target, rec string) int {
 }
 
 // A multicast family on one host's loopback, in a network namespace of
-// the test's own (the host's loopback has no multicast): three clones in
+// the test's own (the host's loopback has no multicast): eight clones in
 // processes of their own fetch every page at once; each installs pages
 // its siblings asked for, and all get the image right.
 func TestMulticastFamily(t *testing.T) {
+	if !inOwnNetns(t, "TestMulticastFamily") {
+		return
+	}
+	p := newParentOf(t, &parent{group: server.NewGroup()}, func(int) bool { return true })
+	siblings := 0
+	for k, c := range family(t, p, 8) {
+		if c.multicast == 0 {
+			t.Errorf("clone %d installed no page from the group", k)
+		}
+		siblings += c.siblings
+	}
+	if siblings == 0 {
+		t.Error("no clone installed a page a sibling asked for")
+	}
+}
+
+// inOwnNetns runs test name again in a network namespace of its own, with
+// lo up and multicast on, and reports false; in that run it reports true.
+func inOwnNetns(t *testing.T, name string, ipCmds ...[]string) bool {
+	t.Helper()
 	if os.Getenv("MEMTAP_TEST_NETNS") == "" {
-		cmd := exec.Command("unshare", "--net", os.Args[0], "-test.run", "^TestMulticastFamily$", "-test.v", "-test.count=1")
+		cmd := exec.Command("unshare", "--net", os.Args[0], "-test.run", "^"+name+"$", "-test.v", "-test.count=1")
 		cmd.Env = append(os.Environ(), "MEMTAP_TEST_NETNS=1")
 		out, err := cmd.CombinedOutput()
 		t.Logf("in a network namespace of its own:\n%s", out)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return
+		return false
 	}
-	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"link", "set", "lo", "multicast", "on"}} {
+	for _, args := range append([][]string{{"link", "set", "lo", "up"}, {"link", "set", "lo", "multicast", "on"}}, ipCmds...) {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
-	p := newParentOf(t, &parent{group: server.NewGroup()}, func(int) bool { return true })
+	return true
+}
+
+// cloneStats are what a family's clone printed and its multicast counters.
+type cloneStats struct {
+	out                                string
+	multicast, siblings, retried, left int
+}
+
+var stormRE = regexp.MustCompile(`multicast (\d+) from siblings (\d+) retried (\d+) forged \d+ replayed \d+ left (\d+)`)
+
+// family runs n clones of p over TCP at once, each in a process of its
+// own reading every page, and returns the statistics of those that got
+// every page right; the test fails for the others.
+func family(t *testing.T, p *parent, n int) []cloneStats {
+	t.Helper()
 	cc := childConfig{Network: "tcp", Address: p.tcp, Key: p.key, Pages: regionPages}
 	for r := range regionPages {
 		cc.Populated = append(cc.Populated, p.pop[r])
 	}
-	const n = 8
 	outs := make([]string, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -1225,28 +1263,74 @@ func TestMulticastFamily(t *testing.T) {
 		wg.Go(func() { outs[k], errs[k], _ = runChild(t, "storm", cc, time.Minute) })
 	}
 	wg.Wait()
-	siblings := 0
-	re := regexp.MustCompile(`multicast (\d+) from siblings (\d+)`)
+	var stats []cloneStats
 	for k := range n {
 		t.Logf("clone %d: %s", k, outs[k])
-		if errs[k] != nil {
+		m := stormRE.FindStringSubmatch(outs[k])
+		switch {
+		case errs[k] != nil:
 			t.Errorf("clone %d: %v", k, errs[k])
-			continue
-		}
-		m := re.FindStringSubmatch(outs[k])
-		if m == nil {
+		case m == nil:
 			t.Errorf("clone %d printed no multicast statistics", k)
-			continue
+		default:
+			c := cloneStats{out: outs[k]}
+			for i, v := range []*int{&c.multicast, &c.siblings, &c.retried, &c.left} {
+				*v, _ = strconv.Atoi(m[i+1])
+			}
+			stats = append(stats, c)
 		}
-		if m[1] == "0" {
-			t.Errorf("clone %d installed no page from the group", k)
-		}
-		s, _ := strconv.Atoi(m[2])
-		siblings += s
-	}
-	if siblings == 0 {
-		t.Error("no clone installed a page a sibling asked for")
 	}
 	st := p.srv.Stats()
 	t.Logf("server: %d pages multicast, %d sent on streams", st.PagesMulticast, st.PagesSent)
+	return stats
+}
+
+// A network that drops multicast, as many clouds do: the server sends the
+// family's pages from an interface (a dummy one) that delivers nothing to
+// the clones, who joined the group on another. Each clone notices that
+// pages stop coming, leaves the group and gets every page by unicast. And
+// a host that cannot send to the group at all (the interface is down)
+// sends every page on the clones' streams.
+func TestMulticastUnreachable(t *testing.T) {
+	if !inOwnNetns(t, "TestMulticastUnreachable", []string{"link", "add", "mc0", "type", "veth", "peer", "name", "mc1"},
+		[]string{"addr", "add", "10.77.0.1/24", "dev", "mc0"}, []string{"link", "set", "mc0", "up"}, []string{"link", "set", "mc1", "up"}) {
+		return
+	}
+	for _, tc := range []struct {
+		name  string
+		after []string // an ip command run once the server is up
+	}{
+		{name: "dropped"},
+		{name: "send fails", after: []string{"link", "set", "mc0", "down"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newParentOf(t, &parent{group: server.NewGroup(), from: net.IPv4(10, 77, 0, 1)}, func(int) bool { return true })
+			if tc.after != nil {
+				if out, err := exec.Command("ip", tc.after...).CombinedOutput(); err != nil {
+					t.Fatalf("ip %v: %v: %s", tc.after, err, out)
+				}
+				defer exec.Command("ip", "link", "set", "mc0", "up").Run()
+			}
+			clones := family(t, p, 3)
+			left := 0
+			for k, c := range clones {
+				if c.multicast != 0 {
+					t.Errorf("clone %d installed %d pages from a group that delivers nothing", k, c.multicast)
+				}
+				if c.left == 1 {
+					left++
+					if !strings.Contains(c.out, "leaving it, every page by unicast") {
+						t.Errorf("clone %d left the group without saying so", k)
+					}
+				}
+			}
+			st := p.srv.Stats()
+			switch {
+			case tc.after == nil && (left != 3 || st.PagesMulticast == 0):
+				t.Errorf("%d of 3 clones left the group, %d pages multicast: want every clone to leave a group the server sends to", left, st.PagesMulticast)
+			case tc.after != nil && (left != 0 || st.PagesMulticast != 0):
+				t.Errorf("%d clones left the group, %d pages multicast: want none multicast once sending fails", left, st.PagesMulticast)
+			}
+		})
+	}
 }

@@ -28,7 +28,7 @@ func addClusterFlags(fs *flag.FlagSet) clusterFlags {
 		name:      fs.String("cluster-name", "", "with --agent: this host's member name, whose certificate the folder holds (the agent's)"),
 		serve:     fs.String("serve-address", "", "with --agent: IP:PORT at which clones reach this VM's memory server (default: the agent's IP, any port)"),
 		placement: fs.String("placement", "spread", "with --agent: spread a ticket's clones over hosts, or pack them onto few"),
-		pages:     fs.String("pages", "unicast", "with --agent: how clones on other hosts get pages: unicast (a TLS stream per clone) or multicast (one reply installed by every clone of the family; not yet proven in the nested sandbox)"),
+		pages:     fs.String("pages", "multicast", "with --agent: how clones on other hosts get pages: multicast (one reply, sent to the family's group, installed by every clone that lacks it; a clone whose network drops multicast falls back to unicast) or unicast (a TLS stream per clone)"),
 	}
 }
 

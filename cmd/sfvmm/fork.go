@@ -256,9 +256,12 @@ func forkDevice(fk *fork.Forker) func(*vmm.VM) forkdev.Host {
 // formatMemtapStats is a one-line summary of a clone's memory statistics.
 func formatMemtapStats(s memtap.Stats) string {
 	mc := ""
-	if s.BytesMulticast > 0 {
+	if s.BytesMulticast > 0 || s.PagesRetried > 0 || s.MulticastOff > 0 {
 		mc = fmt.Sprintf(", multicast: %d pages installed (%d asked by siblings), %d asked again, %d forged and %d replayed datagrams dropped",
 			s.PagesMulticast, s.PagesFromSiblings, s.PagesRetried, s.DatagramsForged, s.DatagramsReplayed)
+	}
+	if s.MulticastOff > 0 {
+		mc += "; left the group, where nothing came, for unicast"
 	}
 	return fmt.Sprintf("%d faults, %d pages fetched, %d zero-filled locally, %d read from the parent directly, %d prefetched, %d requests, %s received, fault p50 %v p99 %v",
 		s.Faults, s.PagesFetched, s.PagesZeroFilled, s.PagesDirect, s.PagesPrefetched, s.Requests, vmm.FormatSize(s.BytesReceived),

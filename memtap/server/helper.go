@@ -601,11 +601,7 @@ func (im *image) client(c net.Conn, key wire.Key, secure *tls.Config) {
 			// fork, or a lone clone): then on its stream.
 			if mc != nil && q.Flags&wire.RequestUnicast == 0 && im.remote.Load() > 1 {
 				var n int
-				data, n, err = mc.send(q, flags[:q.Count], data, joined)
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "memtap server: %v\n", err)
-					return
-				}
+				data, n = mc.send(q, flags[:q.Count], data, joined)
 				im.s.c.pagesMulticast.Add(uint64(n))
 				im.s.c.bytesMulticast.Add(uint64(n * mcdist.Size))
 			}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -18,11 +19,10 @@ import (
 // the family's group in their Welcome, and the data pages of their
 // replies go to the group, sealed, instead of down their stream.
 const (
-	// lockstep is how long after a page went to the group a request for
-	// it is answered with "sent by multicast" and not sent again: siblings
-	// that fault on the same page at about the same time (they run the
-	// same code) share one datagram.
-	lockstep = 200 * time.Millisecond
+	// forgetAfter: a page sent to the group longer ago than this may be
+	// forgotten once a million are remembered; a request for it then
+	// sends it again.
+	forgetAfter = 200 * time.Millisecond
 	// Pacing: the group is sent to at twice the slowest recent receiver's
 	// rate, within these bounds, so that a receiver that falls behind
 	// slows the sender instead of losing datagrams.
@@ -43,6 +43,7 @@ type mcast struct {
 	// pace holds for all clients and their pages interleave.
 	mu     sync.Mutex
 	sealer *mcdist.Sealer
+	failed bool                 // a send failed: the group is not used again
 	sent   map[uint64]time.Time // region<<40 | page → when it last went out
 	dgram  []byte
 	tokens float64
@@ -132,12 +133,12 @@ func (m *mcast) rate(now time.Time) float64 {
 }
 
 // send multicasts the data pages of q's reply (flags and data as
-// image.read made them) that did not go out within lockstep or since the
-// client joined the group, marking each page sent, or sent before,
+// image.read made them) that did not go out since the client joined the
+// group, marking each page sent, or sent before,
 // PageMulticast. It returns the data of the pages still to go on the
-// client's stream (those the socket had no room for, in order) and how
-// many it sent.
-func (m *mcast) send(q wire.Request, flags []byte, data [][]byte, joined time.Time) (stream [][]byte, sent int, err error) {
+// client's stream (those the group could not take, in order) and how many
+// it sent.
+func (m *mcast) send(q wire.Request, flags []byte, data [][]byte, joined time.Time) (stream [][]byte, sent int) {
 	stream = data[:0]
 	k := 0
 	for i, f := range flags {
@@ -146,53 +147,59 @@ func (m *mcast) send(q wire.Request, flags []byte, data [][]byte, joined time.Ti
 		}
 		d := data[k]
 		k++
-		switch went, err := m.sendPage(q.Region, q.First+uint64(i), d, joined); {
-		case err != nil:
-			return nil, sent, err
-		case went:
+		if m.sendPage(q.Region, q.First+uint64(i), d, joined) {
 			flags[i] = wire.PageMulticast
 			sent++
-		default:
-			stream = append(stream, d) // the stream has room
+		} else {
+			stream = append(stream, d)
 		}
 	}
-	return stream, sent, nil
+	return stream, sent
 }
 
-// sendPage sends a page to the group unless it went within lockstep, or
-// since the client asking joined the group: then its request crossed the
-// datagram, which it has or will have, and it asks again on its stream
-// (RequestUnicast) if the datagram was lost. Only a client that joined
-// after a page went out needs it sent again. A paced sender serves a
-// queue of requests, so a request can wait far longer than lockstep. It
-// reports whether the page is on the group (sent now or before), false
-// when the socket had no room.
-func (m *mcast) sendPage(region uint32, page uint64, d []byte, joined time.Time) (bool, error) {
+// sendPage sends a page to the group unless it went since the client
+// asking joined the group (lockstep: siblings that run the same code fault
+// on the same pages at about the same time, and share one datagram): then
+// its request crossed the datagram, which it has or will have, and it asks
+// again on its stream (RequestUnicast) if the datagram was lost. A page
+// that went before the client joined is sent again, however recently it
+// went: the client was not there to get it. It reports whether the page is on the group (sent now or before), false
+// when the socket had no room or the host cannot send to the group (no
+// route, an interface gone): the page goes on the client's stream, and
+// after an error so does every page.
+func (m *mcast) sendPage(region uint32, page uint64, d []byte, joined time.Time) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failed {
+		return false
+	}
 	key := uint64(region)<<40 | page
-	now := time.Now()
-	if t, ok := m.sent[key]; ok && (now.Sub(t) < lockstep || t.After(joined)) {
-		return true, nil
+	if t, ok := m.sent[key]; ok && t.After(joined) {
+		return true
 	}
 	m.pace()
+	// The time before the write: a page marked sent after a client
+	// joined surely went after it joined.
+	now := time.Now()
 	m.dgram = m.sealer.Seal(m.dgram[:0], region, page, d)
 	_, err := unix.Write(m.fd, m.dgram)
 	switch {
 	case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS):
-		return false, nil
+		return false
 	case err != nil:
-		return false, fmt.Errorf("multicast: %w", err)
+		m.failed = true
+		fmt.Fprintf(os.Stderr, "memtap server: multicast to %v:%d: %v: every page goes on its client's stream from now on\n", net.IP(m.group[:]), m.port, err)
+		return false
 	}
-	m.sent[key] = time.Now()
+	m.sent[key] = now
 	if len(m.sent) > 1<<20 {
 		for key, t := range m.sent {
-			if now.Sub(t) >= lockstep {
+			if now.Sub(t) >= forgetAfter {
 				delete(m.sent, key)
 			}
 		}
 	}
-	return true, nil
+	return true
 }
 
 // pace waits for a token of the bucket filled at the current rate; m.mu

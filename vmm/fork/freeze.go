@@ -298,12 +298,15 @@ func (f *Forker) publish(img *image, dir string, l net.Listener, d Descriptor, r
 			l.Close()
 			return errors.New("multicast needs a TCP memory server (ServeAddress)")
 		}
+		// Multicast is an optimisation: where this host cannot send to
+		// a group, clones get their pages by unicast, as they do where
+		// the network drops the group's datagrams.
 		group := server.NewGroup()
 		if err := img.frozen.Multicast(tl.IP, group, wire.Key(d.Fork.Key)); err != nil {
-			l.Close()
-			return fmt.Errorf("memory server: %w", err)
+			f.infof("fork: image %d: no multicast (%v): pages for other hosts by unicast", img.id, err)
+		} else {
+			f.infof("fork: image %d: pages for other hosts multicast to %v from %v", img.id, group, tl.IP)
 		}
-		f.infof("fork: image %d: pages for other hosts multicast to %v from %v", img.id, group, tl.IP)
 	}
 	if err := img.frozen.Serve(l, wire.Key(d.Fork.Key)); err != nil {
 		return fmt.Errorf("memory server: %w", err)
