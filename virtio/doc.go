@@ -1,3 +1,5 @@
-// Package virtio will hold the virtio-mmio transport, virtqueues and
-// devices (net, blk, rng, balloon). It holds no code yet.
+// Package virtio is the virtio-mmio transport (version 2) and split
+// virtqueues; each device is a package below it (rng). A guest's queues
+// are untrusted input: anything malformed fails the device
+// (DEVICE_NEEDS_RESET) with one log line, and the VMM goes on.
 package virtio

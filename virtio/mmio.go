@@ -1,0 +1,375 @@
+package virtio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+)
+
+// Device is one virtio device behind a transport.
+type Device interface {
+	// Type is the virtio device ID (virtio 1.2, 5): 4 for entropy.
+	Type() uint32
+	// Features are the device's own feature bits; the transport adds
+	// VERSION_1 and EVENT_IDX.
+	Features() uint64
+	// QueueSizes are the largest size of each of the device's queues.
+	QueueSizes() []uint16
+	// Config is the device's configuration space, which the driver
+	// reads (nil: none).
+	Config() []byte
+	// Handle serves one chain of queue q and returns how many bytes it
+	// wrote into the chain's writable buffers. An ErrMalformed error
+	// fails the device; the chain is not returned.
+	Handle(q int, c Chain) (written uint32, err error)
+}
+
+// MMIO register offsets (virtio 1.2, 4.2.2), and the size of a device's
+// window: registers, then its configuration space at ConfigOffset.
+const (
+	regMagic            = 0x000
+	regVersion          = 0x004
+	regDeviceID         = 0x008
+	regVendorID         = 0x00c
+	regDeviceFeatures   = 0x010
+	regDeviceFeatSel    = 0x014
+	regDriverFeatures   = 0x020
+	regDriverFeatSel    = 0x024
+	regQueueSel         = 0x030
+	regQueueNumMax      = 0x034
+	regQueueNum         = 0x038
+	regQueueReady       = 0x044
+	regQueueNotify      = 0x050
+	regInterruptStatus  = 0x060
+	regInterruptACK     = 0x064
+	regStatus           = 0x070
+	regQueueDescLow     = 0x080
+	regQueueDescHigh    = 0x084
+	regQueueDriverLow   = 0x090
+	regQueueDriverHigh  = 0x094
+	regQueueDeviceLow   = 0x0a0
+	regQueueDeviceHigh  = 0x0a4
+	regConfigGeneration = 0x0fc
+	ConfigOffset        = 0x100
+	WindowSize          = 0x200
+
+	magic    = 0x74726976 // "virt"
+	vendorID = 0x4d564653 // "SFVM"
+)
+
+// Device status bits (virtio 1.2, 2.1).
+const (
+	StatusAcknowledge = 1
+	StatusDriver      = 2
+	StatusDriverOK    = 4
+	StatusFeaturesOK  = 8
+	StatusNeedsReset  = 0x40
+	StatusFailed      = 0x80
+)
+
+// Interrupt status bits.
+const (
+	intUsedBuffer   = 1
+	intConfigChange = 2
+)
+
+// TransportState is the transport's state: a plain value that snapshots
+// keep (the device's own state is the device's).
+type TransportState struct {
+	Status           uint32
+	DeviceFeatSel    uint32
+	DriverFeatSel    uint32
+	DriverFeatures   uint64
+	QueueSel         uint32
+	InterruptStatus  uint32
+	ConfigGeneration uint32
+	Queues           []QueueState
+	Failure          string // why the device needs a reset; "" if it does not
+}
+
+// Transport is a virtio-mmio device (version 2, modern): its registers on
+// the MMIO bus, its queues in guest memory, its interrupt on one line.
+type Transport struct {
+	name string
+	dev  Device
+	mem  Memory
+	irq  func(level bool)
+	log  *slog.Logger
+
+	mu sync.Mutex
+	st TransportState
+	qs []Queue
+}
+
+// NewTransport makes dev a virtio-mmio device named name (for log
+// lines), reading guest memory through mem and raising irq.
+func NewTransport(name string, dev Device, mem Memory, irq func(level bool), log *slog.Logger) *Transport {
+	t := &Transport{name: name, dev: dev, mem: mem, irq: irq, log: log}
+	t.reset()
+	return t
+}
+
+func (t *Transport) features() uint64 { return t.dev.Features() | FeatureVersion1 | FeatureEventIdx }
+
+// reset puts the transport as a device reset leaves it; t.mu held.
+func (t *Transport) reset() {
+	t.st = TransportState{ConfigGeneration: t.st.ConfigGeneration, Queues: make([]QueueState, len(t.dev.QueueSizes()))}
+	t.qs = make([]Queue, len(t.st.Queues))
+	t.irq(false)
+}
+
+// fail puts the device in its failed state: DEVICE_NEEDS_RESET, a
+// configuration-change interrupt, one log line; it serves nothing until
+// the driver resets it. t.mu held.
+func (t *Transport) fail(err error) {
+	if t.st.Status&StatusNeedsReset != 0 {
+		return
+	}
+	t.st.Status |= StatusNeedsReset
+	t.st.Failure = err.Error()
+	t.log.Warn("virtio device needs reset", "device", t.name, "reason", t.st.Failure)
+	t.interrupt(intConfigChange)
+}
+
+func (t *Transport) interrupt(bits uint32) {
+	t.st.InterruptStatus |= bits
+	t.irq(true)
+}
+
+// Failure is why the device needs a reset, or "".
+func (t *Transport) Failure() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.st.Failure
+}
+
+// Read handles a guest read of the window (bus.Device).
+func (t *Transport) Read(off uint64, data []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	clear(data)
+	if off >= ConfigOffset {
+		cfg := t.dev.Config()
+		if o := off - ConfigOffset; o < uint64(len(cfg)) {
+			copy(data, cfg[o:])
+		}
+		return
+	}
+	if len(data) != 4 || off%4 != 0 {
+		return // registers are 32-bit (virtio 1.2, 4.2.2)
+	}
+	var v uint32
+	switch off {
+	case regMagic:
+		v = magic
+	case regVersion:
+		v = 2
+	case regDeviceID:
+		v = t.dev.Type()
+	case regVendorID:
+		v = vendorID
+	case regDeviceFeatures:
+		if t.st.DeviceFeatSel < 2 {
+			v = uint32(t.features() >> (32 * t.st.DeviceFeatSel))
+		}
+	case regQueueNumMax:
+		if sizes := t.dev.QueueSizes(); t.st.QueueSel < uint32(len(sizes)) {
+			v = uint32(sizes[t.st.QueueSel])
+		}
+	case regQueueReady:
+		if q := t.queue(); q != nil && q.Ready {
+			v = 1
+		}
+	case regInterruptStatus:
+		v = t.st.InterruptStatus
+	case regStatus:
+		v = t.st.Status
+	case regConfigGeneration:
+		v = t.st.ConfigGeneration
+	}
+	binary.LittleEndian.PutUint32(data, v)
+}
+
+// queue is the selected queue's state, nil if there is no such queue.
+func (t *Transport) queue() *QueueState {
+	if t.st.QueueSel >= uint32(len(t.st.Queues)) {
+		return nil
+	}
+	return &t.st.Queues[t.st.QueueSel]
+}
+
+// Write handles a guest write to the window (bus.Device).
+func (t *Transport) Write(off uint64, data []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if off >= ConfigOffset || len(data) != 4 || off%4 != 0 {
+		return // no device takes configuration writes yet
+	}
+	v := binary.LittleEndian.Uint32(data)
+	q := t.queue()
+	// Queue registers only while the queue is not live (virtio 1.2,
+	// 4.2.3.2); a driver that writes them later is ignored.
+	setQueue := func(f func(q *QueueState)) {
+		if q != nil && !q.Ready {
+			f(q)
+		}
+	}
+	switch off {
+	case regDeviceFeatSel:
+		t.st.DeviceFeatSel = v
+	case regDriverFeatSel:
+		t.st.DriverFeatSel = v
+	case regDriverFeatures:
+		if t.st.DriverFeatSel < 2 && t.st.Status&StatusFeaturesOK == 0 {
+			shift := 32 * t.st.DriverFeatSel
+			t.st.DriverFeatures = t.st.DriverFeatures&^(0xffffffff<<shift) | uint64(v)<<shift
+		}
+	case regQueueSel:
+		t.st.QueueSel = v
+	case regQueueNum:
+		setQueue(func(q *QueueState) { q.Size = uint16(min(v, 1<<16-1)) })
+	case regQueueDescLow:
+		setQueue(func(q *QueueState) { q.Desc = q.Desc&^0xffffffff | uint64(v) })
+	case regQueueDescHigh:
+		setQueue(func(q *QueueState) { q.Desc = q.Desc&0xffffffff | uint64(v)<<32 })
+	case regQueueDriverLow:
+		setQueue(func(q *QueueState) { q.Avail = q.Avail&^0xffffffff | uint64(v) })
+	case regQueueDriverHigh:
+		setQueue(func(q *QueueState) { q.Avail = q.Avail&0xffffffff | uint64(v)<<32 })
+	case regQueueDeviceLow:
+		setQueue(func(q *QueueState) { q.Used = q.Used&^0xffffffff | uint64(v) })
+	case regQueueDeviceHigh:
+		setQueue(func(q *QueueState) { q.Used = q.Used&0xffffffff | uint64(v)<<32 })
+	case regQueueReady:
+		t.setReady(v == 1)
+	case regQueueNotify:
+		t.notify(v)
+	case regInterruptACK:
+		t.st.InterruptStatus &^= v
+		if t.st.InterruptStatus == 0 {
+			t.irq(false)
+		}
+	case regStatus:
+		t.setStatus(v)
+	}
+}
+
+// setReady makes the selected queue live (after checking what the driver
+// configured) or stops it.
+func (t *Transport) setReady(ready bool) {
+	qs := t.queue()
+	if qs == nil {
+		return
+	}
+	if !ready {
+		qs.Ready = false
+		return
+	}
+	if qs.Ready {
+		return
+	}
+	sel := t.st.QueueSel
+	q := Queue{QueueState: *qs}
+	q.LastAvail, q.UsedIdx = 0, 0
+	q.EventIdx = t.st.DriverFeatures&FeatureEventIdx != 0
+	if err := q.Check(t.mem, t.dev.QueueSizes()[sel]); err != nil {
+		t.fail(fmt.Errorf("queue %d: %w", sel, err))
+		return
+	}
+	q.Ready = true
+	*qs = q.QueueState
+	t.qs[sel] = q
+}
+
+// setStatus takes the driver's status: 0 resets the device; FEATURES_OK
+// stays clear when the driver took features the device does not offer,
+// or not VERSION_1 (the driver then gives up, virtio 1.2, 3.1.1); a
+// driver that skips a step fails the device.
+func (t *Transport) setStatus(v uint32) {
+	if v == 0 {
+		t.reset()
+		return
+	}
+	old := t.st.Status
+	if v&^uint32(StatusAcknowledge|StatusDriver|StatusDriverOK|StatusFeaturesOK|StatusFailed) != 0 || v&old != old&^StatusNeedsReset {
+		t.fail(fmt.Errorf("status %#x after %#x: bits a driver may not set, or clears", v, old))
+		return
+	}
+	if v&StatusFeaturesOK != 0 && old&StatusFeaturesOK == 0 {
+		f := t.st.DriverFeatures
+		if f&^t.features() != 0 || f&FeatureVersion1 == 0 {
+			v &^= StatusFeaturesOK
+		}
+	}
+	if v&StatusDriverOK != 0 && v&StatusFeaturesOK == 0 {
+		t.fail(errors.New("DRIVER_OK without FEATURES_OK"))
+		return
+	}
+	t.st.Status = v | old&StatusNeedsReset
+}
+
+// notify serves queue n's available chains.
+func (t *Transport) notify(n uint32) {
+	if n >= uint32(len(t.qs)) || t.st.Status&StatusNeedsReset != 0 || t.st.Status&StatusDriverOK == 0 || !t.qs[n].Ready {
+		return
+	}
+	q := &t.qs[n]
+	old := q.UsedIdx
+	for {
+		c, ok, err := q.Pop()
+		if err == nil && ok {
+			var w uint32
+			if w, err = t.dev.Handle(int(n), c); err == nil {
+				q.Push(c.Head, w)
+			}
+		}
+		if err != nil {
+			t.fail(fmt.Errorf("queue %d: %w", n, err))
+			break
+		}
+		if !ok {
+			break
+		}
+	}
+	t.st.Queues[n] = q.QueueState
+	if q.WantsInterrupt(old) {
+		t.interrupt(intUsedBuffer)
+	}
+}
+
+// Save returns the transport's state.
+func (t *Transport) Save() (TransportState, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.st
+	st.Queues = append([]QueueState(nil), t.st.Queues...)
+	return st, nil
+}
+
+// Restore puts the transport in state st; its live queues must lie in
+// guest RAM as they did.
+func (t *Transport) Restore(st TransportState) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	sizes := t.dev.QueueSizes()
+	if len(st.Queues) != len(sizes) {
+		return fmt.Errorf("%s: %d queues in the state, the device has %d", t.name, len(st.Queues), len(sizes))
+	}
+	qs := make([]Queue, len(sizes))
+	for i, s := range st.Queues {
+		qs[i] = Queue{QueueState: s}
+		if !s.Ready {
+			continue
+		}
+		if err := qs[i].Check(t.mem, sizes[i]); err != nil {
+			return fmt.Errorf("%s: queue %d: %w", t.name, i, err)
+		}
+	}
+	t.st = st
+	t.st.Queues = append([]QueueState(nil), st.Queues...)
+	t.qs = qs
+	t.irq(t.st.InterruptStatus != 0)
+	return nil
+}
