@@ -103,12 +103,18 @@ bench-fork: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/fork ./tests/bench/fork
 	$(KVMBOX) --mem 4G --timeout 60m -- $(BUILD)/bench/fork -root $(CURDIR) $(BENCH_FORK_FLAGS)
 
-# Fork across 4 sandbox hosts: bytes the parent's host sent, unicast and
-# multicast, fork time against one host and cold boots, pages per clone
-# (in the sandbox; an hour or more at the default 64 MiB).
+# Fork across 4 sandbox hosts: one page fault's service from host1 to
+# host0's memory server against its floor on the same path, then bytes the
+# parent's host sent, unicast and multicast, fork time against one host and
+# cold boots, pages per clone (in the sandbox; an hour or more at the
+# default 64 MiB).
+BENCH_MEMTAP_HOSTS_FLAGS ?= -faults 500 -rounds 4 -scan 32 -scan-rounds 1 -small 16 -large 128 -reps 3
 bench-cluster: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/cluster ./tests/bench/cluster
-	$(KVMBOX) --hosts 4 --mem 6G --timeout 180m -- $(BUILD)/bench/cluster -root $(CURDIR) $(BENCH_CLUSTER_FLAGS)
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/memtap ./tests/bench/memtap
+	$(KVMBOX) --hosts 4 --mem 6G --timeout 180m -- sh -c 'set -e; set -- $$SFVMM_HOST_ADDRS; \
+		ip netns exec host1 $(BUILD)/bench/memtap -listen-netns host0 -listen-ip $$1 $(BENCH_MEMTAP_HOSTS_FLAGS); \
+		$(BUILD)/bench/cluster -root $(CURDIR) $(BENCH_CLUSTER_FLAGS)'
 
 # memtap's page-fault service against a plain userfaultfd handler, on the
 # host (root, userfaultfd; no KVM).

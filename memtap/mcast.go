@@ -29,10 +29,13 @@ import (
 // that has not come by then is almost surely lost.
 const retryAfter = 100 * time.Millisecond
 
-// leaveAfter is how many pages in a row may go missing on the group, none
-// coming in between, before the clone leaves it. Loss alone (10% of
-// datagrams) does not lose 16 in a row; a network that drops multicast
-// costs the clone at most a few of retryAfter before it leaves.
+// leaveAfter is how many pages may go missing on the group, with no
+// datagram at all ever coming, before the clone leaves it: a network that
+// drops multicast costs it a few of retryAfter, once. A clone that has
+// had anything from the group stays: a lossy network still delivers most
+// datagrams, and at times nothing is sent to the group for seconds (every
+// clone waits on pages asked again by unicast), which a rule on recent
+// silence took for a network without multicast.
 const leaveAfter = 16
 
 // group is the handler's multicast state.
@@ -46,7 +49,8 @@ type group struct {
 	awaiting map[uint64]time.Time
 	received uint64    // pages installed from the group since the last report
 	reported time.Time // when the last report went
-	missed   int       // pages that went missing since one last came
+	missed   int       // pages that went missing, while nothing has come
+	came     bool      // a datagram has come on the group
 	left     bool      // the clone left the group: every page by unicast
 	name     string    // the group, for messages
 }
@@ -98,7 +102,7 @@ func (h *handler) firstAsk() uint32 {
 // leaveAfter pages went missing.
 func (h *handler) leave() {
 	g := h.mc
-	fmt.Fprintf(os.Stderr, "memtap: multicast: %d pages sent to group %s went missing and none came: leaving it, every page by unicast from now on\n", g.missed, g.name)
+	fmt.Fprintf(os.Stderr, "memtap: multicast: %d pages sent to group %s went missing and nothing came on it: leaving it, every page by unicast from now on\n", g.missed, g.name)
 	unix.Close(g.fd)
 	g.fd, g.left = -1, true
 	h.c.mcOff.Store(1)
@@ -118,6 +122,7 @@ func (h *handler) datagrams() error {
 			return fmt.Errorf("multicast: receive: %w", err)
 		}
 		h.c.mbytes.Add(uint64(n))
+		g.came = true
 		// A page this clone has, or that is not in its RAM, is dropped
 		// unopened: what the header says does not matter then.
 		ri, p, err := g.opener.Peek(g.buf[:n])
@@ -141,7 +146,6 @@ func (h *handler) datagrams() error {
 		mine := r.state[p] == requested
 		delete(g.awaiting, key)
 		g.received++
-		g.missed = 0
 		// Counters first, as in complete.
 		h.c.fetched.Add(1)
 		h.c.multicast.Add(1)
@@ -206,7 +210,7 @@ func (h *handler) groupWork(now time.Time) {
 			late = append(late, key)
 		}
 	}
-	if !g.left {
+	if !g.left && !g.came {
 		g.missed += len(late)
 		if g.missed >= leaveAfter {
 			h.leave()

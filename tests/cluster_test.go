@@ -510,6 +510,36 @@ func TestMulticastLoss(t *testing.T) {
 	if retried == 0 {
 		t.Error("with 10% loss no clone asked again for a page the group lost")
 	}
+	// A datagram is three fragments: where the loss goes shows in IP
+	// reassembly.
+	for _, h := range c.names[1:] {
+		snmp, _ := run(t, time.Minute, "ip", "netns", "exec", h, "cat", "/proc/net/snmp")
+		t.Logf("%s: %s", h, reassembly(snmp))
+	}
+	if left := regexp.MustCompile(`left the group`).FindAllString(out, -1); len(left) != 0 {
+		t.Errorf("%d clones left a group that delivers 90%% of packets", len(left))
+	}
+}
+
+// reassembly picks IP's reassembly counters out of /proc/net/snmp.
+func reassembly(snmp string) string {
+	var names, values []string
+	for _, l := range strings.Split(snmp, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "Ip:" {
+			if names == nil {
+				names = f
+			} else {
+				values = f
+			}
+		}
+	}
+	var out []string
+	for i, n := range names {
+		if strings.HasPrefix(n, "Reasm") && i < len(values) {
+			out = append(out, n+" "+values[i])
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // A datagram that does not authenticate, and one replayed, are dropped

@@ -28,6 +28,13 @@
 //     write-protected the RAM while the parent ran on (and wrote 16
 //     pages). Arm's time is shown beside it. Median of -reps; target:
 //     the pause at most 2x apart.
+//
+// Between two hosts: with -listen-netns NAME -listen-ip IP, the memory
+// server and the round trip's server listen in network namespace NAME at
+// IP, and everything else runs where the command was started, e.g. in
+// another of kvmbox's hosts (ip netns exec host1 build/bench/memtap
+// -listen-netns host0 -listen-ip 10.77.0.1): only the TCP rows are
+// measured then, over the path between the two.
 package main
 
 import (
@@ -57,10 +64,11 @@ import (
 const page = 4096
 
 type config struct {
-	faults, rounds      int // single-page touches per round, rounds
-	scanMiB, scanRounds int
-	small, large        int // MiB, freeze
-	reps                int
+	listenNetns, listenIP string // where servers listen (see the package comment)
+	faults, rounds        int    // single-page touches per round, rounds
+	scanMiB, scanRounds   int
+	small, large          int // MiB, freeze
+	reps                  int
 }
 
 func main() {
@@ -73,6 +81,8 @@ func main() {
 	flag.IntVar(&c.small, "small", 64, "small freeze size, MiB")
 	flag.IntVar(&c.large, "large", 1024, "large freeze size, MiB")
 	flag.IntVar(&c.reps, "reps", 5, "freeze repetitions (median)")
+	flag.StringVar(&c.listenNetns, "listen-netns", "", "network namespace in which the servers listen (another host); \"\": this one")
+	flag.StringVar(&c.listenIP, "listen-ip", "127.0.0.1", "IP at which the servers listen")
 	flag.Parse()
 	// The floor's in-process handler needs a P while the toucher holds
 	// one, blocked in a fault.
@@ -119,7 +129,7 @@ func run(c config) error {
 	if err != nil {
 		return err
 	}
-	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	tl, err := c.listen()
 	if err != nil {
 		return err
 	}
@@ -146,6 +156,9 @@ func run(c config) error {
 	parent := []uint64{uint64(uintptr(unsafe.Pointer(&small[0]))), uint64(uintptr(unsafe.Pointer(&big[0])))}
 	transports := []transport{{"TCP", "tcp", tcpAddr, nil}, {"Unix", "unix", sock, nil},
 		{"Unix + direct reads (same host, sfvmm's clones)", "unix", sock, parent}}
+	if c.listenNetns != "" {
+		transports = []transport{{fmt.Sprintf("TCP, to %s in %s", tcpAddr, c.listenNetns), "tcp", tcpAddr, nil}}
+	}
 
 	// (a) Single-page fault service: rounds alternate floor and memtap,
 	// so that both see the same load on the machine.
@@ -172,7 +185,7 @@ func run(c config) error {
 	// transport (TLS over TCP, as between hosts; Unix in the clear).
 	trips := map[string][]time.Duration{}
 	for _, network := range []string{"tcp", "unix"} {
-		if trips[network], err = roundTrips(network, c.faults*c.rounds); err != nil {
+		if trips[network], err = roundTrips(c, network, c.faults*c.rounds); err != nil {
 			return err
 		}
 	}
@@ -390,17 +403,19 @@ func floorTouches(pages int, random bool) ([]time.Duration, error) {
 // roundTrips times n round trips of a request and a one-page reply (the
 // sizes of memtap's) between two goroutines over network: "tcp" on
 // loopback under TLS 1.3, or "unix".
-func roundTrips(network string, n int) ([]time.Duration, error) {
-	addr := "127.0.0.1:0"
+func roundTrips(cfg config, network string, n int) ([]time.Duration, error) {
+	var l net.Listener
+	var err error
 	if network == "unix" {
 		dir, err := os.MkdirTemp("", "memtap-bench-rtt")
 		if err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		addr = filepath.Join(dir, "rtt.sock")
+		l, err = net.Listen(network, filepath.Join(dir, "rtt.sock"))
+	} else {
+		l, err = cfg.listen()
 	}
-	l, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -467,6 +482,39 @@ func roundTrips(network string, n int) ([]time.Duration, error) {
 	}
 	slices.Sort(ts)
 	return ts, nil
+}
+
+// listen opens a TCP listener at c.listenIP, any port, in network
+// namespace c.listenNetns when that is set. A socket stays in the
+// namespace it was made in; the thread that switched to make it ends with
+// its goroutine rather than go back to the scheduler in that namespace.
+func (c config) listen() (net.Listener, error) {
+	addr := net.JoinHostPort(c.listenIP, "0")
+	if c.listenNetns == "" {
+		return net.Listen("tcp", addr)
+	}
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open("/run/netns/"+c.listenNetns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			ch <- result{err: fmt.Errorf("open netns %s: %w", c.listenNetns, err)}
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: fmt.Errorf("setns %s: %w", c.listenNetns, err)}
+			return
+		}
+		l, err := net.Listen("tcp", addr)
+		ch <- result{l, err}
+	}()
+	r := <-ch
+	return r.l, r.err
 }
 
 // memtapTouches starts memtap for a child of the benchmark image and times
