@@ -106,6 +106,9 @@ type Transport struct {
 // NewTransport makes dev a virtio-mmio device named name (for log
 // lines), reading guest memory through mem and raising irq.
 func NewTransport(name string, dev Device, mem Memory, irq func(level bool), log *slog.Logger) *Transport {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	t := &Transport{name: name, dev: dev, mem: mem, irq: irq, log: log}
 	t.reset()
 	return t
@@ -129,7 +132,7 @@ func (t *Transport) fail(err error) {
 	}
 	t.st.Status |= StatusNeedsReset
 	t.st.Failure = err.Error()
-	t.log.Warn("virtio device needs reset", "device", t.name, "reason", t.st.Failure)
+	t.log.Warn(fmt.Sprintf("%s needs a reset: %s", t.name, t.st.Failure))
 	t.interrupt(intConfigChange)
 }
 

@@ -31,7 +31,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	m := newVM(Config{
 		KernelPath: s.Config.Kernel, Cmdline: s.Config.Cmdline,
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,
-		Console: rc.Console, Log: rc.Log, Fork: rc.Fork,
+		Console: rc.Console, Log: rc.Log, Fork: rc.Fork, Virtio: s.Config.Virtio,
 	})
 	defer func() {
 		if err != nil {

@@ -56,6 +56,8 @@ type Config struct {
 	// which gets the machine; nil answers the guest's fork calls with
 	// SF_ENOFORK.
 	Fork func(*VM) forkdev.Host
+	// Virtio are the optional virtio devices.
+	Virtio devices.VirtioOptions
 }
 
 // MemorySource fills a clone's guest RAM from elsewhere (package memtap
@@ -257,7 +259,7 @@ func (m *VM) loadKernel() error {
 			}
 		}
 	}
-	p := boot.Params{Kernel: head, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs}
+	p := boot.Params{Kernel: head, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs, Virtio: devices.VirtioSlots(m.cfg.Virtio)}
 	switch m.kind {
 	case boot.BzImage, boot.Vmlinux:
 		// Linux and its initrd go from their files straight into guest
@@ -364,6 +366,7 @@ func (m *VM) addDevices() error {
 		Reset:     func() { m.stop(Exit{Reason: ExitReset}) },
 		PowerOff:  func() { m.stop(Exit{Reason: ExitPowerOff}) },
 		CloneExit: func(status uint32) { m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))}) },
+		Virtio:    m.cfg.Virtio, Memory: m.mem, Log: m.log,
 	}
 	if m.cfg.Fork != nil {
 		w.ForkHost = m.cfg.Fork(m)

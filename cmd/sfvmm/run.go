@@ -16,6 +16,7 @@ import (
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/api"
 	"github.com/sfvmm/sfvmm/vmm/boot"
+	"github.com/sfvmm/sfvmm/vmm/devices"
 )
 
 // runCmd implements `sfvmm run` and returns the process exit code: the
@@ -34,6 +35,7 @@ func runCmd(args []string) int {
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	stats := fs.Bool("stats", false, "print statistics at exit (peak RSS, guest RAM touched, exits, KVM's counters)")
 	apiSock := fs.String("api-sock", "", "serve the control API (HTTP/JSON) on this Unix socket")
+	entropy := fs.Bool("rng", false, "a virtio-rng device fed by the host's getrandom (Linux finds it through ACPI; needs the virtio_mmio and virtio_rng drivers)")
 	ff := addForkFlags(fs)
 	lf := addLogFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -74,6 +76,7 @@ func runCmd(args []string) int {
 		Console:      console,
 		Log:          log.Logger,
 		Fork:         forkDevice(fk),
+		Virtio:       devices.VirtioOptions{Entropy: *entropy},
 	})
 	if err != nil {
 		log.Errorf("%v", withFlag(err))

@@ -124,6 +124,9 @@ type Params struct {
 	Initrd  []byte   // bzImage only
 	Modules []Module // multiboot only
 	CPUs    int      // number of vCPUs, 1..255 (0 means 1), for the MP table and MADT
+	// Virtio are the machine's virtio-mmio devices, which the DSDT
+	// announces.
+	Virtio []acpi.VirtioMMIO
 }
 
 // Segment is the hidden descriptor state of a segment register, as the VMM
@@ -235,7 +238,7 @@ func Load(mem *memory.Memory, p Params) (*Entry, error) {
 // conflicts with the tables: a kernel linked at 1 MiB without a linker
 // script has its ELF headers in a segment at 0xff000, which QEMU loads and
 // so must sfvmm. The MP table goes first, its window being the narrower.
-func writeTables(mem *memory.Memory, cpus int, kernel []span) (rsdp uint64, err error) {
+func writeTables(mem *memory.Memory, cpus int, virtio []acpi.VirtioMMIO, kernel []span) (rsdp uint64, err error) {
 	// The tables' sizes do not depend on where they go: build once to
 	// learn the size, then again for the address found.
 	mp, err := mptable.Build(mptableWindow, cpus)
@@ -254,7 +257,7 @@ func writeTables(mem *memory.Memory, cpus int, kernel []span) (rsdp uint64, err 
 	}
 
 	used := append(slices.Clip(kernel), span{mpAt, uint64(len(mp)), "MP table"})
-	t, err := acpi.Build(acpiWindow, cpus)
+	t, err := acpi.Build(acpiWindow, cpus, virtio)
 	if err != nil {
 		return 0, err
 	}
@@ -262,7 +265,7 @@ func writeTables(mem *memory.Memory, cpus int, kernel []span) (rsdp uint64, err 
 	if err != nil {
 		return 0, fmt.Errorf("acpi: %w", err)
 	}
-	if t, err = acpi.Build(acpiAt, cpus); err != nil {
+	if t, err = acpi.Build(acpiAt, cpus, virtio); err != nil {
 		return 0, err
 	}
 	if _, err := mem.WriteAt(t.Data, int64(acpiAt)); err != nil {

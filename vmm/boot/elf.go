@@ -224,7 +224,7 @@ func loadELF64(mem *memory.Memory, p Params) (*Entry, error) {
 	if entry >= 1<<32 {
 		return nil, fmt.Errorf("elf64: entry point %#x is outside the identity-mapped low 4 GiB", f.Entry)
 	}
-	if _, err := writeTables(mem, p.CPUs, loaded); err != nil {
+	if _, err := writeTables(mem, p.CPUs, p.Virtio, loaded); err != nil {
 		return nil, fmt.Errorf("elf64: %w", err)
 	}
 	e, err := long64Entry(mem, entry, stackTop, 0)

@@ -111,7 +111,7 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	if err := place(mem, kernelAddr, img, p.KernelFile, int64(setupLen), int64(kernelLen)); err != nil {
 		return nil, fmt.Errorf("bzimage: write kernel: %w", err)
 	}
-	rsdp, err := writeTables(mem, p.CPUs, nil) // the kernel is above 1 MiB
+	rsdp, err := writeTables(mem, p.CPUs, p.Virtio, nil) // the kernel is above 1 MiB
 	if err != nil {
 		return nil, fmt.Errorf("bzimage: %w", err)
 	}
@@ -256,7 +256,7 @@ func loadVmlinux(mem *memory.Memory, p Params) (*Entry, error) {
 	if entry >= 1<<32 {
 		return nil, fmt.Errorf("vmlinux: entry point %#x is outside the identity-mapped low 4 GiB", f.Entry)
 	}
-	rsdp, err := writeTables(mem, p.CPUs, loaded)
+	rsdp, err := writeTables(mem, p.CPUs, p.Virtio, loaded)
 	if err != nil {
 		return nil, fmt.Errorf("vmlinux: %w", err)
 	}

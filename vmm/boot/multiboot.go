@@ -105,7 +105,7 @@ func loadMultiboot(mem *memory.Memory, p Params) (*Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("multiboot: %w", err)
 	}
-	if _, err := writeTables(mem, p.CPUs, loaded); err != nil {
+	if _, err := writeTables(mem, p.CPUs, p.Virtio, loaded); err != nil {
 		return nil, fmt.Errorf("multiboot: %w", err)
 	}
 	info, err := writeMultibootInfo(mem, p, spansEnd(loaded))

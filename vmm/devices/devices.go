@@ -3,7 +3,12 @@ package devices
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
+
+	"github.com/sfvmm/sfvmm/virtio"
+	"github.com/sfvmm/sfvmm/virtio/rng"
+	"github.com/sfvmm/sfvmm/vmm/boot/acpi"
 
 	"github.com/sfvmm/sfvmm/vmm/bus"
 	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
@@ -32,6 +37,52 @@ type Wiring struct {
 	// ForkHost serves the fork device's calls; nil answers them with
 	// SF_ENOFORK.
 	ForkHost forkdev.Host
+	// Virtio devices: which there are, guest RAM for their queues, and
+	// where they say that a guest broke one.
+	Virtio VirtioOptions
+	Memory virtio.Memory
+	Log    *slog.Logger
+}
+
+// VirtioOptions are the optional virtio devices; a snapshot keeps them, so
+// that a restored machine has the same.
+type VirtioOptions struct {
+	Entropy bool // virtio-rng
+}
+
+// Where virtio-mmio devices go: the first window at VirtioBase, each next
+// one VirtioStride above, in the 32-bit MMIO hole below the IOAPIC; their
+// interrupts from GSI VirtioGSI up, IOAPIC pins past the ISA ones.
+const (
+	VirtioBase   = 0xd000_0000
+	VirtioStride = 0x1000
+	VirtioGSI    = 16
+)
+
+// virtioDevs are the virtio devices a machine may have, in the order
+// they take slots.
+var virtioDevs = []struct {
+	name  string
+	on    func(VirtioOptions) bool
+	dev   func() virtio.Device
+	state func(*States) *virtio.TransportState
+}{
+	{"virtio-rng", func(o VirtioOptions) bool { return o.Entropy }, func() virtio.Device { return rng.Device{} },
+		func(s *States) *virtio.TransportState { return &s.VirtioRNG }},
+}
+
+// VirtioSlots are the windows and interrupts of the virtio devices o
+// asks for, in the order New puts them: the guest learns them from the
+// DSDT before the devices exist.
+func VirtioSlots(o VirtioOptions) []acpi.VirtioMMIO {
+	var slots []acpi.VirtioMMIO
+	for _, d := range virtioDevs {
+		if d.on(o) {
+			n := uint64(len(slots))
+			slots = append(slots, acpi.VirtioMMIO{Base: VirtioBase + n*VirtioStride, Size: virtio.WindowSize, GSI: VirtioGSI + uint32(n)})
+		}
+	}
+	return slots
 }
 
 // States holds each device's state: the plain value a descriptor keeps.
@@ -43,6 +94,7 @@ type States struct {
 	FwCfg     fwcfg.State
 	ACPIPM    acpipm.State
 	Fork      forkdev.State
+	VirtioRNG virtio.TransportState
 }
 
 // Range is a device's span on a bus.
@@ -97,7 +149,7 @@ func New(w Wiring) *Set {
 	fw := fwcfg.New(fwcfg.Config{CPUs: w.CPUs, RAMSize: w.RAMSize, Cmdline: w.Cmdline})
 	pm := acpipm.New(w.PowerOff)
 	fork := forkdev.New(w.ForkHost, w.CloneExit)
-	return &Set{Serial: uart, Fork: fork, table: []Entry{
+	s := &Set{Serial: uart, Fork: fork, table: []Entry{
 		entry("serial", uart, func(s *States) *serial.State { return &s.Serial }, Range{serial.Port, serial.Size, uart}),
 		entry("i8042", kbc, func(s *States) *i8042.State { return &s.I8042 },
 			Range{i8042.DataPort, 1, kbc.Data()}, Range{i8042.CommandPort, 1, kbc.Command()}),
@@ -107,6 +159,19 @@ func New(w Wiring) *Set {
 		entry("debug-exit", dexit, func(s *States) *debugexit.State { return &s.DebugExit }, Range{debugexit.Port, debugexit.Size, dexit}),
 		entry("fork device", fork, func(s *States) *forkdev.State { return &s.Fork }),
 	}}
+	slots := VirtioSlots(w.Virtio)
+	for _, d := range virtioDevs {
+		if !d.on(w.Virtio) {
+			continue
+		}
+		slot := slots[0]
+		slots = slots[1:]
+		t := virtio.NewTransport(d.name, d.dev(), w.Memory, w.IRQ(slot.GSI), w.Log)
+		e := entry(d.name, t, d.state)
+		e.MMIO = []Range{{slot.Base, slot.Size, t}}
+		s.table = append(s.table, e)
+	}
+	return s
 }
 
 // Entries is the table, in registration order.

@@ -1,6 +1,6 @@
 // Package acpi builds the static ACPI tables that describe an sfvmm machine
-// to its guest: RSDP, XSDT, RSDT, FADT, FACS, a DSDT holding only \_S5, and
-// the MADT. sfvmm runs no firmware, so these tables are the only place a
+// to its guest: RSDP, XSDT, RSDT, FADT, FACS, a DSDT holding \_S5 and the
+// virtio-mmio devices, and the MADT. sfvmm runs no firmware, so these tables are the only place a
 // guest learns its CPUs, its interrupt routing and how to power off.
 //
 // It produces bytes for one contiguous area of guest memory and knows
@@ -58,17 +58,26 @@ type Tables struct {
 // 0xe0000-0xfffff for it).
 func (t *Tables) RSDP() uint64 { return t.Base }
 
-// Build lays out the tables for cpus vCPUs (APIC IDs 0..cpus-1) at base,
-// which must be 64-byte aligned and below 4 GiB (RSDT and FADT hold 32-bit
-// pointers).
-func Build(base uint64, cpus int) (*Tables, error) {
+// VirtioMMIO is a virtio-mmio device as the DSDT announces it: Linux's
+// virtio_mmio driver binds to ACPI devices LNRO0005, whose resources are
+// the register window and a level-triggered, active-high interrupt (the
+// Debian kernel has no virtio_mmio.device= command-line devices).
+type VirtioMMIO struct {
+	Base, Size uint64 // the window, below 4 GiB
+	GSI        uint32
+}
+
+// Build lays out the tables for cpus vCPUs (APIC IDs 0..cpus-1) and the
+// virtio devices at base, which must be 64-byte aligned and below 4 GiB
+// (RSDT and FADT hold 32-bit pointers).
+func Build(base uint64, cpus int, virtio []VirtioMMIO) (*Tables, error) {
 	switch {
 	case cpus < 1 || cpus > MaxCPUs:
 		return nil, fmt.Errorf("acpi: %d vCPUs is outside 1..%d", cpus, MaxCPUs)
 	case base%64 != 0:
 		return nil, fmt.Errorf("acpi: base %#x is not 64-byte aligned", base)
 	}
-	dsdt, err := buildDSDT()
+	dsdt, err := buildDSDT(virtio)
 	if err != nil {
 		return nil, fmt.Errorf("acpi: dsdt: %w", err)
 	}
@@ -161,21 +170,67 @@ func checksum(t []byte, at int) {
 	t[at] = -s
 }
 
-func buildDSDT() ([]byte, error) {
+func buildDSDT(virtio []VirtioMMIO) ([]byte, error) {
 	// Name(_S5, Package(){5, 5, 0, 0}): SLP_TYPa, SLP_TYPb, reserved.
 	pkg, err := amlIntPackage(SlpTypS5, SlpTypS5, 0, 0)
 	if err != nil {
 		return nil, err
 	}
-	s5, err := amlName("_S5", pkg)
+	aml, err := amlName("_S5", pkg)
 	if err != nil {
 		return nil, err
 	}
-	t := make([]byte, 36+len(s5))
+	if len(virtio) > 0 {
+		var devs []byte
+		for i, v := range virtio {
+			d, err := virtioDevice(i, v)
+			if err != nil {
+				return nil, fmt.Errorf("virtio device %d: %w", i, err)
+			}
+			devs = append(devs, d...)
+		}
+		sb, err := amlRootScope("_SB", devs)
+		if err != nil {
+			return nil, err
+		}
+		aml = append(aml, sb...)
+	}
+	t := make([]byte, 36+len(aml))
 	header(t, "DSDT", len(t), 2) // revision 2: 64-bit AML integers
-	copy(t[36:], s5)
+	copy(t[36:], aml)
 	checksum(t, 9)
 	return t, nil
+}
+
+// virtioDevice encodes Device(VRnn){_HID "LNRO0005", _UID i, _CRS}: its
+// window as Memory32Fixed and its interrupt as an Extended Interrupt
+// descriptor (ACPI 6.5, 6.4.3.4 and 6.4.3.6).
+func virtioDevice(i int, v VirtioMMIO) ([]byte, error) {
+	if i > 0xff || v.Base+v.Size > 1<<32 || v.Size > 1<<32-1 {
+		return nil, fmt.Errorf("window [%#x, +%#x) or index %d out of range", v.Base, v.Size, i)
+	}
+	crs := []byte{0x86, 9, 0, 1} // Memory32Fixed, read-write
+	crs = le.AppendUint32(crs, uint32(v.Base))
+	crs = le.AppendUint32(crs, uint32(v.Size))
+	crs = append(crs, 0x89, 6, 0, 0x01, 1) // Extended Interrupt: consumer, level, active high, exclusive; one
+	crs = le.AppendUint32(crs, v.GSI)
+	crs = append(crs, 0x79, 0) // End Tag, checksum 0: none
+	buf, err := amlBufferObj(crs)
+	if err != nil {
+		return nil, err
+	}
+	var body []byte
+	for _, n := range []struct {
+		name string
+		obj  []byte
+	}{{"_HID", amlStringObj("LNRO0005")}, {"_UID", amlInteger(uint64(i))}, {"_CRS", buf}} {
+		b, err := amlName(n.name, n.obj)
+		if err != nil {
+			return nil, err
+		}
+		body = append(body, b...)
+	}
+	return amlDevice(fmt.Sprintf("VR%02X", i), body)
 }
 
 func writeFACS(t []byte) {

@@ -27,6 +27,43 @@ func TestAMLS5(t *testing.T) {
 	}
 }
 
+// A virtio-mmio device in the DSDT, byte for byte as ACPI 6.5 lays it out
+// (what iasl compiles from the ASL in the comments).
+func TestVirtioDevice(t *testing.T) {
+	got, err := virtioDevice(1, VirtioMMIO{Base: 0xd000_1000, Size: 0x200, GSI: 17})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{
+		0x5b, 0x82, 0x3a, 'V', 'R', '0', '1', // Device(VR01), PkgLength 0x3a
+		0x08, '_', 'H', 'I', 'D', 0x0d, 'L', 'N', 'R', 'O', '0', '0', '0', '5', 0, // Name(_HID, "LNRO0005")
+		0x08, '_', 'U', 'I', 'D', 0x01, // Name(_UID, One)
+		0x08, '_', 'C', 'R', 'S', 0x11, 0x1a, 0x0a, 0x17, // Name(_CRS, Buffer(23){
+		0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xd0, 0x00, 0x02, 0x00, 0x00, // Memory32Fixed(ReadWrite, 0xd0001000, 0x200)
+		0x89, 0x06, 0x00, 0x01, 0x01, 0x11, 0x00, 0x00, 0x00, // Interrupt(ResourceConsumer, Level, ActiveHigh, Exclusive){17}
+		0x79, 0x00, // EndTag })
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("virtio device:\n got % x\nwant % x", got, want)
+	}
+	tb, err := Build(0xe0000, 1, []VirtioMMIO{{0xd000_0000, 0x200, 16}, {0xd000_1000, 0x200, 17}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsdt := tb.Data[tb.Offsets["DSDT"]:]
+	dsdt = dsdt[:le.Uint32(dsdt[4:])]
+	if sum(dsdt) != 0 {
+		t.Error("DSDT checksum")
+	}
+	scope := []byte{0x10, 0x4f, 0x07, '\\', '_', 'S', 'B', '_'} // Scope(\_SB_), PkgLength 0x7f
+	if i := bytes.Index(dsdt, scope); i < 0 || !bytes.HasSuffix(dsdt, want) {
+		t.Errorf("DSDT has no \\_SB_ scope holding both devices:\n% x", dsdt)
+	}
+	if _, err := Build(0xe0000, 1, []VirtioMMIO{{0xffff_ff00, 0x200, 16}}); err == nil {
+		t.Error("a window across 4 GiB was taken")
+	}
+}
+
 func TestAMLInteger(t *testing.T) {
 	for _, tc := range []struct {
 		v    uint64
@@ -117,7 +154,7 @@ func table(t *testing.T, tb *Tables, addr uint64, sig string) []byte {
 
 func TestBuild(t *testing.T) {
 	for _, cpus := range []int{1, 2, 64, 255} {
-		tb, err := Build(0xe0000, cpus)
+		tb, err := Build(0xe0000, cpus, nil)
 		if err != nil {
 			t.Fatalf("Build(%d): %v", cpus, err)
 		}
@@ -257,7 +294,7 @@ func TestBuildRefuses(t *testing.T) {
 	}{
 		{0xe0000, 0}, {0xe0000, 256}, {0xe0010, 1}, {1<<32 - 64, 1},
 	} {
-		if _, err := Build(tc.base, tc.cpus); err == nil {
+		if _, err := Build(tc.base, tc.cpus, nil); err == nil {
 			t.Errorf("Build(%#x, %d) succeeded", tc.base, tc.cpus)
 		}
 	}

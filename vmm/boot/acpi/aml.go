@@ -3,7 +3,8 @@ package acpi
 import "fmt"
 
 // AML opcodes and prefixes (ACPI 6.5, section 20.3). Only what the DSDT
-// needs: named objects holding packages of integers.
+// needs: named objects holding integers, strings, buffers and packages of
+// integers, and devices in a scope.
 const (
 	amlZeroOp   = 0x00
 	amlOneOp    = 0x01
@@ -11,8 +12,14 @@ const (
 	amlByte     = 0x0a
 	amlWord     = 0x0b
 	amlDWord    = 0x0c
+	amlString   = 0x0d
 	amlQWord    = 0x0e
+	amlScopeOp  = 0x10
+	amlBuffer   = 0x11
 	amlPackage  = 0x12
+	amlExtOp    = 0x5b
+	amlDeviceOp = 0x82 // after amlExtOp
+	amlRootChar = '\\'
 	amlNameChar = '_' // pads short NameSegs
 )
 
@@ -101,4 +108,41 @@ func amlIntPackage(vals ...uint64) ([]byte, error) {
 	}
 	b := append([]byte{amlPackage}, pl...)
 	return append(b, body...), nil
+}
+
+// amlPkg encodes op, then the PkgLength of body, then body.
+func amlPkg(op []byte, body []byte) ([]byte, error) {
+	pl, err := amlPkgLength(len(body))
+	if err != nil {
+		return nil, err
+	}
+	return append(append(op, pl...), body...), nil
+}
+
+// amlStringObj encodes a String object (ASCII, no NUL inside).
+func amlStringObj(v string) []byte {
+	return append(append([]byte{amlString}, v...), 0)
+}
+
+// amlBufferObj encodes Buffer(){b...}.
+func amlBufferObj(b []byte) ([]byte, error) {
+	return amlPkg([]byte{amlBuffer}, append(amlInteger(uint64(len(b))), b...))
+}
+
+// amlDevice encodes Device(name){body}.
+func amlDevice(name string, body []byte) ([]byte, error) {
+	seg, err := amlNameSeg(name)
+	if err != nil {
+		return nil, err
+	}
+	return amlPkg([]byte{amlExtOp, amlDeviceOp}, append(seg, body...))
+}
+
+// amlRootScope encodes Scope(\NAME){body}.
+func amlRootScope(name string, body []byte) ([]byte, error) {
+	seg, err := amlNameSeg(name)
+	if err != nil {
+		return nil, err
+	}
+	return amlPkg([]byte{amlScopeOp}, append(append([]byte{amlRootChar}, seg...), body...))
 }

@@ -1,0 +1,118 @@
+//go:build kvm
+
+package tests
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sfvmm/sfvmm/kernels/cpio"
+	"github.com/sfvmm/sfvmm/vmm/vmtest"
+)
+
+// initrdWithModules returns initrd with a second archive appended (Linux
+// unpacks concatenated archives) holding the guest kernel's modules mods
+// (paths under its lib/modules/RELEASE/kernel, without .ko) as /m/NAME.ko:
+// Debian's kernel has the virtio drivers as modules.
+func initrdWithModules(t *testing.T, initrd string, mods ...string) string {
+	t.Helper()
+	kernel := os.Getenv("SFVMM_LINUX_KERNEL")
+	release := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
+	dir := filepath.Join(filepath.Dir(filepath.Dir(kernel)), "lib", "modules", release, "kernel")
+	base, err := os.ReadFile(initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := bytes.NewBuffer(base)
+	w := cpio.NewWriter(buf)
+	if err := w.Dir("m", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		b, err := os.ReadFile(filepath.Join(dir, m+".ko"))
+		if err != nil {
+			t.Fatalf("module %s of the guest kernel: %v", m, err)
+		}
+		if err := w.File("m/"+filepath.Base(m)+".ko", 0o644, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "initrd.cpio")
+	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// virtioModules are the modules a guest loads, in order, for virtio-mmio
+// devices that ACPI announces.
+var virtioModules = []string{"drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio"}
+
+// insmods is the guest's shell command that loads mods from /m.
+func insmods(mods ...string) string {
+	var cmds []string
+	for _, m := range mods {
+		cmds = append(cmds, "insmod /m/"+filepath.Base(m)+".ko")
+	}
+	return strings.Join(cmds, " && ")
+}
+
+// A Linux guest finds sfvmm's virtio-rng through ACPI (LNRO0005), its
+// hw_random core picks it, and two reads of /dev/hwrng bring different,
+// non-zero bytes from the host's getrandom. Without --rng there is none.
+func TestVirtioEntropy(t *testing.T) {
+	kernel, initrd := linuxKernel(t)
+	mods := slices.Concat(virtioModules, []string{"drivers/char/hw_random/virtio-rng"})
+	initrd = initrdWithModules(t, initrd, mods...)
+	cmd := insmods(mods...) + ` && echo rng=$(cat /sys/class/misc/hw_random/rng_current) && ` +
+		`for i in 1 2; do echo read=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \n'); done`
+	args := []string{"run", "--memory", "256M", "--kernel", kernel, "--initrd", initrd,
+		"--cmdline", linuxCmdline + ` sfvmm.run="` + cmd + `"`}
+	out, code := run(t, 5*time.Minute, sfvmmPath(t), append(args, "--rng")...)
+	if code != 0 || !strings.Contains(out, "rng=virtio_rng.0") || !strings.Contains(out, "sfvmm-init: command exited 0") {
+		t.Fatalf("exit %d, want 0 and rng=virtio_rng.0:\n%s", code, out)
+	}
+	reads := regexp.MustCompile(`read=([0-9a-f]{64})`).FindAllStringSubmatch(out, -1)
+	if len(reads) != 2 || reads[0][1] == reads[1][1] || reads[0][1] == strings.Repeat("0", 64) {
+		t.Errorf("reads of /dev/hwrng %v: want two different, not zero", reads)
+	}
+	t.Logf("%v", regexp.MustCompile(`(rng|read)=\S+`).FindAllString(out, -1))
+	out, code = run(t, 5*time.Minute, sfvmmPath(t), args...)
+	if !strings.Contains(out, "rng=none") {
+		t.Errorf("without --rng: exit %d, want rng=none:\n%s", code, out)
+	}
+}
+
+// A hostile driver (the virtiobad kernel) puts each kind of malformed input
+// in virtio-rng's queue, or negotiates wrongly: the device refuses each
+// with DEVICE_NEEDS_RESET and one log line, sfvmm runs on, and after the
+// resets a good request is served.
+func TestVirtioHostileDriver(t *testing.T) {
+	out, code := run(t, 2*time.Minute, sfvmmPath(t), "run", "--rng", "--kernel", vmtest.Kernel(t, "virtiobad"))
+	if code != 1 || !strings.Contains(out, "virtiobad: good request after the resets: 32 bytes") {
+		t.Fatalf("exit %d, want 1 (debug-exit 0) and the good request served:\n%s", code, out)
+	}
+	for _, c := range []string{"buffer outside RAM", "oversized length", "descriptor loop", "chain longer than the queue",
+		"head index past the queue", "avail index past the queue's size", "features without VERSION_1", "DRIVER_OK without FEATURES_OK"} {
+		if !strings.Contains(out, "virtiobad: "+c+": refused") {
+			t.Errorf("%s: not refused", c)
+		}
+	}
+	// One line per failure, saying what was wrong.
+	lines := regexp.MustCompile(`virtio-rng needs a reset: .*`).FindAllString(out, -1)
+	for _, l := range lines {
+		t.Log(l)
+	}
+	if len(lines) != 7 {
+		t.Errorf("%d log lines of a device needing reset, want 7 (one per failing case):\n%s", len(lines), out)
+	}
+}
