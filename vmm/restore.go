@@ -31,7 +31,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	m := newVM(Config{
 		KernelPath: s.Config.Kernel, Cmdline: s.Config.Cmdline,
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,
-		Console: rc.Console, Log: rc.Log, Fork: rc.Fork, Virtio: s.Config.Virtio,
+		Console: rc.Console, Log: rc.Log, Fork: rc.Fork, Devices: s.Config.Devices,
 	})
 	defer func() {
 		if err != nil {
@@ -71,6 +71,13 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	}
 	if err := m.devs.Restore(s.Devices); err != nil {
 		return nil, err
+	}
+	if g := m.devs.VMGenID; g != nil {
+		// A clone or a restored snapshot is not the VM it was saved
+		// from: the guest reseeds its random number generator.
+		if err := g.NewGeneration(); err != nil {
+			return nil, err
+		}
 	}
 	return m, nil
 }

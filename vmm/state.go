@@ -25,7 +25,7 @@ type MachineConfig struct {
 	MemBytes uint64
 	Kernel   string // for people reading the descriptor; not reloaded
 	Cmdline  string // also what fw_cfg serves
-	Virtio   devices.VirtioOptions
+	Devices  devices.Options
 }
 
 // VCPUState is one vCPU's complete KVM state.
@@ -63,7 +63,7 @@ func (m *VM) SaveState() (*MachineState, error) {
 	}
 	s := &MachineState{Config: MachineConfig{
 		CPUs: uint32(m.cfg.CPUs), MemBytes: m.mem.Size(), Kernel: m.cfg.KernelPath, Cmdline: m.cfg.Cmdline,
-		Virtio: m.cfg.Virtio,
+		Devices: m.cfg.Devices,
 	}}
 	msrs, err := saveableMSRs(m.sys)
 	if err != nil {

@@ -56,8 +56,8 @@ type Config struct {
 	// which gets the machine; nil answers the guest's fork calls with
 	// SF_ENOFORK.
 	Fork func(*VM) forkdev.Host
-	// Virtio are the optional virtio devices.
-	Virtio devices.VirtioOptions
+	// Devices are the optional devices.
+	Devices devices.Options
 }
 
 // MemorySource fills a clone's guest RAM from elsewhere (package memtap
@@ -259,7 +259,7 @@ func (m *VM) loadKernel() error {
 			}
 		}
 	}
-	p := boot.Params{Kernel: head, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs, Virtio: devices.VirtioSlots(m.cfg.Virtio)}
+	p := boot.Params{Kernel: head, Cmdline: m.cfg.Cmdline, CPUs: m.cfg.CPUs, ACPI: devices.ACPI(m.cfg.Devices)}
 	switch m.kind {
 	case boot.BzImage, boot.Vmlinux:
 		// Linux and its initrd go from their files straight into guest
@@ -308,6 +308,11 @@ func (m *VM) loadKernel() error {
 func (m *VM) createMachine() error {
 	if err := m.createVM(); err != nil {
 		return err
+	}
+	if g := m.devs.VMGenID; g != nil {
+		if err := g.Start(m.entry.VMGenIDAddr); err != nil {
+			return err
+		}
 	}
 	cpuid, err := m.sys.SupportedCPUID()
 	if err != nil {
@@ -366,7 +371,7 @@ func (m *VM) addDevices() error {
 		Reset:     func() { m.stop(Exit{Reason: ExitReset}) },
 		PowerOff:  func() { m.stop(Exit{Reason: ExitPowerOff}) },
 		CloneExit: func(status uint32) { m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))}) },
-		Virtio:    m.cfg.Virtio, Memory: m.mem, Log: m.log,
+		Options:   m.cfg.Devices, Memory: m.mem, Log: m.log,
 	}
 	if m.cfg.Fork != nil {
 		w.ForkHost = m.cfg.Fork(m)

@@ -124,9 +124,8 @@ type Params struct {
 	Initrd  []byte   // bzImage only
 	Modules []Module // multiboot only
 	CPUs    int      // number of vCPUs, 1..255 (0 means 1), for the MP table and MADT
-	// Virtio are the machine's virtio-mmio devices, which the DSDT
-	// announces.
-	Virtio []acpi.VirtioMMIO
+	// ACPI are the devices the DSDT announces besides the fixed ones.
+	ACPI acpi.Devices
 }
 
 // Segment is the hidden descriptor state of a segment register, as the VMM
@@ -161,6 +160,9 @@ type Entry struct {
 	GDTLimit           uint16
 	CR0, CR3, CR4      uint64
 	EFER               uint64
+	// VMGenIDAddr is where the VM generation ID goes (ACPI.VMGenID;
+	// 0 without).
+	VMGenIDAddr uint64
 }
 
 // Detect names the format of a kernel image.
@@ -238,38 +240,38 @@ func Load(mem *memory.Memory, p Params) (*Entry, error) {
 // conflicts with the tables: a kernel linked at 1 MiB without a linker
 // script has its ELF headers in a segment at 0xff000, which QEMU loads and
 // so must sfvmm. The MP table goes first, its window being the narrower.
-func writeTables(mem *memory.Memory, cpus int, virtio []acpi.VirtioMMIO, kernel []span) (rsdp uint64, err error) {
+func writeTables(mem *memory.Memory, cpus int, devs acpi.Devices, kernel []span) (*acpi.Tables, error) {
 	// The tables' sizes do not depend on where they go: build once to
 	// learn the size, then again for the address found.
 	mp, err := mptable.Build(mptableWindow, cpus)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	mpAt, err := findFree(mptableWindow, biosAreaEnd, uint64(len(mp)), mptableAlign, kernel)
 	if err != nil {
-		return 0, fmt.Errorf("mptable: %w", err)
+		return nil, fmt.Errorf("mptable: %w", err)
 	}
 	if mp, err = mptable.Build(mpAt, cpus); err != nil {
-		return 0, err
+		return nil, err
 	}
 	if _, err := mem.WriteAt(mp, int64(mpAt)); err != nil {
-		return 0, fmt.Errorf("mptable: write table: %w", err)
+		return nil, fmt.Errorf("mptable: write table: %w", err)
 	}
 
 	used := append(slices.Clip(kernel), span{mpAt, uint64(len(mp)), "MP table"})
-	t, err := acpi.Build(acpiWindow, cpus, virtio)
+	t, err := acpi.Build(acpiWindow, cpus, devs)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	acpiAt, err := findFree(acpiWindow, biosAreaEnd, uint64(len(t.Data)), acpiAlign, used)
 	if err != nil {
-		return 0, fmt.Errorf("acpi: %w", err)
+		return nil, fmt.Errorf("acpi: %w", err)
 	}
-	if t, err = acpi.Build(acpiAt, cpus, virtio); err != nil {
-		return 0, err
+	if t, err = acpi.Build(acpiAt, cpus, devs); err != nil {
+		return nil, err
 	}
 	if _, err := mem.WriteAt(t.Data, int64(acpiAt)); err != nil {
-		return 0, fmt.Errorf("acpi: write tables: %w", err)
+		return nil, fmt.Errorf("acpi: write tables: %w", err)
 	}
-	return t.RSDP(), nil
+	return t, nil
 }

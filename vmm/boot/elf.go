@@ -224,12 +224,14 @@ func loadELF64(mem *memory.Memory, p Params) (*Entry, error) {
 	if entry >= 1<<32 {
 		return nil, fmt.Errorf("elf64: entry point %#x is outside the identity-mapped low 4 GiB", f.Entry)
 	}
-	if _, err := writeTables(mem, p.CPUs, p.Virtio, loaded); err != nil {
+	tables, err := writeTables(mem, p.CPUs, p.ACPI, loaded)
+	if err != nil {
 		return nil, fmt.Errorf("elf64: %w", err)
 	}
 	e, err := long64Entry(mem, entry, stackTop, 0)
 	if err != nil {
 		return nil, fmt.Errorf("elf64: %w", err)
 	}
+	e.VMGenIDAddr = tables.VMGenID
 	return e, nil
 }

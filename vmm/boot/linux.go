@@ -111,10 +111,11 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	if err := place(mem, kernelAddr, img, p.KernelFile, int64(setupLen), int64(kernelLen)); err != nil {
 		return nil, fmt.Errorf("bzimage: write kernel: %w", err)
 	}
-	rsdp, err := writeTables(mem, p.CPUs, p.Virtio, nil) // the kernel is above 1 MiB
+	tables, err := writeTables(mem, p.CPUs, p.ACPI, nil) // the kernel is above 1 MiB
 	if err != nil {
 		return nil, fmt.Errorf("bzimage: %w", err)
 	}
+	rsdp := tables.RSDP()
 
 	zp := make([]byte, memory.PageSize)
 	copy(zp[hdrSetupSects:hdrEnd], img[hdrSetupSects:hdrEnd])
@@ -127,6 +128,7 @@ func loadBzImage(mem *memory.Memory, p Params) (*Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bzimage: %w", err)
 	}
+	e.VMGenIDAddr = tables.VMGenID
 	return e, nil
 }
 
@@ -256,10 +258,11 @@ func loadVmlinux(mem *memory.Memory, p Params) (*Entry, error) {
 	if entry >= 1<<32 {
 		return nil, fmt.Errorf("vmlinux: entry point %#x is outside the identity-mapped low 4 GiB", f.Entry)
 	}
-	rsdp, err := writeTables(mem, p.CPUs, p.Virtio, loaded)
+	tables, err := writeTables(mem, p.CPUs, p.ACPI, loaded)
 	if err != nil {
 		return nil, fmt.Errorf("vmlinux: %w", err)
 	}
+	rsdp := tables.RSDP()
 	zp := make([]byte, memory.PageSize)
 	le.PutUint16(zp[bootFlagOffset:], bootFlag)
 	copy(zp[hdrMagic:], "HdrS")
@@ -275,6 +278,7 @@ func loadVmlinux(mem *memory.Memory, p Params) (*Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vmlinux: %w", err)
 	}
+	e.VMGenIDAddr = tables.VMGenID
 	return e, nil
 }
 

@@ -105,7 +105,8 @@ func loadMultiboot(mem *memory.Memory, p Params) (*Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("multiboot: %w", err)
 	}
-	if _, err := writeTables(mem, p.CPUs, p.Virtio, loaded); err != nil {
+	tables, err := writeTables(mem, p.CPUs, p.ACPI, loaded)
+	if err != nil {
 		return nil, fmt.Errorf("multiboot: %w", err)
 	}
 	info, err := writeMultibootInfo(mem, p, spansEnd(loaded))
@@ -116,6 +117,7 @@ func loadMultiboot(mem *memory.Memory, p Params) (*Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("multiboot: %w", err)
 	}
+	e.VMGenIDAddr = tables.VMGenID
 	return e, nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/sfvmm/sfvmm/vmm/devices/i8042"
 	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
 	"github.com/sfvmm/sfvmm/vmm/devices/serial"
+	"github.com/sfvmm/sfvmm/vmm/devices/vmgenid"
 )
 
 // Wiring is what the machine gives its devices.
@@ -37,17 +38,32 @@ type Wiring struct {
 	// ForkHost serves the fork device's calls; nil answers them with
 	// SF_ENOFORK.
 	ForkHost forkdev.Host
-	// Virtio devices: which there are, guest RAM for their queues, and
-	// where they say that a guest broke one.
-	Virtio VirtioOptions
-	Memory virtio.Memory
-	Log    *slog.Logger
+	// The optional devices, guest RAM for those that use it, and where
+	// they say that a guest broke one.
+	Options Options
+	Memory  Memory
+	Log     *slog.Logger
 }
 
-// VirtioOptions are the optional virtio devices; a snapshot keeps them, so
-// that a restored machine has the same.
-type VirtioOptions struct {
+// Memory is guest RAM as devices use it.
+type Memory interface {
+	virtio.Memory
+	io.WriterAt
+}
+
+// Options are the optional devices; a snapshot keeps them, so that a
+// restored machine has the same.
+type Options struct {
 	Entropy bool // virtio-rng
+	// VMGenID: the VM generation ID, a new one in every clone and
+	// restored snapshot (vmgenid).
+	VMGenID bool
+}
+
+// ACPI is what the DSDT announces of the devices o asks for: the guest
+// learns it before the devices exist.
+func ACPI(o Options) acpi.Devices {
+	return acpi.Devices{Virtio: virtioSlots(o), VMGenID: o.VMGenID}
 }
 
 // Where virtio-mmio devices go: the first window at VirtioBase, each next
@@ -63,18 +79,17 @@ const (
 // they take slots.
 var virtioDevs = []struct {
 	name  string
-	on    func(VirtioOptions) bool
+	on    func(Options) bool
 	dev   func() virtio.Device
 	state func(*States) *virtio.TransportState
 }{
-	{"virtio-rng", func(o VirtioOptions) bool { return o.Entropy }, func() virtio.Device { return rng.Device{} },
+	{"virtio-rng", func(o Options) bool { return o.Entropy }, func() virtio.Device { return rng.Device{} },
 		func(s *States) *virtio.TransportState { return &s.VirtioRNG }},
 }
 
-// VirtioSlots are the windows and interrupts of the virtio devices o
-// asks for, in the order New puts them: the guest learns them from the
-// DSDT before the devices exist.
-func VirtioSlots(o VirtioOptions) []acpi.VirtioMMIO {
+// virtioSlots are the windows and interrupts of the virtio devices o asks
+// for, in the order New puts them.
+func virtioSlots(o Options) []acpi.VirtioMMIO {
 	var slots []acpi.VirtioMMIO
 	for _, d := range virtioDevs {
 		if d.on(o) {
@@ -95,6 +110,7 @@ type States struct {
 	ACPIPM    acpipm.State
 	Fork      forkdev.State
 	VirtioRNG virtio.TransportState
+	VMGenID   vmgenid.State
 }
 
 // Range is a device's span on a bus.
@@ -119,9 +135,10 @@ type Entry struct {
 
 // Set is one machine's devices.
 type Set struct {
-	Serial *serial.UART
-	Fork   *forkdev.Device
-	table  []Entry
+	Serial  *serial.UART
+	Fork    *forkdev.Device
+	VMGenID *vmgenid.Device // nil without
+	table   []Entry
 }
 
 // entry builds a table entry for a device whose state is the field of
@@ -147,7 +164,7 @@ func New(w Wiring) *Set {
 	dexit := debugexit.New(w.DebugExit)
 	clock := rtc.New(w.Now, w.RAMSize)
 	fw := fwcfg.New(fwcfg.Config{CPUs: w.CPUs, RAMSize: w.RAMSize, Cmdline: w.Cmdline})
-	pm := acpipm.New(w.PowerOff)
+	pm := acpipm.New(w.PowerOff, w.IRQ(acpi.SCIIRQ))
 	fork := forkdev.New(w.ForkHost, w.CloneExit)
 	s := &Set{Serial: uart, Fork: fork, table: []Entry{
 		entry("serial", uart, func(s *States) *serial.State { return &s.Serial }, Range{serial.Port, serial.Size, uart}),
@@ -159,9 +176,13 @@ func New(w Wiring) *Set {
 		entry("debug-exit", dexit, func(s *States) *debugexit.State { return &s.DebugExit }, Range{debugexit.Port, debugexit.Size, dexit}),
 		entry("fork device", fork, func(s *States) *forkdev.State { return &s.Fork }),
 	}}
-	slots := VirtioSlots(w.Virtio)
+	if w.Options.VMGenID {
+		s.VMGenID = vmgenid.New(w.Memory, func() { pm.RaiseGPE(acpi.VMGenIDGPE) })
+		s.table = append(s.table, entry("vm generation id", s.VMGenID, func(s *States) *vmgenid.State { return &s.VMGenID }))
+	}
+	slots := virtioSlots(w.Options)
 	for _, d := range virtioDevs {
-		if !d.on(w.Virtio) {
+		if !d.on(w.Options) {
 			continue
 		}
 		slot := slots[0]

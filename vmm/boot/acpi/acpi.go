@@ -23,6 +23,12 @@ const (
 	PM1aCntBlk = 0x604
 	// SCIIRQ is the ISA IRQ of the system control interrupt.
 	SCIIRQ = 9
+	// GPE0Blk is the general-purpose event block: GPE0Len/2 status
+	// bytes, then as many enable bytes. GPE VMGenIDGPE runs \_GPE._E00,
+	// which tells the VM generation ID device its ID changed.
+	GPE0Blk    = 0x608
+	GPE0Len    = 2
+	VMGenIDGPE = 0
 	// SlpTypS5 is the SLP_TYP value \_S5 announces for soft-off.
 	SlpTypS5 = 5
 	// ResetPort and ResetValue are the FADT reset register: the i8042
@@ -51,12 +57,24 @@ type Tables struct {
 	Data []byte
 	// Offsets of each table within Data, by signature ("RSD PTR " is at 0).
 	Offsets map[string]int
+	// VMGenID is the guest-physical address of the VM generation ID's
+	// 16 bytes (zero here), 0 without the device.
+	VMGenID uint64
 }
 
 // RSDP is the guest-physical address of the root pointer, the one address a
 // guest needs (Linux reads it from boot_params.acpi_rsdp_addr or scans
 // 0xe0000-0xfffff for it).
 func (t *Tables) RSDP() uint64 { return t.Base }
+
+// Devices are what the DSDT announces besides the fixed hardware.
+type Devices struct {
+	Virtio []VirtioMMIO
+	// VMGenID adds the VM generation ID device (VMGENCTR, which Linux
+	// 5.18+ reseeds its random number generator from when it changes):
+	// its 16 bytes are in the tables' area, at Tables.VMGenID.
+	VMGenID bool
+}
 
 // VirtioMMIO is a virtio-mmio device as the DSDT announces it: Linux's
 // virtio_mmio driver binds to ACPI devices LNRO0005, whose resources are
@@ -68,21 +86,26 @@ type VirtioMMIO struct {
 }
 
 // Build lays out the tables for cpus vCPUs (APIC IDs 0..cpus-1) and the
-// virtio devices at base, which must be 64-byte aligned and below 4 GiB
+// devices devs at base, which must be 64-byte aligned and below 4 GiB
 // (RSDT and FADT hold 32-bit pointers).
-func Build(base uint64, cpus int, virtio []VirtioMMIO) (*Tables, error) {
+func Build(base uint64, cpus int, devs Devices) (*Tables, error) {
 	switch {
 	case cpus < 1 || cpus > MaxCPUs:
 		return nil, fmt.Errorf("acpi: %d vCPUs is outside 1..%d", cpus, MaxCPUs)
 	case base%64 != 0:
 		return nil, fmt.Errorf("acpi: base %#x is not 64-byte aligned", base)
 	}
-	dsdt, err := buildDSDT(virtio)
+	b := &builder{base: base, offsets: map[string]int{}}
+	rsdp := b.alloc("RSD PTR ", 36, 16)
+	var genID uint64
+	if devs.VMGenID {
+		// The ID's address goes into the DSDT: it is laid out first.
+		genID = b.addr(b.alloc("VGID", 16, 16))
+	}
+	dsdt, err := buildDSDT(devs.Virtio, genID)
 	if err != nil {
 		return nil, fmt.Errorf("acpi: dsdt: %w", err)
 	}
-	b := &builder{base: base, offsets: map[string]int{}}
-	rsdp := b.alloc("RSD PTR ", 36, 16)
 	xsdt := b.alloc("XSDT", 36+2*8, 16)
 	rsdt := b.alloc("RSDT", 36+2*4, 16)
 	facs := b.alloc("FACS", 64, 64)
@@ -120,7 +143,7 @@ func Build(base uint64, cpus int, virtio []VirtioMMIO) (*Tables, error) {
 	if b.base+uint64(len(b.data)) > 1<<32 {
 		return nil, errors.New("acpi: tables cross 4 GiB")
 	}
-	return &Tables{Base: base, Data: b.data, Offsets: b.offsets}, nil
+	return &Tables{Base: base, Data: b.data, Offsets: b.offsets, VMGenID: genID}, nil
 }
 
 var le = binary.LittleEndian
@@ -170,7 +193,7 @@ func checksum(t []byte, at int) {
 	t[at] = -s
 }
 
-func buildDSDT(virtio []VirtioMMIO) ([]byte, error) {
+func buildDSDT(virtio []VirtioMMIO, genID uint64) ([]byte, error) {
 	// Name(_S5, Package(){5, 5, 0, 0}): SLP_TYPa, SLP_TYPb, reserved.
 	pkg, err := amlIntPackage(SlpTypS5, SlpTypS5, 0, 0)
 	if err != nil {
@@ -180,26 +203,63 @@ func buildDSDT(virtio []VirtioMMIO) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(virtio) > 0 {
-		var devs []byte
-		for i, v := range virtio {
-			d, err := virtioDevice(i, v)
-			if err != nil {
-				return nil, fmt.Errorf("virtio device %d: %w", i, err)
-			}
-			devs = append(devs, d...)
+	var devs []byte
+	for i, v := range virtio {
+		d, err := virtioDevice(i, v)
+		if err != nil {
+			return nil, fmt.Errorf("virtio device %d: %w", i, err)
 		}
+		devs = append(devs, d...)
+	}
+	if genID != 0 {
+		d, err := vmgenidDevice(genID)
+		if err != nil {
+			return nil, fmt.Errorf("vm generation id: %w", err)
+		}
+		devs = append(devs, d...)
+	}
+	if len(devs) > 0 {
 		sb, err := amlRootScope("_SB", devs)
 		if err != nil {
 			return nil, err
 		}
 		aml = append(aml, sb...)
 	}
+	if genID != 0 {
+		// Scope(\_GPE){Method(_E00){Notify(\_SB.VGEN, 0x80)}}: the
+		// ID changed (0x80: the device's status or data changed).
+		notify, err := amlNotify("_SB", "VGEN", 0x80)
+		if err != nil {
+			return nil, err
+		}
+		m, err := amlMethod(fmt.Sprintf("_E%02X", VMGenIDGPE), notify)
+		if err != nil {
+			return nil, err
+		}
+		gpe, err := amlRootScope("_GPE", m)
+		if err != nil {
+			return nil, err
+		}
+		aml = append(aml, gpe...)
+	}
 	t := make([]byte, 36+len(aml))
 	header(t, "DSDT", len(t), 2) // revision 2: 64-bit AML integers
 	copy(t[36:], aml)
 	checksum(t, 9)
 	return t, nil
+}
+
+// vmgenidDevice encodes Device(VGEN){_HID "VMGENCTR", _CID
+// "VM_GEN_COUNTER", _DDN, ADDR Package(){low, high}}: the layout of
+// Microsoft's VM generation ID specification, which Linux's vmgenid
+// driver reads (ADDR, the ID's address as two 32-bit halves).
+func vmgenidDevice(addr uint64) ([]byte, error) {
+	pkg, err := amlIntPackage(addr&0xffffffff, addr>>32)
+	if err != nil {
+		return nil, err
+	}
+	return amlDevice("VGEN", amlNamed{"_HID", amlStringObj("VMGENCTR")}, amlNamed{"_CID", amlStringObj("VM_GEN_COUNTER")},
+		amlNamed{"_DDN", amlStringObj("VM_Gen_Counter")}, amlNamed{"ADDR", pkg})
 }
 
 // virtioDevice encodes Device(VRnn){_HID "LNRO0005", _UID i, _CRS}: its
@@ -219,18 +279,8 @@ func virtioDevice(i int, v VirtioMMIO) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var body []byte
-	for _, n := range []struct {
-		name string
-		obj  []byte
-	}{{"_HID", amlStringObj("LNRO0005")}, {"_UID", amlInteger(uint64(i))}, {"_CRS", buf}} {
-		b, err := amlName(n.name, n.obj)
-		if err != nil {
-			return nil, err
-		}
-		body = append(body, b...)
-	}
-	return amlDevice(fmt.Sprintf("VR%02X", i), body)
+	return amlDevice(fmt.Sprintf("VR%02X", i), amlNamed{"_HID", amlStringObj("LNRO0005")}, amlNamed{"_UID", amlInteger(uint64(i))},
+		amlNamed{"_CRS", buf})
 }
 
 func writeFACS(t []byte) {
@@ -249,8 +299,10 @@ const (
 	fadtSMICmd       = 48
 	fadtPM1aEvtBlk   = 56
 	fadtPM1aCntBlk   = 64
+	fadtGPE0Blk      = 80
 	fadtPM1EvtLen    = 88
 	fadtPM1CntLen    = 89
+	fadtGPE0BlkLen   = 92
 	fadtPMTmrLen     = 91
 	fadtBootArch     = 109
 	fadtFlags        = 112
@@ -291,6 +343,8 @@ func writeFADT(t []byte, facs, dsdt uint64) {
 	le.PutUint32(t[fadtPM1aCntBlk:], PM1aCntBlk)
 	t[fadtPM1EvtLen] = 4
 	t[fadtPM1CntLen] = 2
+	le.PutUint32(t[fadtGPE0Blk:], GPE0Blk)
+	t[fadtGPE0BlkLen] = GPE0Len
 	t[fadtPMTmrLen] = 0
 	le.PutUint16(t[fadtBootArch:], bootArchLegacyDevices|bootArch8042|bootArchNoVGA)
 	le.PutUint32(t[fadtFlags:], fadtWBINVD|fadtProcC1|fadtPwrButton|fadtSlpButton|fadtResetRegSup)

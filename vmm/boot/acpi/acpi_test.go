@@ -46,7 +46,7 @@ func TestVirtioDevice(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Errorf("virtio device:\n got % x\nwant % x", got, want)
 	}
-	tb, err := Build(0xe0000, 1, []VirtioMMIO{{0xd000_0000, 0x200, 16}, {0xd000_1000, 0x200, 17}})
+	tb, err := Build(0xe0000, 1, Devices{Virtio: []VirtioMMIO{{0xd000_0000, 0x200, 16}, {0xd000_1000, 0x200, 17}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +59,44 @@ func TestVirtioDevice(t *testing.T) {
 	if i := bytes.Index(dsdt, scope); i < 0 || !bytes.HasSuffix(dsdt, want) {
 		t.Errorf("DSDT has no \\_SB_ scope holding both devices:\n% x", dsdt)
 	}
-	if _, err := Build(0xe0000, 1, []VirtioMMIO{{0xffff_ff00, 0x200, 16}}); err == nil {
+	if _, err := Build(0xe0000, 1, Devices{Virtio: []VirtioMMIO{{0xffff_ff00, 0x200, 16}}}); err == nil {
 		t.Error("a window across 4 GiB was taken")
+	}
+}
+
+// The VM generation ID device and the GPE method that notifies it, byte
+// for byte (ACPI 6.5, 20.2); the ID's 16 bytes follow the RSDP.
+func TestVMGenIDDevice(t *testing.T) {
+	tb, err := Build(0xe0000, 1, Devices{VMGenID: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tb.VMGenID != 0xe0030 || tb.RSDP() != 0xe0000 {
+		t.Fatalf("ID at %#x, RSDP at %#x: want 0xe0030 and 0xe0000", tb.VMGenID, tb.RSDP())
+	}
+	dsdt := tb.Data[tb.Offsets["DSDT"]:]
+	dsdt = dsdt[:le.Uint32(dsdt[4:])]
+	if sum(dsdt) != 0 {
+		t.Error("DSDT checksum")
+	}
+	str := func(s string) []byte { return append(append([]byte{0x0d}, s...), 0) }
+	var dev []byte
+	dev = append(dev, 0x5b, 0x82, 0x4d, 0x04, 'V', 'G', 'E', 'N') // Device(VGEN), PkgLength 0x4d
+	dev = append(append(dev, 0x08, '_', 'H', 'I', 'D'), str("VMGENCTR")...)
+	dev = append(append(dev, 0x08, '_', 'C', 'I', 'D'), str("VM_GEN_COUNTER")...)
+	dev = append(append(dev, 0x08, '_', 'D', 'D', 'N'), str("VM_Gen_Counter")...)
+	dev = append(dev, 0x08, 'A', 'D', 'D', 'R', 0x12, 0x08, 0x02, 0x0c, 0x30, 0x00, 0x0e, 0x00, 0x00) // Package(){0xe0030, 0}
+	gpe := []byte{
+		0x10, 0x1a, '\\', '_', 'G', 'P', 'E', // Scope(\_GPE)
+		0x14, 0x13, '_', 'E', '0', '0', 0x00, // Method(_E00, 0, NotSerialized)
+		0x86, '\\', 0x2e, '_', 'S', 'B', '_', 'V', 'G', 'E', 'N', 0x0a, 0x80, // Notify(\_SB.VGEN, 0x80)
+	}
+	if !bytes.Contains(dsdt, dev) || !bytes.HasSuffix(dsdt, gpe) {
+		t.Errorf("DSDT lacks the VGEN device or the _GPE method:\n% x", dsdt)
+	}
+	fadt := tb.Data[tb.Offsets["FACP"]:]
+	if le.Uint32(fadt[fadtGPE0Blk:]) != GPE0Blk || fadt[fadtGPE0BlkLen] != GPE0Len {
+		t.Error("FADT has no GPE0 block")
 	}
 }
 
@@ -154,7 +190,7 @@ func table(t *testing.T, tb *Tables, addr uint64, sig string) []byte {
 
 func TestBuild(t *testing.T) {
 	for _, cpus := range []int{1, 2, 64, 255} {
-		tb, err := Build(0xe0000, cpus, nil)
+		tb, err := Build(0xe0000, cpus, Devices{})
 		if err != nil {
 			t.Fatalf("Build(%d): %v", cpus, err)
 		}
@@ -294,7 +330,7 @@ func TestBuildRefuses(t *testing.T) {
 	}{
 		{0xe0000, 0}, {0xe0000, 256}, {0xe0010, 1}, {1<<32 - 64, 1},
 	} {
-		if _, err := Build(tc.base, tc.cpus, nil); err == nil {
+		if _, err := Build(tc.base, tc.cpus, Devices{}); err == nil {
 			t.Errorf("Build(%#x, %d) succeeded", tc.base, tc.cpus)
 		}
 	}

@@ -17,6 +17,9 @@ const (
 	amlScopeOp  = 0x10
 	amlBuffer   = 0x11
 	amlPackage  = 0x12
+	amlMethodOp = 0x14
+	amlDualName = 0x2e
+	amlNotifyOp = 0x86
 	amlExtOp    = 0x5b
 	amlDeviceOp = 0x82 // after amlExtOp
 	amlRootChar = '\\'
@@ -129,13 +132,26 @@ func amlBufferObj(b []byte) ([]byte, error) {
 	return amlPkg([]byte{amlBuffer}, append(amlInteger(uint64(len(b))), b...))
 }
 
-// amlDevice encodes Device(name){body}.
-func amlDevice(name string, body []byte) ([]byte, error) {
-	seg, err := amlNameSeg(name)
+// amlNamed is Name(name, obj) inside a device.
+type amlNamed struct {
+	name string
+	obj  []byte
+}
+
+// amlDevice encodes Device(name){Name(...), ...}.
+func amlDevice(name string, names ...amlNamed) ([]byte, error) {
+	body, err := amlNameSeg(name)
 	if err != nil {
 		return nil, err
 	}
-	return amlPkg([]byte{amlExtOp, amlDeviceOp}, append(seg, body...))
+	for _, n := range names {
+		b, err := amlName(n.name, n.obj)
+		if err != nil {
+			return nil, err
+		}
+		body = append(body, b...)
+	}
+	return amlPkg([]byte{amlExtOp, amlDeviceOp}, body)
 }
 
 // amlRootScope encodes Scope(\NAME){body}.
@@ -145,4 +161,27 @@ func amlRootScope(name string, body []byte) ([]byte, error) {
 		return nil, err
 	}
 	return amlPkg([]byte{amlScopeOp}, append(append([]byte{amlRootChar}, seg...), body...))
+}
+
+// amlMethod encodes Method(name, 0, NotSerialized){body}.
+func amlMethod(name string, body []byte) ([]byte, error) {
+	seg, err := amlNameSeg(name)
+	if err != nil {
+		return nil, err
+	}
+	return amlPkg([]byte{amlMethodOp}, append(append(seg, 0), body...))
+}
+
+// amlNotify encodes Notify(\\SCOPE.NAME, value).
+func amlNotify(scope, name string, value uint64) ([]byte, error) {
+	a, err := amlNameSeg(scope)
+	if err != nil {
+		return nil, err
+	}
+	b, err := amlNameSeg(name)
+	if err != nil {
+		return nil, err
+	}
+	out := append([]byte{amlNotifyOp, amlRootChar, amlDualName}, a...)
+	return append(append(out, b...), amlInteger(value)...), nil
 }

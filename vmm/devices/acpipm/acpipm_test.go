@@ -27,7 +27,7 @@ func TestSleep(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			n := 0
-			New(func() { n++ }).Write(tc.offset, tc.data)
+			New(func() { n++ }, nil).Write(tc.offset, tc.data)
 			if got := n == 1; got != tc.poweroff {
 				t.Errorf("poweroff called %d times", n)
 			}
@@ -39,7 +39,7 @@ func TestSleep(t *testing.T) {
 // SLP_TYP, then SLP_TYP|SLP_EN, read-modify-write on PM1_CNT.
 func TestLinuxPowerOff(t *testing.T) {
 	n := 0
-	d := New(func() { n++ })
+	d := New(func() { n++ }, nil)
 	cnt := []byte{0, 0}
 	d.Read(PM1aCntBlk-PM1aEvtBlk, cnt)
 	v := devtest.Value(cnt)
@@ -63,7 +63,7 @@ func TestLinuxPowerOff(t *testing.T) {
 }
 
 func TestStatusEnable(t *testing.T) {
-	d := New(nil)
+	d := New(nil, nil)
 	if err := d.Restore(State{Status: 0x8101}); err != nil {
 		t.Fatal(err)
 	}
@@ -85,10 +85,10 @@ func TestStatusEnable(t *testing.T) {
 }
 
 func TestSaveRestore(t *testing.T) {
-	d := New(nil)
+	d := New(nil, nil)
 	d.Write(2, devtest.Bytes(0x0121, 2))
 	d.Write(4, devtest.Bytes(1<<cntSlpTypPos|cntBMRld, 2))
-	fresh := New(nil)
+	fresh := New(nil, nil)
 	if s := devtest.RoundTrip(t, d, fresh); s.Enable != 0x0121 || s.Control != 1<<cntSlpTypPos|cntBMRld {
 		t.Errorf("saved %+v", s)
 	}
@@ -103,8 +103,38 @@ func FuzzACPIPM(f *testing.F) {
 		if len(b) > devtest.MaxFuzzInput {
 			return
 		}
-		d := New(func() {})
+		d := New(func() {}, nil)
 		devtest.Drive(d, Size, b)
-		devtest.RoundTrip(t, d, New(nil))
+		devtest.RoundTrip(t, d, New(nil, nil))
 	})
+}
+
+// A GPE raised by the VMM holds the SCI up while the guest has it enabled
+// and until the guest clears its status; a restored block raises it again.
+func TestGPE(t *testing.T) {
+	var sci bool
+	d := New(nil, func(l bool) { sci = l })
+	g := uint64(GPE0Blk - PM1aEvtBlk)
+	d.RaiseGPE(0)
+	if sci {
+		t.Error("SCI up for a GPE the guest has not enabled")
+	}
+	d.Write(g+1, []byte{1})
+	if !sci {
+		t.Error("SCI down with GPE 0 raised and enabled")
+	}
+	b := []byte{0, 0}
+	d.Read(g, b)
+	if b[0] != 1 || b[1] != 1 {
+		t.Errorf("GPE0 status, enable = %#x, %#x, want 1, 1", b[0], b[1])
+	}
+	s, _ := d.Save()
+	d.Write(g, []byte{1}) // the guest's handler clears the status
+	if sci {
+		t.Error("SCI still up after the status was cleared")
+	}
+	var sci2 bool
+	if err := New(nil, func(l bool) { sci2 = l }).Restore(s); err != nil || !sci2 {
+		t.Errorf("restore of a pending GPE: %v, SCI %v", err, sci2)
+	}
 }
