@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -166,5 +167,41 @@ func TestVMGenIDClones(t *testing.T) {
 				t.Error("the clones read the same bytes from /dev/urandom")
 			}
 		})
+	}
+}
+
+// Free page reporting: a Linux guest writes then deletes a 200 MiB file
+// (pages with data, freed), waits for its balloon driver to report them,
+// and forks; the clone writes 200 MiB of its own, which reuses the freed
+// pages. With --balloon the parent dropped them, so the clone fills them
+// locally as zero and fetches only what it would anyway; without, it
+// fetches them all.
+func TestBalloonFreePages(t *testing.T) {
+	kernel, initrd := linuxKernel(t)
+	mods := slices.Concat(virtioModules, []string{"drivers/virtio/virtio_balloon"})
+	initrd = initrdWithModules(t, initrd, mods...)
+	script := insmods(mods...) + `; head -c 209715200 /dev/urandom > /tmp/f; rm /tmp/f; sleep 10; ` +
+		`t=$(sfctl ticket 1); id=$(sfctl clone $t); ` +
+		`if [ $id != 0 ]; then head -c 209715200 /dev/urandom > /tmp/g; echo clone wrote; sfctl exit; fi; sfctl join $t && echo parent joined`
+	fetchedRE := regexp.MustCompile(`sfvmm clone 1: memtap: \d+ faults, (\d+) pages fetched, (\d+) zero-filled locally`)
+	fetched := map[bool]int{}
+	for _, on := range []bool{true, false} {
+		p := start(t, sfvmmPath(t), "run", fmt.Sprintf("--balloon=%v", on), "--kernel", kernel, "--initrd", initrd, "--memory", "512M",
+			"--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
+		if code := p.wait(t, 8*time.Minute); code != 0 {
+			t.Fatalf("--balloon=%v: exit status %d, want 0: %s\n%s", on, code, p.trouble(), p.Output())
+		}
+		out := p.Output()
+		m := fetchedRE.FindStringSubmatch(out)
+		if m == nil || !strings.Contains(out, "clone wrote") || !strings.Contains(out, "parent joined") {
+			t.Fatalf("--balloon=%v: no clone statistics or no join:\n%s", on, out)
+		}
+		fetched[on], _ = strconv.Atoi(m[1])
+		t.Logf("--balloon=%v: the clone fetched %s pages and zero-filled %s", on, m[1], m[2])
+	}
+	// 200 MiB is 51200 pages; a Linux clone fetches a few thousand of its
+	// own.
+	if fetched[true] > 20000 || fetched[false] < 40000 {
+		t.Errorf("pages fetched: %d with free page reporting, %d without; want under 20000 and over 40000", fetched[true], fetched[false])
 	}
 }

@@ -12,17 +12,8 @@ import (
 
 	"github.com/sfvmm/sfvmm/virtio"
 	"github.com/sfvmm/sfvmm/virtio/rng"
+	"github.com/sfvmm/sfvmm/virtio/virtiotest"
 )
-
-// ram is guest RAM at GPA 0.
-type ram []byte
-
-func (r ram) Slice(gpa, n uint64) ([]byte, error) {
-	if gpa > uint64(len(r)) || n > uint64(len(r))-gpa {
-		return nil, fmt.Errorf("[%#x, +%#x) outside RAM", gpa, n)
-	}
-	return r[gpa : gpa+n : gpa+n], nil
-}
 
 // Where the test driver puts a queue of size qsize, and its buffers.
 const (
@@ -37,7 +28,7 @@ const (
 // driver plays a guest's virtio-mmio driver against a transport.
 type driver struct {
 	t    *testing.T
-	mem  ram
+	mem  virtiotest.RAM
 	tr   *virtio.Transport
 	irq  bool
 	logs *bytes.Buffer
@@ -46,7 +37,7 @@ type driver struct {
 }
 
 func newDriver(t *testing.T, dev virtio.Device) *driver {
-	d := &driver{t: t, mem: make(ram, ramSize), logs: &bytes.Buffer{}}
+	d := &driver{t: t, mem: make(virtiotest.RAM, ramSize), logs: &bytes.Buffer{}}
 	d.tr = virtio.NewTransport("test", dev, d.mem, func(l bool) { d.irq = l }, slog.New(slog.NewTextHandler(d.logs, nil)))
 	return d
 }
@@ -333,7 +324,7 @@ func FuzzQueue(f *testing.F) {
 	f.Add(seed)
 	f.Add(make([]byte, 16*qsize+4+2*qsize))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		mem := make(ram, ramSize)
+		mem := make(virtiotest.RAM, ramSize)
 		n := copy(mem[descAt:descAt+16*qsize], in)
 		copy(mem[availAt:availAt+4+2*qsize], in[n:])
 		q := virtio.Queue{QueueState: virtio.QueueState{Size: qsize, Desc: descAt, Avail: availAt, Used: usedAt, EventIdx: len(in)%2 == 0}}
@@ -352,7 +343,7 @@ func FuzzQueue(f *testing.F) {
 				return
 			}
 			for _, b := range append(c.Readable, c.Writable...) {
-				if len(b) > 0 && !inside(mem, b) {
+				if len(b) > 0 && mem.Offset(b) < 0 {
 					t.Fatal("a chain buffer outside RAM")
 				}
 			}
@@ -360,16 +351,6 @@ func FuzzQueue(f *testing.F) {
 		}
 		t.Fatal("more chains than the queue holds")
 	})
-}
-
-// inside reports whether b is part of mem.
-func inside(mem ram, b []byte) bool {
-	for i := range mem {
-		if &mem[i] == &b[0] {
-			return i+len(b) <= len(mem)
-		}
-	}
-	return false
 }
 
 // FuzzTransport writes the fuzzer's values to the fuzzer's registers

@@ -372,6 +372,13 @@ func (m *VM) addDevices() error {
 		PowerOff:  func() { m.stop(Exit{Reason: ExitPowerOff}) },
 		CloneExit: func(status uint32) { m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))}) },
 		Options:   m.cfg.Devices, Memory: m.mem, Log: m.log,
+		Discard: func(b []byte) {
+			// A clone's RAM is its memory source's to fill: a page
+			// dropped there would come again from the parent.
+			if m.source == nil {
+				m.mem.Discard(b)
+			}
+		},
 	}
 	if m.cfg.Fork != nil {
 		w.ForkHost = m.cfg.Fork(m)

@@ -36,6 +36,7 @@ func runCmd(args []string) int {
 	stats := fs.Bool("stats", false, "print statistics at exit (peak RSS, guest RAM touched, exits, KVM's counters)")
 	apiSock := fs.String("api-sock", "", "serve the control API (HTTP/JSON) on this Unix socket")
 	entropy := fs.Bool("rng", false, "a virtio-rng device fed by the host's getrandom (Linux finds it through ACPI; needs the virtio_mmio and virtio_rng drivers)")
+	balloonDev := fs.Bool("balloon", false, "a virtio-balloon device with free page reporting: pages the guest frees are handed back, and a fork never sends them (needs the virtio_mmio and virtio_balloon drivers)")
 	genID := fs.Bool("vmgenid", true, "a VM generation ID that changes in every clone and restored snapshot, so that Linux 5.18+ reseeds its random number generator (=false: none)")
 	ff := addForkFlags(fs)
 	lf := addLogFlags(fs)
@@ -77,7 +78,7 @@ func runCmd(args []string) int {
 		Console:      console,
 		Log:          log.Logger,
 		Fork:         forkDevice(fk),
-		Devices:      devices.Options{Entropy: *entropy, VMGenID: *genID},
+		Devices:      devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID},
 	})
 	if err != nil {
 		log.Errorf("%v", withFlag(err))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sfvmm/sfvmm/virtio"
+	"github.com/sfvmm/sfvmm/virtio/balloon"
 	"github.com/sfvmm/sfvmm/virtio/rng"
 	"github.com/sfvmm/sfvmm/vmm/boot/acpi"
 
@@ -43,6 +44,8 @@ type Wiring struct {
 	Options Options
 	Memory  Memory
 	Log     *slog.Logger
+	// Discard hands back guest RAM the guest reported free (balloon).
+	Discard func(b []byte)
 }
 
 // Memory is guest RAM as devices use it.
@@ -55,6 +58,9 @@ type Memory interface {
 // restored machine has the same.
 type Options struct {
 	Entropy bool // virtio-rng
+	// Balloon: virtio-balloon, through which the guest reports free
+	// pages, which a fork then never sends.
+	Balloon bool
 	// VMGenID: the VM generation ID, a new one in every clone and
 	// restored snapshot (vmgenid).
 	VMGenID bool
@@ -80,11 +86,14 @@ const (
 var virtioDevs = []struct {
 	name  string
 	on    func(Options) bool
-	dev   func() virtio.Device
+	dev   func(Wiring) virtio.Device
 	state func(*States) *virtio.TransportState
 }{
-	{"virtio-rng", func(o Options) bool { return o.Entropy }, func() virtio.Device { return rng.Device{} },
+	{"virtio-rng", func(o Options) bool { return o.Entropy }, func(Wiring) virtio.Device { return rng.Device{} },
 		func(s *States) *virtio.TransportState { return &s.VirtioRNG }},
+	{"virtio-balloon", func(o Options) bool { return o.Balloon },
+		func(w Wiring) virtio.Device { return balloon.New(w.Memory, w.Discard) },
+		func(s *States) *virtio.TransportState { return &s.VirtioBalloon }},
 }
 
 // virtioSlots are the windows and interrupts of the virtio devices o asks
@@ -102,15 +111,16 @@ func virtioSlots(o Options) []acpi.VirtioMMIO {
 
 // States holds each device's state: the plain value a descriptor keeps.
 type States struct {
-	Serial    serial.State
-	DebugExit debugexit.State
-	I8042     i8042.State
-	RTC       rtc.State
-	FwCfg     fwcfg.State
-	ACPIPM    acpipm.State
-	Fork      forkdev.State
-	VirtioRNG virtio.TransportState
-	VMGenID   vmgenid.State
+	Serial        serial.State
+	DebugExit     debugexit.State
+	I8042         i8042.State
+	RTC           rtc.State
+	FwCfg         fwcfg.State
+	ACPIPM        acpipm.State
+	Fork          forkdev.State
+	VirtioRNG     virtio.TransportState
+	VirtioBalloon virtio.TransportState
+	VMGenID       vmgenid.State
 }
 
 // Range is a device's span on a bus.
@@ -187,7 +197,7 @@ func New(w Wiring) *Set {
 		}
 		slot := slots[0]
 		slots = slots[1:]
-		t := virtio.NewTransport(d.name, d.dev(), w.Memory, w.IRQ(slot.GSI), w.Log)
+		t := virtio.NewTransport(d.name, d.dev(w), w.Memory, w.IRQ(slot.GSI), w.Log)
 		e := entry(d.name, t, d.state)
 		e.MMIO = []Range{{slot.Base, slot.Size, t}}
 		s.table = append(s.table, e)

@@ -181,6 +181,36 @@ func (m *Memory) SplitHugePages() error {
 	return nil
 }
 
+// Discard hands back b, guest RAM the guest reported free: its contents
+// become zero. RAM still allowed huge pages (the VM has not forked) drops
+// the pages, which gives the memory back to the host. RAM on 4 KiB pages
+// for good may be frozen by a fork, whose memory server copies a page only
+// when the parent writes it: dropping a page there would take its old
+// contents from the clones too. So that RAM is zeroed instead. Either way
+// a fork sends the pages to no clone, which fills them locally as zero.
+// The unaligned edges of b are zeroed.
+func (m *Memory) Discard(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if m.small {
+		clear(b)
+		return
+	}
+	start := uintptr(unsafe.Pointer(&b[0]))
+	lo := int((PageSize - uint64(start)%PageSize) % PageSize)
+	hi := len(b) - int((uint64(start)+uint64(len(b)))%PageSize)
+	if lo >= hi {
+		clear(b)
+		return
+	}
+	clear(b[:lo])
+	clear(b[hi:])
+	if unix.Madvise(b[lo:hi], unix.MADV_DONTNEED) != nil {
+		clear(b[lo:hi])
+	}
+}
+
 // Size is the total RAM in bytes.
 func (m *Memory) Size() uint64 { return m.size }
 

@@ -193,3 +193,43 @@ func TestSplitHugePages(t *testing.T) {
 		t.Errorf("%d KiB of huge pages after SplitHugePages", f["AnonHugePages"])
 	}
 }
+
+// Discard zeroes what it is given; before RAM is on small pages for good it
+// drops the whole pages (they are no longer resident), after it writes
+// zeros (they stay resident: a fork's memory server sees writes only).
+func TestDiscard(t *testing.T) {
+	for _, small := range []bool{false, true} {
+		m, err := New(1 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if small {
+			if err := m.SmallPages(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		host := m.Regions()[0].Host
+		for i := range host {
+			host[i] = 0xa5
+		}
+		m.Discard(host[PageSize+100 : 5*PageSize+100]) // pages 2-4 whole, edges of 1 and 5
+		// Residency first: reading a dropped page maps the zero page.
+		vec, err := m.Regions()[0].Residency()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dropped := vec[3]&1 == 0; dropped == small || vec[1]&1 == 0 {
+			t.Errorf("small %v: page 3 resident %v, page 1 resident %v", small, vec[3]&1 != 0, vec[1]&1 != 0)
+		}
+		for i, v := range host {
+			want := byte(0xa5)
+			if i >= PageSize+100 && i < 5*PageSize+100 {
+				want = 0
+			}
+			if v != want {
+				t.Fatalf("small %v: byte %#x is %#x, want %#x", small, i, v, want)
+			}
+		}
+	}
+}
