@@ -40,7 +40,8 @@ func lastTick(out string) (n int, up float64) {
 
 // A 2-vCPU Linux guest, snapshotted while a busybox loop writes to the
 // console, continues in a new sfvmm process: the loop goes on, its clock
-// does not go back, and the shell answers a command.
+// does not go back, the shell answers a command, and the guest reseeds
+// its random number generator for the new VM generation ID.
 func TestSnapshotLinux(t *testing.T) {
 	kernel, initrd := linuxKernel(t)
 	bin := sfvmmPath(t)
@@ -73,6 +74,12 @@ func TestSnapshotLinux(t *testing.T) {
 	}
 	r.typeLine(t, "echo answer=$((6*7))")
 	r.waitFor(t, "answer=42", time.Minute)
+	// The restored VM has a new generation ID, which the guest heard of
+	// and reseeded its random number generator from (the brackets keep
+	// the typed line itself from matching).
+	r.typeLine(t, `for i in $(seq 120); do dmesg | grep -q 'reseeded due to virtual machine for[k]' && break; sleep 0.5; done; `+
+		`echo vmgenid reseeds=$(dmesg | grep -c 'reseeded due to virtual machine for[k]')`)
+	r.waitFor(t, "vmgenid reseeds=1", 2*time.Minute)
 	r.typeLine(t, "poweroff -f")
 	if code := r.wait(t, time.Minute); code != 0 {
 		t.Errorf("restored guest's power-off: exit %d\n%s", code, r.Output())
