@@ -46,7 +46,7 @@ func runHelper() error {
 	if err != nil {
 		return err
 	}
-	s := &srv{ctl: ctl, c: c, handshake: 5 * time.Second, write: 10 * time.Second}
+	s := &srv{ctl: ctl, c: c, handshake: 15 * time.Second, write: 10 * time.Second}
 	for {
 		var q request
 		fds, err := ctl.Recv(&q)

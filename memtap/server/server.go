@@ -82,7 +82,9 @@ type Config struct {
 	// HelperPath is the binary to run as the helper; empty means the
 	// running executable (os.Executable), which must call memtap.Main.
 	HelperPath string
-	// HandshakeTimeout bounds a client's handshake (default 5 s).
+	// HandshakeTimeout bounds a client's handshake (default 15 s: a TLS
+	// handshake over a lossy link waits on TCP's retransmissions; memtap
+	// allows its clients three times its 5 s silence bound for it).
 	HandshakeTimeout time.Duration
 	// WriteTimeout bounds the sending of one reply: a client that stops
 	// reading is disconnected (default 10 s).
@@ -158,7 +160,7 @@ type (
 // New starts a memory server's helper process.
 func New(cfg Config) (*Server, error) {
 	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = 5 * time.Second
+		cfg.HandshakeTimeout = 15 * time.Second
 	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
