@@ -22,6 +22,7 @@ deps:
 	[ -x /bin/busybox ] || missing="$$missing busybox-static"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v cpio >/dev/null || missing="$$missing cpio"; \
+	[ -x /usr/sbin/mkfs.ext4 ] && [ -x /usr/sbin/debugfs ] || missing="$$missing e2fsprogs"; \
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing="$$missing libc6-dev"; \
 	if [ -n "$$missing" ]; then \

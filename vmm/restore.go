@@ -17,6 +17,9 @@ type RestoreConfig struct {
 	Console io.Writer
 	Log     *slog.Logger
 	Fork    func(*VM) forkdev.Host // enables fork in the restored machine (Config.Fork)
+	// DiskDir is where the state's relative disk layer paths are (a
+	// snapshot's directory).
+	DiskDir string
 }
 
 // Restore rebuilds a machine from saved state. fill loads guest memory into
@@ -48,6 +51,9 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 		return nil, err
 	}
 	if err := m.forkPages(); err != nil {
+		return nil, err
+	}
+	if err := m.restoreDisks(s, rc.DiskDir); err != nil {
 		return nil, err
 	}
 	if m.source, err = fill(m.mem); err != nil {
@@ -92,6 +98,9 @@ func (s *MachineState) check() error {
 		return fmt.Errorf("state says %d vCPUs but holds %d", c.CPUs, len(s.VCPUs))
 	case c.MemBytes < 1<<20 || c.MemBytes%memory.PageSize != 0 || c.MemBytes > memory.MaxSize:
 		return fmt.Errorf("state has an invalid memory size of %d bytes", c.MemBytes)
+	}
+	if n := len(c.Devices.Disks); len(s.Disks) != n || len(s.Devices.Disks) != n {
+		return fmt.Errorf("state has %d disks, %d frozen disks and %d disk devices", n, len(s.Disks), len(s.Devices.Disks))
 	}
 	for i, v := range s.VCPUs {
 		if v.ID != uint32(i) {

@@ -54,7 +54,10 @@ func (m *VM) writeSnapshot(dir string, state *MachineState, opts SnapshotOptions
 		return SnapshotInfo{}, err
 	}
 	h := snapshot.Header{CPUs: uint32(m.cfg.CPUs), MemBytes: m.mem.Size(), CreatedUnixNano: time.Now().UnixNano()}
-	wi, err := snapshot.Write(dir, h, state, regions, bitmaps, snapshot.WriteOptions{Overwrite: opts.Overwrite})
+	// The disks' copies go into the snapshot's directory: a snapshot
+	// must not depend on images the machine goes on writing.
+	state.Disks = m.snapshotDisks()
+	wi, err := snapshot.Write(dir, h, state, regions, bitmaps, snapshot.WriteOptions{Overwrite: opts.Overwrite, Files: m.copyDisks})
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("snapshot %s: %w", dir, err)
 	}
@@ -93,6 +96,7 @@ func RestoreDir(dir string, rc RestoreConfig) (*VM, error) {
 		return nil, fmt.Errorf("snapshot %s: header (%d vCPUs, %d bytes) disagrees with state (%d vCPUs, %d bytes)",
 			dir, h.CPUs, h.MemBytes, state.Config.CPUs, state.Config.MemBytes)
 	}
+	rc.DiskDir = dir
 	return Restore(&state, func(mem *memory.Memory) (MemorySource, error) {
 		for i, r := range mem.Regions() {
 			if i >= len(h.Memory) || h.Memory[i].GPA != r.GPA || h.Memory[i].Size != r.Size {

@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sfvmm/sfvmm/vmm/devices"
+	"github.com/sfvmm/sfvmm/vmm/disk"
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 )
 
@@ -17,6 +18,10 @@ type MachineState struct {
 	VCPUs   []VCPUState
 	VM      VMState
 	Devices devices.States
+	// Disks are the frozen disks a fork's clones or a snapshot's
+	// restore open, one per Config.Devices.Disks; SaveState leaves them
+	// to the fork or snapshot (FreezeDisks, copyDisks).
+	Disks []disk.State
 }
 
 // MachineConfig is the configuration a restored machine is rebuilt with.

@@ -26,6 +26,7 @@ import (
 	"github.com/sfvmm/sfvmm/vmm/bus"
 	"github.com/sfvmm/sfvmm/vmm/devices"
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
+	"github.com/sfvmm/sfvmm/vmm/disk"
 	"github.com/sfvmm/sfvmm/vmm/kvm"
 	"github.com/sfvmm/sfvmm/vmm/memory"
 )
@@ -105,6 +106,7 @@ type VM struct {
 	devs *devices.Set
 
 	source MemorySource // a clone's memory source; nil otherwise
+	disks  []*disk.Disk // Config.Devices.Disks', in order
 
 	// mu guards the run state below; cond signals its changes to parked
 	// vCPUs and to holds waiting for them.
@@ -142,6 +144,9 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := m.loadKernel(); err != nil {
 		return nil, err
 	}
+	if err := m.openDisks(); err != nil {
+		return nil, err
+	}
 	if m.sys, err = kvm.Open(); err != nil {
 		return nil, err
 	}
@@ -170,7 +175,7 @@ func newVM(cfg Config) *VM {
 // a caller can tell its user which of its own inputs (cmd/sfvmm: a flag)
 // to change.
 type ConfigError struct {
-	Field string // the Config field's name: "KernelPath", "InitrdPath", "CPUs" or "MemBytes"
+	Field string // the Config field's name: "KernelPath", "InitrdPath", "CPUs", "MemBytes" or "Disks"
 	Err   error
 }
 
@@ -371,7 +376,7 @@ func (m *VM) addDevices() error {
 		Reset:     func() { m.stop(Exit{Reason: ExitReset}) },
 		PowerOff:  func() { m.stop(Exit{Reason: ExitPowerOff}) },
 		CloneExit: func(status uint32) { m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))}) },
-		Options:   m.cfg.Devices, Memory: m.mem, Log: m.log,
+		Options:   m.cfg.Devices, Memory: m.mem, Log: m.log, Disks: m.backends(),
 		Discard: func(b []byte) {
 			// A clone's RAM is its memory source's to fill: a page
 			// dropped there would come again from the parent.
@@ -546,6 +551,7 @@ func (m *VM) Close() error {
 	if m.mem != nil {
 		errs = append(errs, m.mem.Close())
 	}
+	errs = append(errs, m.closeDisks())
 	return errors.Join(errs...)
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -38,6 +39,10 @@ func runCmd(args []string) int {
 	entropy := fs.Bool("rng", false, "a virtio-rng device fed by the host's getrandom (Linux finds it through ACPI; needs the virtio_mmio and virtio_rng drivers)")
 	balloonDev := fs.Bool("balloon", false, "a virtio-balloon device with free page reporting: pages the guest frees are handed back, and a fork never sends them (needs the virtio_mmio and virtio_balloon drivers)")
 	genID := fs.Bool("vmgenid", true, "a VM generation ID that changes in every clone and restored snapshot, so that Linux 5.18+ reseeds its random number generator (=false: none)")
+	var disks diskFlags
+	fs.Var(&disks, "disk", "a virtio-blk disk on the raw image PATH (PATH[,ro]; repeat for more: /dev/vda, /dev/vdb, ...). "+
+		"A fork freezes it for the clones; the parent's writes since go to an overlay that goes back into PATH when sfvmm ends "+
+		"(needs the virtio_mmio and virtio_blk drivers)")
 	ff := addForkFlags(fs)
 	lf := addLogFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -78,7 +83,7 @@ func runCmd(args []string) int {
 		Console:      console,
 		Log:          log.Logger,
 		Fork:         forkDevice(fk),
-		Devices:      devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID},
+		Devices:      devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID, Disks: disks},
 	})
 	if err != nil {
 		log.Errorf("%v", withFlag(err))
@@ -107,6 +112,8 @@ func withFlag(err error) error {
 		return fmt.Errorf("--cpus: %w", err)
 	case "MemBytes":
 		return fmt.Errorf("--memory: %w", err)
+	case "Disks":
+		return fmt.Errorf("--disk: %w", err)
 	}
 	return err
 }
@@ -254,4 +261,26 @@ func printStats(vm *vmm.VM, log logger) {
 	} else {
 		log.Infof("stats: kvm: %s", vmm.FormatKVMStats(ks))
 	}
+}
+
+// diskFlags are the --disk flags: PATH or PATH,ro each.
+type diskFlags []devices.Disk
+
+func (d *diskFlags) String() string { return fmt.Sprint(*d) }
+
+func (d *diskFlags) Set(v string) error {
+	path, opt, _ := strings.Cut(v, ",")
+	if path == "" {
+		return errors.New("no image path")
+	}
+	disk := devices.Disk{Path: path}
+	switch opt {
+	case "":
+	case "ro":
+		disk.ReadOnly = true
+	default:
+		return fmt.Errorf("unknown option %q (want PATH or PATH,ro)", opt)
+	}
+	*d = append(*d, disk)
+	return nil
 }

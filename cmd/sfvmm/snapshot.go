@@ -129,6 +129,17 @@ func describeCmd(args []string) int {
 		fmt.Printf("vcpu %-8d rip %#x rsp %#x cr0 %#x efer %#x %s, %d MSRs, XSAVE %d bytes, TSC %d kHz\n",
 			v.ID, v.Regs.RIP, v.Regs.RSP, v.Sregs.CR0, v.Sregs.EFER, mpState(v.MPState), len(v.MSRs), len(v.XSave), v.TSCKHz)
 	}
+	for i, d := range st.Disks {
+		mode := "writable"
+		if d.ReadOnly {
+			mode = "read-only"
+		}
+		fmt.Printf("disk %-8d %s, %s", i, vmm.FormatSize(d.Size), mode)
+		for _, l := range d.Layers {
+			fmt.Printf(", %s", l.Path)
+		}
+		fmt.Println()
+	}
 	fmt.Printf("kvmclock      %d ns\n", st.VM.Clock.Clock)
 	fmt.Printf("serial        %d bytes waiting for the guest, IER %#x LCR %#x\n", len(st.Devices.Serial.RX)+len(st.Devices.Serial.Pending), st.Devices.Serial.IER, st.Devices.Serial.LCR)
 	return 0

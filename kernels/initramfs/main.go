@@ -4,7 +4,13 @@
 //
 //	go run ./kernels/initramfs -o OUT.cpio [--file HOSTPATH:GUESTPATH ...]
 //
-// A --file whose host path is a directory is copied recursively. An extra
+// A --file whose host path is a directory is copied recursively.
+//
+//	go run ./kernels/initramfs -o OUT.img -ext4 SIZE [--file HOSTPATH:GUESTPATH ...]
+//
+// writes an ext4 disk image of SIZE bytes (64M, 1G) holding only the
+// --file entries instead (mkfs.ext4 -d, from Debian's e2fsprogs), for
+// sfvmm's --disk. An extra
 // file may replace a default one (such as /init): the kernel unpacks the
 // archive in order and the later entry wins. The output is deterministic:
 // every entry has mtime 0 and owner root.
@@ -22,9 +28,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/sfvmm/sfvmm/kernels/cpio"
+	"github.com/sfvmm/sfvmm/kernels/diskimage"
 )
 
 //go:embed init.sh
@@ -70,12 +78,19 @@ func main() {
 	busybox := flag.String("busybox", "/bin/busybox", "the static busybox `binary` to include")
 	var files mappings
 	flag.Var(&files, "file", "also add `HOSTPATH:GUESTPATH` (a file, or a directory copied recursively); repeatable")
+	ext4 := flag.String("ext4", "", "write an ext4 disk image of `SIZE` bytes (64M, 1G) holding the --file entries, not an archive")
 	flag.Parse()
 	if *out == "" || flag.NArg() != 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(*out, *busybox, files); err != nil {
+	var err error
+	if *ext4 != "" {
+		err = diskImage(*out, *ext4, files)
+	} else {
+		err = run(*out, *busybox, files)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "initramfs:", err)
 		os.Exit(1)
 	}
@@ -110,6 +125,61 @@ func run(out, busybox string, files []mapping) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), out)
+}
+
+// diskImage writes an ext4 image of size (a number with an optional K, M
+// or G) holding files.
+func diskImage(out, size string, files []mapping) error {
+	n, err := parseSize(size)
+	if err != nil {
+		return fmt.Errorf("-ext4: %w", err)
+	}
+	root, err := os.MkdirTemp("", "initramfs-ext4-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	for _, m := range files {
+		dst := filepath.Join(root, filepath.FromSlash(m.guest))
+		if st, err := os.Stat(m.host); err == nil && st.IsDir() {
+			if err := os.CopyFS(dst, os.DirFS(m.host)); err != nil {
+				return fmt.Errorf("add %s: %w", m.host, err)
+			}
+			continue
+		}
+		b, err := os.ReadFile(m.host)
+		if err != nil {
+			return fmt.Errorf("add %s: %w", m.host, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return diskimage.Ext4(out, root, n)
+}
+
+// parseSize reads 64M, 1G, 4096 (bytes).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > 1<<50/mult {
+		return 0, fmt.Errorf("size %q: want a positive number of bytes, or with K, M or G", s)
+	}
+	return n * mult, nil
 }
 
 // checkStatic refuses a dynamically linked busybox (Debian's "busybox"

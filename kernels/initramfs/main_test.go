@@ -202,3 +202,27 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// -ext4 puts the --file entries, files and folders, into an ext4 image.
+func TestDiskImage(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "tree", "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tree", "sub", "a"), []byte("in a folder\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "one"), []byte("one file\n"), 0o644)
+	img := filepath.Join(dir, "disk.img")
+	files := []mapping{{filepath.Join(dir, "tree"), "data"}, {filepath.Join(dir, "one"), "etc/one"}}
+	if err := diskImage(img, "16M", files); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{"/data/sub/a": "in a folder\n", "/etc/one": "one file\n"} {
+		out, err := exec.Command("/usr/sbin/debugfs", "-R", "cat "+path, img).Output()
+		if err != nil || string(out) != want {
+			t.Errorf("%s in the image: %q, %v", path, out, err)
+		}
+	}
+	for _, bad := range []string{"M", "-1M", "12X", "0"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("size %q accepted", bad)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/sfvmm/sfvmm/virtio"
 	"github.com/sfvmm/sfvmm/virtio/balloon"
+	"github.com/sfvmm/sfvmm/virtio/blk"
 	"github.com/sfvmm/sfvmm/virtio/rng"
 	"github.com/sfvmm/sfvmm/vmm/boot/acpi"
 
@@ -46,6 +47,8 @@ type Wiring struct {
 	Log     *slog.Logger
 	// Discard hands back guest RAM the guest reported free (balloon).
 	Discard func(b []byte)
+	// Disks back Options.Disks, one each, in order.
+	Disks []blk.Backend
 }
 
 // Memory is guest RAM as devices use it.
@@ -64,6 +67,18 @@ type Options struct {
 	// VMGenID: the VM generation ID, a new one in every clone and
 	// restored snapshot (vmgenid).
 	VMGenID bool
+	// Disks are virtio-blk devices, in the order the guest finds them
+	// (/dev/vda, /dev/vdb, ...).
+	Disks []Disk
+}
+
+// Disk is one disk of Options.
+type Disk struct {
+	// Path is the image the machine was booted with, for people reading
+	// a descriptor: a clone or a restored machine opens the layers its
+	// state names instead.
+	Path     string
+	ReadOnly bool
 }
 
 // ACPI is what the DSDT announces of the devices o asks for: the guest
@@ -81,30 +96,45 @@ const (
 	VirtioGSI    = 16
 )
 
-// virtioDevs are the virtio devices a machine may have, in the order
-// they take slots.
-var virtioDevs = []struct {
+// virtioDev is a virtio device a machine may have.
+type virtioDev struct {
 	name  string
-	on    func(Options) bool
 	dev   func(Wiring) virtio.Device
 	state func(*States) *virtio.TransportState
-}{
-	{"virtio-rng", func(o Options) bool { return o.Entropy }, func(Wiring) virtio.Device { return rng.Device{} },
-		func(s *States) *virtio.TransportState { return &s.VirtioRNG }},
-	{"virtio-balloon", func(o Options) bool { return o.Balloon },
-		func(w Wiring) virtio.Device { return balloon.New(w.Memory, w.Discard) },
-		func(s *States) *virtio.TransportState { return &s.VirtioBalloon }},
+}
+
+// virtioDevs are the virtio devices o asks for, in the order they take
+// slots: what the DSDT announces and what New builds come from here, so
+// that they agree.
+func virtioDevs(o Options) []virtioDev {
+	var devs []virtioDev
+	if o.Entropy {
+		devs = append(devs, virtioDev{"virtio-rng", func(Wiring) virtio.Device { return rng.Device{} },
+			func(s *States) *virtio.TransportState { return &s.VirtioRNG }})
+	}
+	if o.Balloon {
+		devs = append(devs, virtioDev{"virtio-balloon", func(w Wiring) virtio.Device { return balloon.New(w.Memory, w.Discard) },
+			func(s *States) *virtio.TransportState { return &s.VirtioBalloon }})
+	}
+	for i := range o.Disks {
+		devs = append(devs, virtioDev{fmt.Sprintf("virtio-blk %d", i),
+			func(w Wiring) virtio.Device { return blk.New(w.Disks[i], fmt.Sprintf("sfvmm-disk-%d", i)) },
+			func(s *States) *virtio.TransportState {
+				if len(s.Disks) <= i {
+					s.Disks = append(s.Disks, make([]virtio.TransportState, i+1-len(s.Disks))...)
+				}
+				return &s.Disks[i]
+			}})
+	}
+	return devs
 }
 
 // virtioSlots are the windows and interrupts of the virtio devices o asks
 // for, in the order New puts them.
 func virtioSlots(o Options) []acpi.VirtioMMIO {
 	var slots []acpi.VirtioMMIO
-	for _, d := range virtioDevs {
-		if d.on(o) {
-			n := uint64(len(slots))
-			slots = append(slots, acpi.VirtioMMIO{Base: VirtioBase + n*VirtioStride, Size: virtio.WindowSize, GSI: VirtioGSI + uint32(n)})
-		}
+	for n := range virtioDevs(o) {
+		slots = append(slots, acpi.VirtioMMIO{Base: VirtioBase + uint64(n)*VirtioStride, Size: virtio.WindowSize, GSI: VirtioGSI + uint32(n)})
 	}
 	return slots
 }
@@ -121,6 +151,7 @@ type States struct {
 	VirtioRNG     virtio.TransportState
 	VirtioBalloon virtio.TransportState
 	VMGenID       vmgenid.State
+	Disks         []virtio.TransportState // virtio-blk's, one per disk
 }
 
 // Range is a device's span on a bus.
@@ -191,12 +222,8 @@ func New(w Wiring) *Set {
 		s.table = append(s.table, entry("vm generation id", s.VMGenID, func(s *States) *vmgenid.State { return &s.VMGenID }))
 	}
 	slots := virtioSlots(w.Options)
-	for _, d := range virtioDevs {
-		if !d.on(w.Options) {
-			continue
-		}
-		slot := slots[0]
-		slots = slots[1:]
+	for i, d := range virtioDevs(w.Options) {
+		slot := slots[i]
 		t := virtio.NewTransport(d.name, d.dev(w), w.Memory, w.IRQ(slot.GSI), w.Log)
 		e := entry(d.name, t, d.state)
 		e.MMIO = []Range{{slot.Base, slot.Size, t}}

@@ -25,7 +25,8 @@ type Machine interface {
 	// vCPU whose fork call asks for it, in its exit handler: its port
 	// read completes with result first.
 	Hold(ctx context.Context, caller int, result int32) (release func(), err error)
-	// SaveState captures the machine's state; a hold is in force.
+	// SaveState captures the machine's state, its disks frozen for the
+	// clones; a hold is in force.
 	SaveState() (*vmm.MachineState, error)
 	// SplitHugePages puts guest RAM on 4 KiB pages, which write
 	// protection works in.

@@ -26,6 +26,20 @@ func (m vmMachine) Hold(ctx context.Context, caller int, result int32) (func(), 
 	return h.Release, nil
 }
 
+// SaveState captures the machine's state and freezes its disks, both in
+// the hold, so that the clones' disks are as the guest left them at the
+// instant its state was taken.
+func (m vmMachine) SaveState() (*vmm.MachineState, error) {
+	s, err := m.VM.SaveState()
+	if err != nil {
+		return nil, err
+	}
+	if s.Disks, err = m.FreezeDisks(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
 func (m vmMachine) SplitHugePages() error { return m.Memory().SplitHugePages() }
 
 func (m vmMachine) RAM() ([]RAM, error) {

@@ -30,6 +30,10 @@ type WriteOptions struct {
 	// Overwrite replaces an existing non-empty directory; without it Write
 	// refuses one.
 	Overwrite bool
+	// Files, if set, writes the snapshot's other files (its disks) into
+	// the temporary directory, which Write then syncs and renames with
+	// the rest.
+	Files func(tmp string) error
 
 	// afterDescriptor, if set, runs once the descriptor file is written
 	// and synced in the temporary directory; an error from it aborts the
@@ -102,6 +106,11 @@ func Write(dir string, h Header, state any, regions []Region, bm []*Bitmap, opt 
 	}
 	for _, b := range bm {
 		info.Pages += b.Count()
+	}
+	if opt.Files != nil {
+		if err := opt.Files(tmp); err != nil {
+			return Info{}, fmt.Errorf("write snapshot: %w", err)
+		}
 	}
 	if err := syncDir(tmp); err != nil {
 		return Info{}, fmt.Errorf("write snapshot: %w", err)

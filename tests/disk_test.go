@@ -1,0 +1,188 @@
+//go:build kvm
+
+package tests
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sfvmm/sfvmm/kernels/diskimage"
+)
+
+// diskModules are the modules a guest loads, after virtioModules, to
+// mount an ext4 virtio disk: Debian's kernel has ext4 and its checksum
+// as modules, and init has no modprobe to fetch crc32c on demand.
+var diskModules = []string{"drivers/block/virtio_blk", "crypto/crc32c_generic", "lib/crc16", "fs/mbcache", "fs/jbd2/jbd2", "fs/ext4/ext4"}
+
+// diskGuest returns a kernel, an initrd with the disk modules, and the
+// shell command that loads them and mounts /dev/vda on /mnt.
+func diskGuest(t *testing.T) (kernel, initrd, mount string) {
+	t.Helper()
+	kernel, initrd = linuxKernel(t)
+	mods := slices.Concat(virtioModules, diskModules)
+	return kernel, initrdWithModules(t, initrd, mods...), insmods(mods...) + " && mkdir -p /mnt && mount /dev/vda /mnt"
+}
+
+// ext4Image makes an ext4 image of 64 MiB in a new directory holding
+// files (guest path → contents).
+func ext4Image(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "files")
+	for p, c := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(src, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(src, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(dir, "disk.img")
+	if err := diskimage.Ext4(img, src, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// imageFile reads a file from an ext4 image as a host tool does, after
+// replaying the journal on a copy (a guest's sync commits to the journal
+// first).
+func imageFile(t *testing.T, img, path string) string {
+	t.Helper()
+	cp := filepath.Join(t.TempDir(), "check.img")
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(cp, b, 0o600)
+	if out, err := exec.Command("/usr/sbin/e2fsck", "-fy", cp).CombinedOutput(); err != nil {
+		// 1: errors corrected (the journal replayed); more is trouble.
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
+			t.Fatalf("e2fsck of the image: %v\n%s", err, out)
+		}
+	}
+	out, err := exec.Command("/usr/sbin/debugfs", "-R", "cat "+path, cp).Output()
+	if err != nil {
+		t.Fatalf("debugfs cat %s: %v", path, err)
+	}
+	return string(out)
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	io.Copy(h, f)
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// overlaysLeft fails the test if sfvmm left disk overlays in dir.
+func overlaysLeft(t *testing.T, dir string) {
+	t.Helper()
+	if left, _ := filepath.Glob(filepath.Join(dir, "sfvmm-disk-*.overlay")); len(left) != 0 {
+		t.Errorf("overlays left behind: %v", left)
+	}
+}
+
+// Linux mounts a virtio disk, writes a file, syncs and reads it back from
+// the disk; a snapshot taken then and restored in a new sfvmm still has
+// it, and what the restored guest writes changes neither the snapshot's
+// copy of the disk nor the image. The image holds the file the guest
+// wrote.
+func TestVirtioDisk(t *testing.T) {
+	kernel, initrd, mount := diskGuest(t)
+	img := ext4Image(t, map[string]string{"hello.txt": "made on the host"})
+	bin := sfvmmPath(t)
+	dir := t.TempDir()
+	t.Setenv("TMPDIR", dir)
+	sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+
+	p := start(t, bin, "run", "--api-sock", sock, "--memory", "256M", "--disk", img,
+		"--kernel", kernel, "--initrd", initrd, "--cmdline", linuxCmdline)
+	p.waitFor(t, "sfvmm-init: 1 cpus", 3*time.Minute)
+	p.typeLine(t, mount+` && echo host=$(cat /mnt/hello.txt) && echo written-in-guest > /mnt/new.txt && sync && `+
+		`echo 3 > /proc/sys/vm/drop_caches && echo readback=$(cat /mnt/new.txt)`)
+	p.waitFor(t, "readback=written-in-guest", 2*time.Minute)
+	if !strings.Contains(p.Output(), "host=made on the host") {
+		t.Errorf("the guest did not read the host's file:\n%s", p.Output())
+	}
+	out, code := run(t, 2*time.Minute, bin, "snapshot", "--api-sock", sock, "--out", snap, "--paused")
+	if code != 0 {
+		t.Fatalf("sfvmm snapshot: exit %d\n%s", code, out)
+	}
+	p.cmd.Process.Signal(unix.SIGTERM)
+	p.wait(t, time.Minute)
+	if got := imageFile(t, img, "/new.txt"); got != "written-in-guest\n" {
+		t.Errorf("the image holds %q as new.txt, want the guest's write", got)
+	}
+	imgSum, snapSum := fileSum(t, img), fileSum(t, filepath.Join(snap, "disk0.img"))
+
+	r := start(t, bin, "restore", snap)
+	r.typeLine(t, `echo 3 > /proc/sys/vm/drop_caches; echo restored=$(cat /mnt/new.txt); `+
+		`echo after > /mnt/after.txt && sync && umount /mnt && echo unmounted=$((6*7))`)
+	r.waitFor(t, "unmounted=42", 2*time.Minute)
+	if !strings.Contains(r.Output(), "restored=written-in-guest") {
+		t.Errorf("the restored guest does not read its file back:\n%s", r.Output())
+	}
+	r.typeLine(t, "poweroff -f")
+	if code := r.wait(t, time.Minute); code != 0 {
+		t.Errorf("restored guest's power-off: exit %d\n%s", code, r.Output())
+	}
+	if fileSum(t, img) != imgSum || fileSum(t, filepath.Join(snap, "disk0.img")) != snapSum {
+		t.Error("the restored guest's writes reached the image or the snapshot's disk")
+	}
+	overlaysLeft(t, dir)
+}
+
+// A fork with a disk: each clone reads the file as it was at the fork
+// while the parent rewrites it, and writes a file of its own that neither
+// its sibling nor the parent sees; the parent's rewrite goes back into the
+// image when sfvmm ends, the clones' writes do not, and no overlay is
+// left.
+func TestForkDisk(t *testing.T) {
+	kernel, initrd, mount := diskGuest(t)
+	img := ext4Image(t, map[string]string{"data.txt": "made on the host\n"})
+	dir := t.TempDir()
+	t.Setenv("TMPDIR", dir)
+	const drop = "sync; echo 3 > /proc/sys/vm/drop_caches"
+	script := mount + ` && echo v1 > /mnt/data.txt && sync && t=$(sfctl ticket 2) && id=$(sfctl clone $t); ` +
+		`if [ $id != 0 ]; then sleep 3; ` + drop + `; echo mine-$id > /mnt/clone$id.txt; ` + drop + `; ` +
+		`echo clone $id data=$(cat /mnt/data.txt) files=$(ls /mnt | tr '\n' ,) own=$(cat /mnt/clone$id.txt); sfctl exit; fi; ` +
+		`echo v2 > /mnt/data.txt; ` + drop + `; sfctl join $t && ` + drop + ` && ` +
+		`echo parent data=$(cat /mnt/data.txt) files=$(ls /mnt | tr '\n' ,) && umount /mnt && echo unmounted=$((6*7))`
+	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", "--memory", "256M", "--disk", img,
+		"--kernel", kernel, "--initrd", initrd, "--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
+	if code != 0 || !strings.Contains(out, "unmounted=42") {
+		t.Fatalf("exit %d, want 0 and the parent's disk unmounted:\n%s", code, out)
+	}
+	clones := regexp.MustCompile(`clone (\d) data=(\S+) files=(\S+) own=(\S+)`).FindAllStringSubmatch(out, -1)
+	if len(clones) != 2 {
+		t.Fatalf("%d clones reported, want 2:\n%s", len(clones), out)
+	}
+	for _, c := range clones {
+		id := c[1]
+		if c[2] != "v1" || c[3] != fmt.Sprintf("clone%s.txt,data.txt,lost+found,", id) || c[4] != "mine-"+id {
+			t.Errorf("clone %s read data=%s files=%s own=%s; want v1, only its own file, mine-%s", id, c[2], c[3], c[4], id)
+		}
+	}
+	if !strings.Contains(out, "parent data=v2 files=data.txt,lost+found,") {
+		t.Errorf("the parent does not read its own rewrite alone:\n%s", out)
+	}
+	if got := imageFile(t, img, "/data.txt"); got != "v2\n" {
+		t.Errorf("the image holds %q, want the parent's rewrite v2", got)
+	}
+	overlaysLeft(t, dir)
+}

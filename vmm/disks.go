@@ -1,0 +1,93 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/sfvmm/sfvmm/virtio/blk"
+	"github.com/sfvmm/sfvmm/vmm/disk"
+)
+
+// openDisks opens the images cfg.Devices.Disks names, for a machine New
+// boots.
+func (m *VM) openDisks() error {
+	for i, d := range m.cfg.Devices.Disks {
+		dk, err := disk.Open(d.Path, d.ReadOnly, "")
+		if err != nil {
+			return &ConfigError{"Disks", fmt.Errorf("disk %d: %w", i, err)}
+		}
+		m.disks = append(m.disks, dk)
+	}
+	return nil
+}
+
+// restoreDisks opens the frozen disks a state names, each with an overlay
+// of the machine's own; relative layer paths are under dir.
+func (m *VM) restoreDisks(s *MachineState, dir string) error {
+	for i, st := range s.Disks {
+		dk, err := disk.OpenState(st, dir, "")
+		if err != nil {
+			return fmt.Errorf("disk %d: %w", i, err)
+		}
+		m.disks = append(m.disks, dk)
+	}
+	return nil
+}
+
+// backends are the machine's disks as its block devices take them.
+func (m *VM) backends() []blk.Backend {
+	b := make([]blk.Backend, len(m.disks))
+	for i, d := range m.disks {
+		b[i] = d
+	}
+	return b
+}
+
+// FreezeDisks fixes every disk as it is now, for a fork's clones (see
+// disk.Disk.Freeze). A hold must be in force, so that no request is
+// being served.
+func (m *VM) FreezeDisks() ([]disk.State, error) {
+	var sts []disk.State
+	for i, d := range m.disks {
+		st, err := d.Freeze()
+		if err != nil {
+			return nil, fmt.Errorf("freeze disk %d: %w", i, err)
+		}
+		sts = append(sts, st)
+	}
+	return sts, nil
+}
+
+// snapshotDisks are the states of the disks' copies in a snapshot
+// (copyDisks), named relative to its directory.
+func (m *VM) snapshotDisks() []disk.State {
+	var sts []disk.State
+	for i, d := range m.disks {
+		sts = append(sts, disk.State{Size: d.Size(), ReadOnly: d.ReadOnly(), Layers: []disk.Layer{{Path: diskCopy(i)}}})
+	}
+	return sts
+}
+
+func diskCopy(i int) string { return fmt.Sprintf("disk%d.img", i) }
+
+// copyDisks writes each disk as the guest sees it now into dir.
+func (m *VM) copyDisks(dir string) error {
+	for i, d := range m.disks {
+		if err := d.CopyTo(filepath.Join(dir, diskCopy(i))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// closeDisks closes the disks: a booted machine's writable images take
+// back what was written to overlays since its forks.
+func (m *VM) closeDisks() error {
+	var errs []error
+	for _, d := range m.disks {
+		errs = append(errs, d.Close())
+	}
+	m.disks = nil
+	return errors.Join(errs...)
+}
