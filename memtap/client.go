@@ -35,6 +35,10 @@ type Region struct {
 	// Populated says which pages the parent had at the fork; the others
 	// are zero-filled locally. Nil means every page.
 	Populated PageSet
+	// Exact: each page is fetched as it is touched, none ahead (a disk
+	// layer, which its reader reads exactly as far as the guest asks);
+	// Stats.PagesExact counts those fetched.
+	Exact bool
 }
 
 // Config says what to fill and from where.
@@ -117,6 +121,7 @@ type Stats struct {
 	PagesDirect     uint64 // of those, pages read from the parent's memory directly (ParentMemory)
 	PagesZeroFilled uint64 // pages filled with UFFDIO_ZEROPAGE: never populated, or zero at the fork
 	PagesPrefetched uint64 // pages with data installed before anything faulted on them
+	PagesExact      uint64 // pages with data of Exact regions (disk layers), also in PagesFetched
 	Requests        uint64 // requests sent to the server
 	BytesReceived   uint64 // bytes read from the server, handshake included
 	// With multicast (mcdist): PagesMulticast data pages installed from
@@ -148,6 +153,7 @@ func (s *Stats) Add(t Stats) {
 	s.PagesDirect += t.PagesDirect
 	s.PagesZeroFilled += t.PagesZeroFilled
 	s.PagesPrefetched += t.PagesPrefetched
+	s.PagesExact += t.PagesExact
 	s.Requests += t.Requests
 	s.BytesReceived += t.BytesReceived
 	s.PagesMulticast += t.PagesMulticast
@@ -190,15 +196,15 @@ func bucket(d time.Duration) int {
 
 // counters is the shared-memory layout of Stats, written by the helper.
 type counters struct {
-	faults, fetched, direct, zeroFilled, prefetched, requests, bytes atomic.Uint64
-	multicast, siblings, retried, forged, replayed, mbytes, mcOff    atomic.Uint64
-	hist                                                             [Buckets]atomic.Uint64
+	faults, fetched, direct, zeroFilled, prefetched, exact, requests, bytes atomic.Uint64
+	multicast, siblings, retried, forged, replayed, mbytes, mcOff           atomic.Uint64
+	hist                                                                    [Buckets]atomic.Uint64
 }
 
 func (c *counters) stats() Stats {
 	s := Stats{
 		Faults: c.faults.Load(), PagesFetched: c.fetched.Load(), PagesDirect: c.direct.Load(), PagesZeroFilled: c.zeroFilled.Load(),
-		PagesPrefetched: c.prefetched.Load(), Requests: c.requests.Load(), BytesReceived: c.bytes.Load(),
+		PagesPrefetched: c.prefetched.Load(), PagesExact: c.exact.Load(), Requests: c.requests.Load(), BytesReceived: c.bytes.Load(),
 		PagesMulticast: c.multicast.Load(), PagesFromSiblings: c.siblings.Load(), PagesRetried: c.retried.Load(),
 		DatagramsForged: c.forged.Load(), DatagramsReplayed: c.replayed.Load(), BytesMulticast: c.mbytes.Load(),
 		MulticastOff: c.mcOff.Load(),
@@ -303,6 +309,7 @@ func Start(cfg Config) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("start memtap: region %d: %w", i, err)
 		}
+		reg.Exact = r.Exact
 		hc.Regions = append(hc.Regions, reg)
 	}
 

@@ -114,6 +114,7 @@ type hregion struct {
 	pop   *pages.Bitmap
 	state []uint8
 
+	exact  bool   // Exact: no window ahead
 	window int    // current fetch window, pages
 	next   uint64 // first page after the last window asked for: a fault there is sequential
 	ahead  uint64 // first page of the read-ahead window, if any
@@ -202,8 +203,11 @@ func newHandler(cfg helperConfig, parentFds []int, u *uffd.FD, c *counters) (*ha
 		}
 		h.regions = append(h.regions, hregion{
 			base: uintptr(r.Base), pages: r.Pages, pop: pop, state: make([]uint8, r.Pages),
-			window: cfg.Window, next: ^uint64(0), ahead: ^uint64(0),
+			window: cfg.Window, next: ^uint64(0), ahead: ^uint64(0), exact: r.Exact,
 		})
+		if r.Exact {
+			h.regions[i].window = 1
+		}
 		if h.mem >= 0 {
 			h.regions[i].pbase = uintptr(cfg.ParentBases[i])
 		}
@@ -525,9 +529,11 @@ func (h *handler) fault(a uintptr, now time.Time) error {
 			return err
 		}
 		seq := p == r.next
-		if seq {
+		switch {
+		case r.exact:
+		case seq:
 			r.window = min(2*r.window, h.cfg.Max)
-		} else {
+		default:
 			r.window = h.cfg.Window
 		}
 		// Waiting first: a direct read fills the page before fetch
@@ -879,6 +885,9 @@ func (h *handler) parse() error {
 // fault waited on: a prefetch.
 func (h *handler) landed(ri int, p uint64, data bool) bool {
 	h.regions[ri].state[p] = present
+	if data && h.regions[ri].exact {
+		h.c.exact.Add(1)
+	}
 	key := uint64(ri)<<40 | p
 	ts, ok := h.waiting[key]
 	if !ok {

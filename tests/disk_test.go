@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"crypto/md5"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -185,4 +187,48 @@ func TestForkDisk(t *testing.T) {
 		t.Errorf("the image holds %q, want the parent's rewrite v2", got)
 	}
 	overlaysLeft(t, dir)
+}
+
+// A fork with a disk across hosts: the clones, each on a host of its own,
+// read a 1 MiB file that the parent never read, through the memory
+// server, and fetch only the blocks they read: the file's 256 and some of
+// the filesystem's own, of the disk's 16384.
+func TestForkDiskAcrossHosts(t *testing.T) {
+	c := startCluster(t, 2, 1)
+	kernel, initrd, mount := diskGuest(t)
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i*131 + i>>12)
+	}
+	img := ext4Image(t, map[string]string{"big.bin": string(big)})
+	want := fmt.Sprintf("%x", md5.Sum(big))
+	script := mount + ` && t=$(sfctl ticket 2) && id=$(sfctl clone $t); ` +
+		`if [ $id != 0 ]; then echo 3 > /proc/sys/vm/drop_caches; echo clone $id read $(md5sum /mnt/big.bin | cut -c1-32); sfctl exit; fi; ` +
+		`sfctl join $t && echo parent joined=$((1+1))`
+	p := c.parent(t, 0, "--kernel", kernel, "--initrd", initrd, "--memory", "256M", "--disk", img, "--pages", "unicast",
+		"--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
+	if code := p.wait(t, 8*time.Minute); code != 0 {
+		t.Fatalf("exit status %d, want 0: %s\n%s", code, p.trouble(), p.Output())
+	}
+	out := p.Output()
+	by := clonesByHost(out, `clone (\d+) read `+want)
+	for _, h := range c.names {
+		if len(by[h]) != 1 {
+			t.Errorf("%s ran clones %v that read the file intact, want 1", h, by[h])
+		}
+	}
+	fetched := regexp.MustCompile(`sfvmm clone (\d+): memtap: .*disk: (\d+) blocks fetched`).FindAllStringSubmatch(out, -1)
+	if len(fetched) != 2 {
+		t.Fatalf("%d clones reported disk blocks fetched, want 2:\n%s", len(fetched), out)
+	}
+	for _, f := range fetched {
+		n, _ := strconv.Atoi(f[2])
+		t.Logf("clone %s fetched %d disk blocks", f[1], n)
+		if n < 256 || n > 256+256 {
+			t.Errorf("clone %s fetched %d disk blocks; it read the file's 256 and a few of the filesystem's", f[1], n)
+		}
+	}
+	if !strings.Contains(out, "parent joined=2") {
+		t.Errorf("the parent did not join:\n%s", out)
+	}
 }

@@ -3,7 +3,10 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sfvmm/sfvmm/virtio/blk"
 	"github.com/sfvmm/sfvmm/vmm/disk"
@@ -23,10 +26,14 @@ func (m *VM) openDisks() error {
 }
 
 // restoreDisks opens the frozen disks a state names, each with an overlay
-// of the machine's own; relative layer paths are under dir.
-func (m *VM) restoreDisks(s *MachineState, dir string) error {
+// of the machine's own; relative layer paths are under rc.DiskDir.
+func (m *VM) restoreDisks(s *MachineState, rc RestoreConfig) error {
 	for i, st := range s.Disks {
-		dk, err := disk.OpenState(st, dir, "")
+		var src disk.Source
+		if rc.DiskSource != nil {
+			src = func(j int) (io.ReaderAt, error) { return rc.DiskSource(i, j) }
+		}
+		dk, err := disk.OpenStateFrom(st, rc.DiskDir, "", src)
 		if err != nil {
 			return fmt.Errorf("disk %d: %w", i, err)
 		}
@@ -57,6 +64,27 @@ func (m *VM) FreezeDisks() ([]disk.State, error) {
 		sts = append(sts, st)
 	}
 	return sts, nil
+}
+
+// MapDisks maps every layer of every disk read-only (disk.Disk.Map);
+// unmap undoes it.
+func (m *VM) MapDisks() (maps [][][]byte, unmap func(), err error) {
+	unmap = func() {
+		for _, layers := range maps {
+			for _, l := range layers {
+				unix.Munmap(l)
+			}
+		}
+	}
+	for i, d := range m.disks {
+		layers, err := d.Map()
+		if err != nil {
+			unmap()
+			return nil, nil, fmt.Errorf("disk %d: %w", i, err)
+		}
+		maps = append(maps, layers)
+	}
+	return maps, unmap, nil
 }
 
 // snapshotDisks are the states of the disks' copies in a snapshot

@@ -20,6 +20,9 @@ type RestoreConfig struct {
 	// DiskDir is where the state's relative disk layer paths are (a
 	// snapshot's directory).
 	DiskDir string
+	// DiskSource, if set, reads layer j of disk d where the files are
+	// out of reach (a clone on another host than its parent).
+	DiskSource func(d, j int) (io.ReaderAt, error)
 }
 
 // Restore rebuilds a machine from saved state. fill loads guest memory into
@@ -53,7 +56,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	if err := m.forkPages(); err != nil {
 		return nil, err
 	}
-	if err := m.restoreDisks(s, rc.DiskDir); err != nil {
+	if err := m.restoreDisks(s, rc); err != nil {
 		return nil, err
 	}
 	if m.source, err = fill(m.mem); err != nil {

@@ -63,7 +63,7 @@ func (m machine) Status() api.Status {
 		s := m.memtap.Stats()
 		st.Memtap = &api.MemtapStats{
 			Faults: s.Faults, PagesFetched: s.PagesFetched, PagesDirect: s.PagesDirect, PagesZeroFilled: s.PagesZeroFilled,
-			PagesPrefetched: s.PagesPrefetched, Requests: s.Requests, BytesReceived: s.BytesReceived,
+			PagesPrefetched: s.PagesPrefetched, PagesExact: s.PagesExact, Requests: s.Requests, BytesReceived: s.BytesReceived,
 			FaultLatencyMicros: s.FaultLatency[:],
 		}
 	}

@@ -99,6 +99,9 @@ func runHelper() error {
 type region struct {
 	pop   *pages.Bitmap // populated at the freeze; until Seal, at Arm; guarded by image.mu
 	dirty *pages.Bitmap // written while armed, so no longer protected; guarded by image.mu
+	// frozen: not write-protected; the region does not change once
+	// sealed (server.Region.Frozen).
+	frozen bool
 }
 
 // image is a frozen image being served.
@@ -162,7 +165,7 @@ func (s *srv) arm(q request, fds []int) error {
 		}
 		dirty, _ := pages.NewBitmap(r.Pages, nil)
 		im.layout = append(im.layout, pages.Region{Base: r.Base, Pages: r.Pages})
-		im.regions = append(im.regions, region{pop: pop, dirty: dirty})
+		im.regions = append(im.regions, region{pop: pop, dirty: dirty, frozen: r.Frozen})
 		im.pages = append(im.pages, r.Pages)
 	}
 	var p [2]int
@@ -209,6 +212,10 @@ func (s *srv) seal(q request) error {
 	}
 	for i := range im.regions {
 		r, base := &im.regions[i], uintptr(im.layout[i].Base)
+		if r.frozen {
+			r.pop, r.dirty = pops[i], nil
+			continue
+		}
 		var err error
 		pages.Runs(r.dirty, pops[i], r.pop, func(start, n uint64) {
 			if err == nil {

@@ -75,6 +75,11 @@ type Region struct {
 	// mincore(2). (A page swapped out is not resident to mincore; hosts
 	// that swap guest RAM need a set built from /proc/self/pagemap.)
 	Populated PageSet
+	// Frozen: the region is a read-only mapping of something that does
+	// not change from Seal on (a frozen disk layer's file): it is served
+	// as it is, without write protection, which such a mapping cannot
+	// take.
+	Frozen bool
 }
 
 // Config tunes a Server. The zero value is usable.
@@ -271,6 +276,7 @@ func (s *Server) Arm(regions []Region) (*Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("arm: region %d: %w", i, err)
 		}
+		reg.Frozen = r.Frozen
 		q.Regions = append(q.Regions, reg)
 		im.regions = append(im.regions, reg.Pages)
 	}
@@ -286,6 +292,9 @@ func (s *Server) Arm(regions []Region) (*Image, error) {
 		return nil, fmt.Errorf("arm: %w", err)
 	}
 	for i, r := range q.Regions {
+		if r.Frozen {
+			continue
+		}
 		ioctls, err := u.Register(uintptr(r.Base), uintptr(r.Pages*uffd.PageSize), uffd.ModeWP)
 		if err != nil {
 			return nil, fmt.Errorf("arm: region %d: %w", i, err)
@@ -295,6 +304,9 @@ func (s *Server) Arm(regions []Region) (*Image, error) {
 		}
 	}
 	for i, r := range q.Regions {
+		if r.Frozen {
+			continue
+		}
 		if err := u.WriteProtect(uintptr(r.Base), uintptr(r.Pages*uffd.PageSize), true, false); err != nil {
 			return nil, fmt.Errorf("arm: region %d: %w", i, err)
 		}

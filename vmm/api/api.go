@@ -94,6 +94,7 @@ type MemtapStats struct {
 	PagesDirect     uint64 `json:"pages_direct"` // of those, read from the parent's memory directly
 	PagesZeroFilled uint64 `json:"pages_zero_filled"`
 	PagesPrefetched uint64 `json:"pages_prefetched"`
+	PagesExact      uint64 `json:"disk_blocks_fetched"` // pages of a clone's remote disk layers
 	Requests        uint64 `json:"requests"`
 	BytesReceived   uint64 `json:"bytes_received"`
 	// FaultLatencyMicros[i] counts faults served in [2^(i-1), 2^i) µs.

@@ -70,6 +70,9 @@ type Disk struct {
 }
 
 type layer struct {
+	// r reads the layer: its file f, or for a clone on another host
+	// than its parent's, the fork's page service (Source); f is then nil.
+	r      io.ReaderAt
 	f      *os.File
 	path   string
 	blocks *snapshot.Bitmap // nil for the base: it holds every block
@@ -98,7 +101,7 @@ func Open(path string, readOnly bool, dir string) (*Disk, error) {
 		return nil, fmt.Errorf("disk %s: %w", path, err)
 	}
 	return &Disk{size: size, readOnly: readOnly, commit: !readOnly, dir: dir,
-		layers: []*layer{{f: f, path: abs}}}, nil
+		layers: []*layer{{r: f, f: f, path: abs}}}, nil
 }
 
 // imageSize is the size of an image, which must be whole sectors.
@@ -121,11 +124,21 @@ func imageSize(f *os.File) (uint64, error) {
 	}
 }
 
+// Source reads layer i of a frozen disk where its file is out of reach
+// (on the parent's host); nil opens the files. Its size is the disk's.
+// A source that is an io.Closer is closed with the disk.
+type Source func(i int) (io.ReaderAt, error)
+
 // OpenState opens a frozen disk for a clone or a restored snapshot: its
 // layers read-only and, unless the disk is read-only, a new overlay in dir
 // for the guest's writes, removed at Close. Relative layer paths are taken
 // from base.
-func OpenState(st State, base, dir string) (_ *Disk, err error) {
+func OpenState(st State, base, dir string) (*Disk, error) {
+	return OpenStateFrom(st, base, dir, nil)
+}
+
+// OpenStateFrom is OpenState with the layers read from src.
+func OpenStateFrom(st State, base, dir string, src Source) (_ *Disk, err error) {
 	if len(st.Layers) == 0 {
 		return nil, errors.New("disk: no layers")
 	}
@@ -143,18 +156,26 @@ func OpenState(st State, base, dir string) (_ *Disk, err error) {
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(base, p)
 		}
-		f, err := os.Open(p)
-		if err != nil {
-			return nil, fmt.Errorf("disk layer %d: %w", i, err)
-		}
-		nl := &layer{f: f, path: p}
-		d.layers = append(d.layers, nl)
-		size, err := imageSize(f)
-		if err != nil {
-			return nil, fmt.Errorf("disk layer %d %s: %w", i, p, err)
-		}
-		if size != st.Size {
-			return nil, fmt.Errorf("disk layer %d %s: %d bytes, the disk has %d", i, p, size, st.Size)
+		nl := &layer{path: p}
+		if src != nil {
+			if nl.r, err = src(i); err != nil {
+				return nil, fmt.Errorf("disk layer %d: %w", i, err)
+			}
+			d.layers = append(d.layers, nl)
+		} else {
+			f, err := os.Open(p)
+			if err != nil {
+				return nil, fmt.Errorf("disk layer %d: %w", i, err)
+			}
+			nl.r, nl.f = f, f
+			d.layers = append(d.layers, nl)
+			size, err := imageSize(f)
+			if err != nil {
+				return nil, fmt.Errorf("disk layer %d %s: %w", i, p, err)
+			}
+			if size != st.Size {
+				return nil, fmt.Errorf("disk layer %d %s: %d bytes, the disk has %d", i, p, size, st.Size)
+			}
 		}
 		if i == 0 {
 			if len(l.Blocks) != 0 {
@@ -197,7 +218,7 @@ func (d *Disk) pushOverlay() error {
 		os.Remove(f.Name())
 		return fmt.Errorf("disk overlay: %w", err)
 	}
-	d.layers = append(d.layers, &layer{f: f, path: f.Name(), blocks: snapshot.NewBitmap(d.blocks()), own: true})
+	d.layers = append(d.layers, &layer{r: f, f: f, path: f.Name(), blocks: snapshot.NewBitmap(d.blocks()), own: true})
 	return nil
 }
 
@@ -226,7 +247,7 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 			end += BlockSize
 		}
 		n := int(min(end, uint64(off)+uint64(len(p))) - pos)
-		if _, err := l.f.ReadAt(p[done:done+n], int64(pos)); err != nil {
+		if _, err := l.r.ReadAt(p[done:done+n], int64(pos)); err != nil {
 			return done, fmt.Errorf("disk %s: read at %d: %w", l.path, pos, err)
 		}
 		done += n
@@ -297,7 +318,7 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 func (d *Disk) copyUp(top *layer, b uint64) error {
 	buf := make([]byte, min(BlockSize, d.size-b*BlockSize))
 	l := d.holder(b)
-	if _, err := l.f.ReadAt(buf, int64(b*BlockSize)); err != nil {
+	if _, err := l.r.ReadAt(buf, int64(b*BlockSize)); err != nil {
 		return fmt.Errorf("disk %s: read block %d: %w", l.path, b, err)
 	}
 	if _, err := top.f.WriteAt(buf, int64(b*BlockSize)); err != nil {
@@ -422,6 +443,37 @@ func (d *Disk) state(layers []*layer) (State, error) {
 	return st, nil
 }
 
+// Map maps every layer the disk has now read-only into memory, the base
+// first, for the fork's page service to serve to clones on other hosts;
+// the top one may still change until the disk is frozen. Unmap each
+// with unix.Munmap. A layer's mapping is its size rounded up to whole
+// pages, the tail zero.
+func (d *Disk) Map() ([][]byte, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return nil, errClosed
+	}
+	var maps [][]byte
+	for _, l := range d.layers {
+		if l.f == nil {
+			return nil, errors.New("disk: a layer of another host's cannot be mapped")
+		}
+		m, err := unix.Mmap(int(l.f.Fd()), 0, int(PageAligned(d.size)), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			for _, m := range maps {
+				unix.Munmap(m)
+			}
+			return nil, fmt.Errorf("disk %s: map: %w", l.path, err)
+		}
+		maps = append(maps, m)
+	}
+	return maps, nil
+}
+
+// PageAligned is n rounded up to whole pages.
+func PageAligned(n uint64) uint64 { return (n + BlockSize - 1) &^ (BlockSize - 1) }
+
 // CopyTo writes the disk as the guest sees it now to a new sparse image
 // at path (a snapshot's copy): the base's data extents, then each
 // overlay's blocks, in the kernel where it can.
@@ -454,7 +506,11 @@ func (d *Disk) copyLayers(out *os.File) error {
 	if err := out.Truncate(int64(d.size)); err != nil {
 		return err
 	}
-	if err := copyExtents(out, d.layers[0].f, int64(d.size)); err != nil {
+	if base := d.layers[0]; base.f != nil {
+		if err := copyExtents(out, base.f, int64(d.size)); err != nil {
+			return err
+		}
+	} else if err := base.copyTo(out, 0, int64(d.size)); err != nil {
 		return err
 	}
 	return d.copyOverlays(out)
@@ -468,7 +524,7 @@ func (d *Disk) copyOverlays(dst *os.File) error {
 		l.blocks.Runs(func(b, n uint64) {
 			if err == nil {
 				off := int64(b * BlockSize)
-				err = copyRange(dst, l.f, off, min(int64(n*BlockSize), int64(d.size)-off))
+				err = l.copyTo(dst, off, min(int64(n*BlockSize), int64(d.size)-off))
 			}
 		})
 		if err != nil {
@@ -500,6 +556,15 @@ func copyExtents(dst, src *os.File, size int64) error {
 		off = hole
 	}
 	return nil
+}
+
+// copyTo copies [off, off+n) of the layer to the same place in dst.
+func (l *layer) copyTo(dst *os.File, off, n int64) error {
+	if l.f != nil {
+		return copyRange(dst, l.f, off, n)
+	}
+	_, err := io.Copy(io.NewOffsetWriter(dst, off), io.NewSectionReader(l.r, off, n))
+	return err
 }
 
 // copyRange copies [off, off+n) of src to the same place in dst.
@@ -562,7 +627,9 @@ func (d *Disk) commitOverlays() error {
 func (d *Disk) closeFiles() error {
 	var errs []error
 	for _, l := range d.layers {
-		errs = append(errs, l.f.Close())
+		if c, ok := l.r.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
 		if l.own {
 			errs = append(errs, os.Remove(l.path))
 		}

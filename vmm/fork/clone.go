@@ -7,10 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sfvmm/sfvmm/memtap"
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
+	"github.com/sfvmm/sfvmm/vmm/disk"
 	"github.com/sfvmm/sfvmm/vmm/memory"
 	"github.com/sfvmm/sfvmm/vmm/snapshot"
 )
@@ -58,6 +62,30 @@ func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error)
 			return nil, nil, fmt.Errorf("clone: %s: %w", path, err)
 		}
 	}
+	layers, err := mapDiskLayers(fi.DiskLayers, state)
+	if err != nil {
+		return nil, nil, fmt.Errorf("clone: %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			for _, l := range layers {
+				l.Close()
+			}
+		}
+	}()
+	// A clone on the parent's host opens the disks' layers; one on
+	// another host reads them through the memory server.
+	onParentHost := fi.Network == "unix" || fi.ParentPID == os.Getppid()
+	if len(state.Disks) > 0 && !onParentHost {
+		cfg.RestoreConfig.DiskSource = func(d, j int) (io.ReaderAt, error) {
+			for _, l := range layers {
+				if l.disk == d && l.layer == j {
+					return l, nil
+				}
+			}
+			return nil, fmt.Errorf("%w: the memory server does not serve disk %d layer %d", snapshot.ErrCorrupt, d, j)
+		}
+	}
 	var client *memtap.Client
 	m, err := vmm.Restore(state, func(mem *memory.Memory) (vmm.MemorySource, error) {
 		regions := mem.Regions()
@@ -73,9 +101,12 @@ func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error)
 			}
 			mc.Regions = append(mc.Regions, memtap.Region{Host: r.Host, Populated: h.Memory[i].Pages})
 		}
+		for _, l := range layers {
+			mc.Regions = append(mc.Regions, memtap.Region{Host: l.host, Populated: l.blocks, Exact: true})
+		}
 		mc.Network, mc.Address, mc.Key = fi.Network, fi.Address, memtap.Key(fi.Key)
 		if cfg.DirectReads {
-			if mc.Parent = directParent(fi, len(regions), cfg.Log); mc.Parent != nil {
+			if mc.Parent = directParent(fi, len(regions), len(layers), cfg.Log); mc.Parent != nil {
 				defer mc.Parent.Close()
 			}
 		}
@@ -137,16 +168,77 @@ func ReadDescriptor(path string) (*Descriptor, snapshot.Header, error) {
 	return &d, h, nil
 }
 
+// layerMap is a disk layer the memory server serves, as a clone maps it:
+// fresh anonymous memory that memtap fills as the disk reads it.
+type layerMap struct {
+	disk, layer int
+	host        []byte
+	blocks      *snapshot.Bitmap
+	once        sync.Once
+}
+
+// ReadAt reads the layer, each page fetched as it is touched.
+func (l *layerMap) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > int64(len(l.host)) {
+		return 0, io.EOF
+	}
+	n := copy(p, l.host[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (l *layerMap) Close() error {
+	var err error
+	l.once.Do(func() { err = unix.Munmap(l.host) })
+	return err
+}
+
+// mapDiskLayers maps memory for each disk layer the memory server serves,
+// after checking the descriptor's list against the disks: it comes from
+// the parent's host, and a wrong entry must not make the clone misread.
+func mapDiskLayers(dl []DiskLayer, state *vmm.MachineState) (maps []*layerMap, err error) {
+	defer func() {
+		if err != nil {
+			for _, m := range maps {
+				m.Close()
+			}
+		}
+	}()
+	for i, l := range dl {
+		if l.Disk < 0 || int(l.Disk) >= len(state.Disks) || l.Layer < -1 || int(l.Layer) >= len(state.Disks[l.Disk].Layers) {
+			return nil, fmt.Errorf("%w: disk layer region %d names disk %d layer %d", snapshot.ErrCorrupt, i, l.Disk, l.Layer)
+		}
+		if want := disk.PageAligned(state.Disks[l.Disk].Size); l.Size != want {
+			return nil, fmt.Errorf("%w: disk layer region %d of %d bytes, the disk has %d", snapshot.ErrCorrupt, i, l.Size, want)
+		}
+		blocks, err := layerBlocks(l, &state.Disks[l.Disk])
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", snapshot.ErrCorrupt, err)
+		}
+		host, err := unix.Mmap(-1, 0, int(l.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		if err != nil {
+			return nil, fmt.Errorf("map disk %d layer %d: %w", l.Disk, l.Layer, err)
+		}
+		maps = append(maps, &layerMap{disk: int(l.Disk), layer: int(l.Layer), host: host, blocks: blocks})
+	}
+	return maps, nil
+}
+
 // directParent opens the parent's memory for memtap's direct reads when
 // the clone is the parent's own child process (so that the PID in the
 // descriptor cannot name another process); nil otherwise, or if the
 // parent's memory cannot be opened (then every page comes through the
 // memory server, which is said).
-func directParent(fi Info, regions int, log *slog.Logger) *memtap.ParentMemory {
+//
+// The disk layers' regions, which follow RAM's, get no address: a clone on
+// its parent's host reads the layers' files, never those regions.
+func directParent(fi Info, regions, layers int, log *slog.Logger) *memtap.ParentMemory {
 	if fi.ParentPID == 0 || fi.ParentPID != os.Getppid() || len(fi.ParentRAM) != regions {
 		return nil
 	}
-	pm, err := memtap.OpenParent(fi.ParentPID, fi.ParentRAM)
+	pm, err := memtap.OpenParent(fi.ParentPID, append(fi.ParentRAM, make([]uint64, layers)...))
 	if err != nil {
 		if log != nil {
 			log.Info(fmt.Sprintf("every page through the memory server: %v", err))

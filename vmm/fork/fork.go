@@ -277,7 +277,7 @@ func (f *Forker) Close() error {
 	defer f.mu.Unlock()
 	var errs []error
 	if f.image != nil {
-		errs = append(errs, f.image.frozen.Close())
+		errs = append(errs, f.image.close())
 		f.image = nil
 	}
 	if f.srv != nil {

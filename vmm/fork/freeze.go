@@ -15,6 +15,7 @@ import (
 	"github.com/sfvmm/sfvmm/memtap/wire"
 	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/devices/forkdev"
+	"github.com/sfvmm/sfvmm/vmm/disk"
 	"github.com/sfvmm/sfvmm/vmm/snapshot"
 )
 
@@ -33,6 +34,9 @@ type Machine interface {
 	SplitHugePages() error
 	// RAM is guest RAM, each region with the pages present now.
 	RAM() ([]RAM, error)
+	// MapDisks maps every layer of every disk read-only, for the memory
+	// server to serve clones on other hosts; unmap undoes it.
+	MapDisks() (maps [][][]byte, unmap func(), err error)
 	// FailCall makes the fork call of vCPU vcpu, whose port read already
 	// completed, return errno instead.
 	FailCall(vcpu int, errno forkdev.Errno)
@@ -76,8 +80,9 @@ type image struct {
 	id         uint32
 	descriptor string
 	frozen     Image
-	held       bool // a checkpoint: clones may be created from it again
-	live       int  // clones started from it that have not ended
+	unmapDisks func() // the disk layers' mappings the image serves; nil if none
+	held       bool   // a checkpoint: clones may be created from it again
+	live       int    // clones started from it that have not ended
 	paused     time.Duration
 }
 
@@ -100,6 +105,19 @@ type Info struct {
 	// from the parent's memory directly (memtap.ParentMemory).
 	ParentPID int
 	ParentRAM []uint64
+	// DiskLayers are the memory server's regions after guest RAM's: each
+	// one layer of a disk, mapped from its file, which a clone on another
+	// host reads through the server (a fork served by TCP has them).
+	DiskLayers []DiskLayer
+}
+
+// DiskLayer is a memory server region that holds a disk layer.
+type DiskLayer struct {
+	// Disk indexes the machine state's Disks; Layer its Layers, or is -1
+	// for a layer the fork did not freeze (an overlay with nothing in it
+	// yet), which no clone reads.
+	Disk, Layer int32
+	Size        uint64 // bytes: the disk's, in whole pages
 }
 
 // Descriptor is what a fork descriptor holds after its header.
@@ -140,7 +158,7 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 	f.image = nil
 	f.mu.Unlock()
 	if old != nil {
-		old.frozen.Close()
+		old.close()
 	}
 	srv, err := f.prepare()
 	if err != nil {
@@ -184,13 +202,28 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 	for _, r := range ram {
 		info.ParentRAM = append(info.ParentRAM, uint64(uintptr(unsafe.Pointer(&r.Host[0]))))
 	}
-	if img.frozen, err = srv.Arm(serverRegions(ram)); err != nil {
+	// Clones on other hosts read the disks through the memory server;
+	// this host's clones open the layers' files.
+	var hosts [][]byte // each of info.DiskLayers' mapping
+	if f.cfg.ServeAddress != "" {
+		var disks [][][]byte
+		if disks, img.unmapDisks, err = f.m.MapDisks(); err != nil {
+			return nil, err
+		}
+		info.DiskLayers, hosts = diskLayers(disks)
+	}
+	dr, err := diskRegions(info.DiskLayers, hosts, nil)
+	if err == nil {
+		img.frozen, err = srv.Arm(append(serverRegions(ram), dr...))
+	}
+	if err != nil {
+		img.close()
 		return nil, err
 	}
 	start := time.Now()
 	release, err := f.m.Hold(ctx, caller, result)
 	if err != nil {
-		img.frozen.Close()
+		img.close()
 		return nil, err
 	}
 	state, err := f.m.SaveState()
@@ -198,7 +231,10 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 		ram, err = f.m.RAM()
 	}
 	if err == nil {
-		err = img.frozen.Seal(serverRegions(ram))
+		sealDiskLayers(info.DiskLayers, state)
+		if dr, err = diskRegions(info.DiskLayers, hosts, state); err == nil {
+			err = img.frozen.Seal(append(serverRegions(ram), dr...))
+		}
 	}
 	release()
 	img.paused = time.Since(start)
@@ -207,13 +243,91 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 		l = nil
 	}
 	if err != nil {
-		img.frozen.Close()
+		img.close()
 		return nil, err
 	}
 	f.mu.Lock()
 	f.image = img
 	f.mu.Unlock()
 	return img, nil
+}
+
+// close stops serving the image, then unmaps its disk layers.
+func (img *image) close() error {
+	var err error
+	if img.frozen != nil {
+		err = img.frozen.Close()
+		img.frozen = nil
+	}
+	if img.unmapDisks != nil {
+		img.unmapDisks()
+		img.unmapDisks = nil
+	}
+	return err
+}
+
+// diskLayers lists the mapped layers as memory server regions, each
+// provisionally frozen (sealDiskLayers decides), and their mappings.
+func diskLayers(disks [][][]byte) (dl []DiskLayer, hosts [][]byte) {
+	for d, layers := range disks {
+		for j, m := range layers {
+			dl = append(dl, DiskLayer{Disk: int32(d), Layer: int32(j), Size: uint64(len(m))})
+			hosts = append(hosts, m)
+		}
+	}
+	return dl, hosts
+}
+
+// sealDiskLayers marks the layers the fork did not freeze (state.Disks
+// has fewer) as -1.
+func sealDiskLayers(dl []DiskLayer, state *vmm.MachineState) {
+	for i, l := range dl {
+		if int(l.Disk) >= len(state.Disks) || int(l.Layer) >= len(state.Disks[l.Disk].Layers) {
+			dl[i].Layer = -1
+		}
+	}
+}
+
+// diskRegions are the disk layers as memory server regions, with the
+// blocks each holds as its populated set: every block of a base image,
+// an overlay's own, none of a layer not frozen. Before the freeze (state
+// nil) every block: only write protection, which these regions do not
+// take, looks at it then.
+func diskRegions(dl []DiskLayer, hosts [][]byte, state *vmm.MachineState) ([]server.Region, error) {
+	var regions []server.Region
+	for i, l := range dl {
+		var st *disk.State
+		if state != nil {
+			st = &state.Disks[l.Disk]
+		}
+		blocks, err := layerBlocks(l, st)
+		if err != nil {
+			return nil, err
+		}
+		regions = append(regions, server.Region{Host: hosts[i], Frozen: true, Populated: blocks})
+	}
+	return regions, nil
+}
+
+// layerBlocks is the set of blocks layer l holds in the frozen disk st
+// (nil: every block).
+func layerBlocks(l DiskLayer, st *disk.State) (*snapshot.Bitmap, error) {
+	pages := l.Size / disk.BlockSize
+	b := snapshot.NewBitmap(pages)
+	switch {
+	case st != nil && l.Layer < 0:
+		return b, nil // none
+	case st == nil || l.Layer == 0:
+		b.SetRange(0, pages)
+		return b, nil
+	}
+	if err := b.UnmarshalBinary(st.Layers[l.Layer].Blocks); err != nil {
+		return nil, fmt.Errorf("disk %d layer %d: block map: %w", l.Disk, l.Layer, err)
+	}
+	if b.Len() != pages {
+		return nil, fmt.Errorf("disk %d layer %d: block map of %d blocks for %d", l.Disk, l.Layer, b.Len(), pages)
+	}
+	return b, nil
 }
 
 func serverRegions(ram []RAM) []server.Region {

@@ -89,7 +89,7 @@ func (f *Forker) ended(img *image, cr *cloneRun, err error) {
 	f.tickets.ended(cr, err)
 	img.live--
 	if img.live == 0 && !img.held && img.frozen != nil {
-		img.frozen.Close()
+		img.close()
 		if f.image == img {
 			f.image = nil
 		}

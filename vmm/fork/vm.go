@@ -40,6 +40,8 @@ func (m vmMachine) SaveState() (*vmm.MachineState, error) {
 	return s, nil
 }
 
+func (m vmMachine) MapDisks() ([][][]byte, func(), error) { return m.VM.MapDisks() }
+
 func (m vmMachine) SplitHugePages() error { return m.Memory().SplitHugePages() }
 
 func (m vmMachine) RAM() ([]RAM, error) {

@@ -34,6 +34,14 @@ type Region struct {
 	Base  uint64 // address of its first page, in the process whose RAM it is
 	Pages uint64
 	Runs  []Run // the populated pages
+	// Frozen (server): the region does not change once the image is
+	// sealed (a frozen disk layer's file, mapped read-only), so it is
+	// served as it is, without write protection.
+	Frozen bool
+	// Exact (client): each page is fetched as it is touched, never a
+	// window ahead (a disk layer, which the guest reads exactly as far
+	// as it wants).
+	Exact bool
 }
 
 // CheckCount checks a number of RAM regions against wire.MaxRegions.
