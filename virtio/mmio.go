@@ -22,8 +22,28 @@ type Device interface {
 	Config() []byte
 	// Handle serves one chain of queue q and returns how many bytes it
 	// wrote into the chain's writable buffers. An ErrMalformed error
-	// fails the device; the chain is not returned.
+	// fails the device; the chain is not returned. ErrNotNow leaves the
+	// chain available, and the queue's later chains with it.
 	Handle(q int, c Chain) (written uint32, err error)
+}
+
+// ErrNotNow is Handle's answer for a chain the device cannot serve yet:
+// an RX buffer while nothing has come from the host (vsock). The chain
+// stays available, the transport serves nothing more of that queue, and
+// the device kicks the queue (Kicker) once it can serve it.
+var ErrNotNow = errors.New("not now")
+
+// Kicker is a device with work that does not wait for the driver: data
+// that comes from the host at any time (vsock). NewTransport gives it
+// kick, which serves queue q's available chains as the driver's
+// notification would.
+//
+// kick takes the transport's lock, which is held across Handle: a device
+// calls it from a goroutine of its own, holding none of the locks that
+// its Handle takes, and never from Handle itself. Once the device is
+// stopped it must not call kick again: the guest's RAM may be gone.
+type Kicker interface {
+	SetKick(kick func(q int))
 }
 
 // MMIO register offsets (virtio 1.2, 4.2.2), and the size of a device's
@@ -98,6 +118,8 @@ type Transport struct {
 	irq  func(level bool)
 	log  *slog.Logger
 
+	// mu guards st and qs. It is held across Handle, so a device's own
+	// locks come after it (see Kicker).
 	mu sync.Mutex
 	st TransportState
 	qs []Queue
@@ -111,7 +133,19 @@ func NewTransport(name string, dev Device, mem Memory, irq func(level bool), log
 	}
 	t := &Transport{name: name, dev: dev, mem: mem, irq: irq, log: log}
 	t.reset()
+	if k, ok := dev.(Kicker); ok {
+		k.SetKick(t.kick)
+	}
 	return t
+}
+
+// kick serves queue q for a Kicker device.
+func (t *Transport) kick(q int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if q >= 0 {
+		t.notify(uint32(q))
+	}
 }
 
 func (t *Transport) features() uint64 { return t.dev.Features() | FeatureVersion1 | FeatureEventIdx }
@@ -313,7 +347,8 @@ func (t *Transport) setStatus(v uint32) {
 	t.st.Status = v | old&StatusNeedsReset
 }
 
-// notify serves queue n's available chains.
+// notify serves queue n's available chains, up to one the device cannot
+// serve yet (ErrNotNow), which it gives back to the queue.
 func (t *Transport) notify(n uint32) {
 	if n >= uint32(len(t.qs)) || t.st.Status&StatusNeedsReset != 0 || t.st.Status&StatusDriverOK == 0 || !t.qs[n].Ready {
 		return
@@ -324,7 +359,12 @@ func (t *Transport) notify(n uint32) {
 		c, ok, err := q.Pop()
 		if err == nil && ok {
 			var w uint32
-			if w, err = t.dev.Handle(int(n), c); err == nil {
+			w, err = t.dev.Handle(int(n), c)
+			if errors.Is(err, ErrNotNow) {
+				unpop(q)
+				break
+			}
+			if err == nil {
 				q.Push(c.Head, w)
 			}
 		}
@@ -339,6 +379,20 @@ func (t *Transport) notify(n uint32) {
 	t.st.Queues[n] = q.QueueState
 	if q.WantsInterrupt(old) {
 		t.interrupt(intUsedBuffer)
+	}
+}
+
+// unpop gives back the chain q.Pop took last, which the device cannot
+// serve yet: the next Pop takes it again, and a saved state has it
+// available. With event index, avail_event goes back with it, to an entry
+// the driver has made available already: the driver need not notify for
+// the entries behind it, since the device kicks the queue once it can
+// serve it.
+func unpop(q *Queue) {
+	q.LastAvail--
+	if q.EventIdx {
+		b, _ := q.mem.Slice(q.Used+4+8*uint64(q.Size), 2)
+		binary.LittleEndian.PutUint16(b, q.LastAvail)
 	}
 }
 

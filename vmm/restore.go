@@ -23,6 +23,9 @@ type RestoreConfig struct {
 	// DiskSource, if set, reads layer j of disk d where the files are
 	// out of reach (a clone on another host than its parent).
 	DiskSource func(d, j int) (io.ReaderAt, error)
+	// VsockPath and VsockDial are the restored machine's vsock sockets
+	// (Config's).
+	VsockPath, VsockDial string
 }
 
 // Restore rebuilds a machine from saved state. fill loads guest memory into
@@ -37,7 +40,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	m := newVM(Config{
 		KernelPath: s.Config.Kernel, Cmdline: s.Config.Cmdline,
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,
-		Console: rc.Console, Log: rc.Log, Fork: rc.Fork, Devices: s.Config.Devices,
+		Console: rc.Console, Log: rc.Log, Fork: rc.Fork, Devices: s.Config.Devices, VsockPath: rc.VsockPath, VsockDial: rc.VsockDial,
 	})
 	defer func() {
 		if err != nil {

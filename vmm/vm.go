@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,12 @@ type Config struct {
 	Fork func(*VM) forkdev.Host
 	// Devices are the optional devices.
 	Devices devices.Options
+	// VsockPath is the Unix socket through which host programs reach the
+	// guest's vsock ports (Devices.VsockCID); "" is a new path in the
+	// system's temporary directory, which the log names. The guest's
+	// connections to port N of the host go to VsockDial_N ("":
+	// VsockPath_N); a clone's go to its parent's.
+	VsockPath, VsockDial string
 }
 
 // MemorySource fills a clone's guest RAM from elsewhere (package memtap
@@ -388,7 +395,17 @@ func (m *VM) addDevices() error {
 	if m.cfg.Fork != nil {
 		w.ForkHost = m.cfg.Fork(m)
 	}
-	m.devs = devices.New(w)
+	if m.cfg.Devices.VsockCID != 0 {
+		w.VsockDial = m.cfg.VsockDial
+		if w.VsockPath = m.cfg.VsockPath; w.VsockPath == "" {
+			w.VsockPath = filepath.Join(os.TempDir(), fmt.Sprintf("sfvmm-vsock-%d.sock", os.Getpid()))
+		}
+		m.log.Info(fmt.Sprintf("vsock: guest CID %d; host programs connect to %s", m.cfg.Devices.VsockCID, w.VsockPath))
+	}
+	var err error
+	if m.devs, err = devices.New(w); err != nil {
+		return err
+	}
 	return m.devs.Register(m.pio, m.mmio)
 }
 
@@ -544,6 +561,9 @@ func (m *VM) Close() error {
 	}
 	if m.sys != nil {
 		errs = append(errs, m.sys.Close())
+	}
+	if m.devs != nil {
+		errs = append(errs, m.devs.Close())
 	}
 	if m.source != nil {
 		errs = append(errs, m.source.Close())

@@ -25,16 +25,17 @@ import (
 type launcher struct {
 	exe     string
 	apiSock string   // the parent's; a clone's is derived from it
+	vsock   string   // the parent's vsock socket; a clone's is derived from it
 	console *console // the parent's, which clones' lines join
 	logArgs []string // the parent's logging flags, which clones follow
 }
 
-func newLauncher(apiSock string, c *console, logArgs []string) (*launcher, error) {
+func newLauncher(apiSock, vsock string, c *console, logArgs []string) (*launcher, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sfvmm binary to start clones with: %w", err)
 	}
-	return &launcher{exe: exe, apiSock: apiSock, console: c, logArgs: logArgs}, nil
+	return &launcher{exe: exe, apiSock: apiSock, vsock: vsock, console: c, logArgs: logArgs}, nil
 }
 
 // cloneSocket is clone id of ticket's control socket, next to the parent's.
@@ -51,6 +52,9 @@ func (l *launcher) Launch(descriptor string, ticket, id uint32) (fork.Clone, err
 	args = append(args, l.logArgs...)
 	if s := cloneSocket(l.apiSock, ticket, id); s != "" {
 		args = append(args, "--api-sock", s)
+	}
+	if s := cloneSocket(l.vsock, ticket, id); s != "" {
+		args = append(args, "--vsock", s, "--vsock-dial", l.vsock)
 	}
 	cmd := exec.Command(l.exe, args...)
 	out := &lines{emit: l.console.writeLine}
@@ -99,6 +103,8 @@ func cloneCmd(args []string) int {
 	ticket := fs.Uint("ticket", 0, "the ticket the clone belongs to (for messages)")
 	host := fs.String("host", "", "the host the clone runs on, for its console lines (set by the agent that runs it)")
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
+	vsockPath := fs.String("vsock", "", "the Unix socket through which host programs reach the clone's vsock ports, if its parent has vsock (default: a new one in the temporary directory, logged)")
+	vsockDial := fs.String("vsock-dial", "", "where the clone's guest connections to port N of the host go: DIAL_N (default: the --vsock path's; sfvmm's launcher gives the parent's)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	lf := addLogFlags(fs)
 	direct := fs.Bool("direct-reads", true, "read pages the parent has not written since the fork from its memory directly, when the clone is its child process (=false: every page through the memory server)")
@@ -118,7 +124,7 @@ func cloneCmd(args []string) int {
 	defer console.Flush()
 	start := time.Now()
 	vm, mt, err := fork.RestoreClone(*desc, fork.CloneConfig{
-		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger},
+		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger, VsockPath: *vsockPath, VsockDial: *vsockDial},
 		ID:            uint32(*id),
 		DirectReads:   *direct,
 	})
@@ -222,7 +228,7 @@ func addForkFlags(fs *flag.FlagSet) forkFlags {
 
 // forker returns the machine's fork core, nil when fork is disabled, and
 // what to call once it is closed.
-func (f forkFlags) forker(apiSock string, c *console, log logger, lf logFlags) (*fork.Forker, func(), error) {
+func (f forkFlags) forker(apiSock, vsock string, c *console, log logger, lf logFlags) (*fork.Forker, func(), error) {
 	if *f.capacity < 0 {
 		return nil, nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
 	}
@@ -237,7 +243,7 @@ func (f forkFlags) forker(apiSock string, c *console, log logger, lf logFlags) (
 		return fork.New(fork.Config{Capacity: *f.capacity, Launcher: cl, ServeAddress: serve,
 			Multicast: *f.cluster.pages == "multicast", Log: log.Logger}), cl.Close, nil
 	}
-	l, err := newLauncher(apiSock, c, lf.args())
+	l, err := newLauncher(apiSock, vsock, c, lf.args())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -39,6 +39,10 @@ func runCmd(args []string) int {
 	entropy := fs.Bool("rng", false, "a virtio-rng device fed by the host's getrandom (Linux finds it through ACPI; needs the virtio_mmio and virtio_rng drivers)")
 	balloonDev := fs.Bool("balloon", false, "a virtio-balloon device with free page reporting: pages the guest frees are handed back, and a fork never sends them (needs the virtio_mmio and virtio_balloon drivers)")
 	genID := fs.Bool("vmgenid", true, "a VM generation ID that changes in every clone and restored snapshot, so that Linux 5.18+ reseeds its random number generator (=false: none)")
+	vsockPath := fs.String("vsock", "", "a virtio-vsock device; host programs reach the guest's ports through this Unix socket "+
+		"(\"CONNECT PORT\\n\"), and the guest's connections to port N of the host (CID 2) go to PATH_N; "+
+		"a clone's is PATH.TICKET-ID (needs the vsock and vmw_vsock_virtio_transport drivers)")
+	cid := fs.Uint64("vsock-cid", 3, "the guest's vsock context ID, with --vsock; clone K of a ticket gets this plus K")
 	var disks diskFlags
 	fs.Var(&disks, "disk", "a virtio-blk disk on the raw image PATH (PATH[,ro]; repeat for more: /dev/vda, /dev/vdb, ...). "+
 		"A fork freezes it for the clones; the parent's writes since go to an overlay that goes back into PATH when sfvmm ends "+
@@ -66,7 +70,7 @@ func runCmd(args []string) int {
 		return vmm.StatusError
 	}
 	console := newConsole(os.Stdout)
-	fk, leave, err := ff.forker(*apiSock, console, log, lf)
+	fk, leave, err := ff.forker(*apiSock, *vsockPath, console, log, lf)
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
@@ -83,7 +87,8 @@ func runCmd(args []string) int {
 		Console:      console,
 		Log:          log.Logger,
 		Fork:         forkDevice(fk),
-		Devices:      devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID, Disks: disks},
+		Devices:      devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID, Disks: disks, VsockCID: vsockCID(*vsockPath, *cid)},
+		VsockPath:    *vsockPath,
 	})
 	if err != nil {
 		log.Errorf("%v", withFlag(err))
@@ -283,4 +288,13 @@ func (d *diskFlags) Set(v string) error {
 	}
 	*d = append(*d, disk)
 	return nil
+}
+
+// vsockCID is the device option for --vsock and --vsock-cid: no device
+// without a path.
+func vsockCID(path string, cid uint64) uint64 {
+	if path == "" {
+		return 0
+	}
+	return cid
 }

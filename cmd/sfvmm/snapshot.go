@@ -46,6 +46,7 @@ func snapshotCmd(args []string) int {
 func restoreCmd(args []string) int {
 	fs := flag.NewFlagSet("sfvmm restore", flag.ContinueOnError)
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
+	vsockPath := fs.String("vsock", "", "the Unix socket through which host programs reach the restored guest's vsock ports, if it has vsock (default: a new one in the temporary directory, logged)")
 	paused := fs.Bool("paused", false, "restore paused; resume through the control API")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	ff := addForkFlags(fs)
@@ -67,14 +68,14 @@ func restoreCmd(args []string) int {
 		return 2
 	}
 	console := newConsole(os.Stdout)
-	fk, leave, err := ff.forker(*apiSock, console, log, lf)
+	fk, leave, err := ff.forker(*apiSock, *vsockPath, console, log, lf)
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	defer leave()
 	start := time.Now()
-	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk)})
+	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk), VsockPath: *vsockPath})
 	if err != nil {
 		log.Errorf("restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError

@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"github.com/sfvmm/sfvmm/virtio/balloon"
 	"github.com/sfvmm/sfvmm/virtio/blk"
 	"github.com/sfvmm/sfvmm/virtio/rng"
+	"github.com/sfvmm/sfvmm/virtio/vsock"
 	"github.com/sfvmm/sfvmm/vmm/boot/acpi"
 
 	"github.com/sfvmm/sfvmm/vmm/bus"
@@ -49,6 +51,10 @@ type Wiring struct {
 	Discard func(b []byte)
 	// Disks back Options.Disks, one each, in order.
 	Disks []blk.Backend
+	// VsockPath is where host programs reach the guest's vsock ports
+	// (package vsock), with Options.VsockCID; the guest's connections to
+	// port N of the host go to VsockDial_N (VsockDial "": VsockPath_N).
+	VsockPath, VsockDial string
 }
 
 // Memory is guest RAM as devices use it.
@@ -70,6 +76,9 @@ type Options struct {
 	// Disks are virtio-blk devices, in the order the guest finds them
 	// (/dev/vda, /dev/vdb, ...).
 	Disks []Disk
+	// VsockCID, if not 0, is a virtio-vsock device's guest context ID
+	// at boot (a clone's or restored machine's is in its state).
+	VsockCID uint64
 }
 
 // Disk is one disk of Options.
@@ -99,8 +108,13 @@ const (
 // virtioDev is a virtio device a machine may have.
 type virtioDev struct {
 	name  string
-	dev   func(Wiring) virtio.Device
+	dev   func(Wiring) (virtio.Device, error)
 	state func(*States) *virtio.TransportState
+}
+
+// stateless wraps a constructor that cannot fail.
+func stateless(f func(Wiring) virtio.Device) func(Wiring) (virtio.Device, error) {
+	return func(w Wiring) (virtio.Device, error) { return f(w), nil }
 }
 
 // virtioDevs are the virtio devices o asks for, in the order they take
@@ -109,22 +123,27 @@ type virtioDev struct {
 func virtioDevs(o Options) []virtioDev {
 	var devs []virtioDev
 	if o.Entropy {
-		devs = append(devs, virtioDev{"virtio-rng", func(Wiring) virtio.Device { return rng.Device{} },
+		devs = append(devs, virtioDev{"virtio-rng", stateless(func(Wiring) virtio.Device { return rng.Device{} }),
 			func(s *States) *virtio.TransportState { return &s.VirtioRNG }})
 	}
 	if o.Balloon {
-		devs = append(devs, virtioDev{"virtio-balloon", func(w Wiring) virtio.Device { return balloon.New(w.Memory, w.Discard) },
+		devs = append(devs, virtioDev{"virtio-balloon", stateless(func(w Wiring) virtio.Device { return balloon.New(w.Memory, w.Discard) }),
 			func(s *States) *virtio.TransportState { return &s.VirtioBalloon }})
 	}
 	for i := range o.Disks {
 		devs = append(devs, virtioDev{fmt.Sprintf("virtio-blk %d", i),
-			func(w Wiring) virtio.Device { return blk.New(w.Disks[i], fmt.Sprintf("sfvmm-disk-%d", i)) },
+			stateless(func(w Wiring) virtio.Device { return blk.New(w.Disks[i], fmt.Sprintf("sfvmm-disk-%d", i)) }),
 			func(s *States) *virtio.TransportState {
 				if len(s.Disks) <= i {
 					s.Disks = append(s.Disks, make([]virtio.TransportState, i+1-len(s.Disks))...)
 				}
 				return &s.Disks[i]
 			}})
+	}
+	if o.VsockCID != 0 {
+		devs = append(devs, virtioDev{"virtio-vsock",
+			func(w Wiring) (virtio.Device, error) { return vsock.New(o.VsockCID, w.VsockPath, w.VsockDial, w.Log) },
+			func(s *States) *virtio.TransportState { return &s.VirtioVsock }})
 	}
 	return devs
 }
@@ -152,6 +171,8 @@ type States struct {
 	VirtioBalloon virtio.TransportState
 	VMGenID       vmgenid.State
 	Disks         []virtio.TransportState // virtio-blk's, one per disk
+	VirtioVsock   virtio.TransportState
+	Vsock         vsock.State
 }
 
 // Range is a device's span on a bus.
@@ -180,6 +201,7 @@ type Set struct {
 	Fork    *forkdev.Device
 	VMGenID *vmgenid.Device // nil without
 	table   []Entry
+	closers []io.Closer // devices with goroutines or host sockets of their own
 }
 
 // entry builds a table entry for a device whose state is the field of
@@ -198,8 +220,9 @@ func entry[S any](name string, d interface {
 	}
 }
 
-// New builds the machine's devices.
-func New(w Wiring) *Set {
+// New builds the machine's devices. What fails (a vsock socket path in
+// use) closes what was built.
+func New(w Wiring) (*Set, error) {
 	uart := serial.New(w.IRQ(serial.IRQ), w.Console)
 	kbc := i8042.New(w.Reset)
 	dexit := debugexit.New(w.DebugExit)
@@ -224,12 +247,35 @@ func New(w Wiring) *Set {
 	slots := virtioSlots(w.Options)
 	for i, d := range virtioDevs(w.Options) {
 		slot := slots[i]
-		t := virtio.NewTransport(d.name, d.dev(w), w.Memory, w.IRQ(slot.GSI), w.Log)
+		dev, err := d.dev(w)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("%s: %w", d.name, err)
+		}
+		t := virtio.NewTransport(d.name, dev, w.Memory, w.IRQ(slot.GSI), w.Log)
 		e := entry(d.name, t, d.state)
 		e.MMIO = []Range{{slot.Base, slot.Size, t}}
 		s.table = append(s.table, e)
+		if v, ok := dev.(*vsock.Device); ok {
+			// After its transport's entry: restoring the device sends
+			// the guest an event, which needs the restored queues.
+			s.table = append(s.table, entry("vsock", v, func(s *States) *vsock.State { return &s.Vsock }))
+			s.closers = append(s.closers, v)
+		}
 	}
-	return s
+	return s, nil
+}
+
+// Close stops the devices that run on their own (vsock's goroutines and
+// host sockets). Call it once the vCPUs have stopped, before guest RAM
+// goes.
+func (s *Set) Close() error {
+	var errs []error
+	for _, c := range s.closers {
+		errs = append(errs, c.Close())
+	}
+	s.closers = nil
+	return errors.Join(errs...)
 }
 
 // Entries is the table, in registration order.

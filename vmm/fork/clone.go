@@ -57,6 +57,15 @@ func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error)
 	}
 	state, fi := &d.Machine, d.Fork
 	state.Devices.Fork.ID = cfg.ID
+	if state.Config.Devices.VsockCID != 0 {
+		// Each clone of a ticket its own vsock address: the parent's
+		// plus its ID.
+		cid := state.Devices.Vsock.CID + uint64(cfg.ID)
+		if cid >= 1<<32-1 {
+			return nil, nil, fmt.Errorf("clone %d: vsock CID %d past the last (parent's %d)", cfg.ID, cid, state.Devices.Vsock.CID)
+		}
+		state.Devices.Vsock.CID = cid
+	}
 	if fi.Caller >= 0 {
 		if err := finishForkCall(state, fi, cfg.ID); err != nil {
 			return nil, nil, fmt.Errorf("clone: %s: %w", path, err)

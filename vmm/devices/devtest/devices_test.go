@@ -22,12 +22,16 @@ type machine struct {
 func newMachine(t testing.TB) *machine {
 	t.Helper()
 	m := &machine{pio: bus.New("pio", nil)}
-	m.set = devices.New(devices.Wiring{
+	var err error
+	m.set, err = devices.New(devices.Wiring{
 		IRQ: func(uint32) func(bool) { return func(bool) {} }, Console: io.Discard,
 		Now:  func() time.Time { return time.Unix(1700000000, 0) },
 		CPUs: 2, RAMSize: 1 << 30, Cmdline: "console=ttyS0",
 		DebugExit: func(int) {}, Reset: func() {}, PowerOff: func() {}, CloneExit: func(uint32) {},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := m.set.Register(m.pio, bus.New("mmio", nil)); err != nil {
 		t.Fatal(err)
 	}
