@@ -149,23 +149,29 @@ func TestVirtioDisk(t *testing.T) {
 	overlaysLeft(t, dir)
 }
 
-// A fork with a disk: each clone reads the file as it was at the fork
-// while the parent rewrites it, and writes a file of its own that neither
+// A fork with a disk, taken while direct writes stream to it: the writes
+// in flight complete in the parent and in both clones; each clone reads
+// the file as it was at the fork while the parent rewrites it, and writes a file of its own that neither
 // its sibling nor the parent sees; the parent's rewrite goes back into the
 // image when sfvmm ends, the clones' writes do not, and no overlay is
-// left.
+// left; --keep-clone-disks keeps each clone's disk as it saw it.
 func TestForkDisk(t *testing.T) {
 	kernel, initrd, mount := diskGuest(t)
 	img := ext4Image(t, map[string]string{"data.txt": "made on the host\n"})
 	dir := t.TempDir()
 	t.Setenv("TMPDIR", dir)
 	const drop = "sync; echo 3 > /proc/sys/vm/drop_caches"
-	script := mount + ` && echo v1 > /mnt/data.txt && sync && t=$(sfctl ticket 2) && id=$(sfctl clone $t); ` +
-		`if [ $id != 0 ]; then sleep 3; ` + drop + `; echo mine-$id > /mnt/clone$id.txt; ` + drop + `; ` +
+	// The fork comes while direct writes stream to the disk, so that
+	// requests are in flight: both sides' dd must finish.
+	script := mount + ` && echo v1 > /mnt/data.txt && sync || exit 1; ` +
+		`(dd if=/dev/zero of=/mnt/big bs=64k count=400 oflag=direct 2>/dev/null; echo dd=$?) & ` +
+		`t=$(sfctl ticket 2) && id=$(sfctl clone $t); ` +
+		`if [ $id != 0 ]; then wait; sleep 3; ` + drop + `; echo mine-$id > /mnt/clone$id.txt; ` + drop + `; ` +
 		`echo clone $id data=$(cat /mnt/data.txt) files=$(ls /mnt | tr '\n' ,) own=$(cat /mnt/clone$id.txt); sfctl exit; fi; ` +
-		`echo v2 > /mnt/data.txt; ` + drop + `; sfctl join $t && ` + drop + ` && ` +
+		`echo v2 > /mnt/data.txt; wait; ` + drop + `; sfctl join $t && ` + drop + ` && ` +
 		`echo parent data=$(cat /mnt/data.txt) files=$(ls /mnt | tr '\n' ,) && umount /mnt && echo unmounted=$((6*7))`
-	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", "--memory", "256M", "--disk", img,
+	kept := t.TempDir()
+	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", "--memory", "256M", "--disk", img, "--keep-clone-disks", kept,
 		"--kernel", kernel, "--initrd", initrd, "--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
 	if code != 0 || !strings.Contains(out, "unmounted=42") {
 		t.Fatalf("exit %d, want 0 and the parent's disk unmounted:\n%s", code, out)
@@ -176,15 +182,29 @@ func TestForkDisk(t *testing.T) {
 	}
 	for _, c := range clones {
 		id := c[1]
-		if c[2] != "v1" || c[3] != fmt.Sprintf("clone%s.txt,data.txt,lost+found,", id) || c[4] != "mine-"+id {
+		if c[2] != "v1" || c[3] != fmt.Sprintf("big,clone%s.txt,data.txt,lost+found,", id) || c[4] != "mine-"+id {
 			t.Errorf("clone %s read data=%s files=%s own=%s; want v1, only its own file, mine-%s", id, c[2], c[3], c[4], id)
 		}
 	}
-	if !strings.Contains(out, "parent data=v2 files=data.txt,lost+found,") {
+	if !strings.Contains(out, "parent data=v2 files=big,data.txt,lost+found,") {
 		t.Errorf("the parent does not read its own rewrite alone:\n%s", out)
+	}
+	if n := strings.Count(out, "dd=0"); n != 3 {
+		t.Errorf("%d of the parent's and the 2 clones' direct writes across the fork ended well, want 3:\n%s", n, out)
 	}
 	if got := imageFile(t, img, "/data.txt"); got != "v2\n" {
 		t.Errorf("the image holds %q, want the parent's rewrite v2", got)
+	}
+	// --keep-clone-disks: each clone left its disk as it saw it.
+	for _, id := range []string{"1", "2"} {
+		other := map[string]string{"1": "2", "2": "1"}[id]
+		d := filepath.Join(kept, "1-"+id, "disk0.img")
+		if got := imageFile(t, d, "/clone"+id+".txt"); got != "mine-"+id+"\n" {
+			t.Errorf("clone %s's kept disk holds %q as its file, want mine-%s", id, got, id)
+		}
+		if got := imageFile(t, d, "/clone"+other+".txt"); got != "" {
+			t.Errorf("clone %s's kept disk holds clone %s's file: %q", id, other, got)
+		}
 	}
 	overlaysLeft(t, dir)
 }

@@ -46,6 +46,20 @@ type Kicker interface {
 	SetKick(kick func(q int))
 }
 
+// Gate holds back the work devices do outside the vCPUs' exits (a
+// device's own kicks, notifications through an ioeventfd) while the
+// machine is held: a fork or snapshot must not see a queue move between
+// saving the device's state and freezing guest memory. The zero value is
+// open.
+type Gate struct{ mu sync.RWMutex }
+
+// Close waits for the work under way to end and holds back any more
+// until Open.
+func (g *Gate) Close() { g.mu.Lock() }
+
+// Open lets device work go on.
+func (g *Gate) Open() { g.mu.Unlock() }
+
 // MMIO register offsets (virtio 1.2, 4.2.2), and the size of a device's
 // window: registers, then its configuration space at ConfigOffset.
 const (
@@ -116,6 +130,7 @@ type Transport struct {
 	dev  Device
 	mem  Memory
 	irq  func(level bool)
+	gate *Gate // nil: none
 	log  *slog.Logger
 
 	// mu guards st and qs. It is held across Handle, so a device's own
@@ -126,27 +141,38 @@ type Transport struct {
 }
 
 // NewTransport makes dev a virtio-mmio device named name (for log
-// lines), reading guest memory through mem and raising irq.
-func NewTransport(name string, dev Device, mem Memory, irq func(level bool), log *slog.Logger) *Transport {
+// lines), reading guest memory through mem and raising irq; gate (nil:
+// none) holds back the work that Kick does.
+func NewTransport(name string, dev Device, mem Memory, irq func(level bool), gate *Gate, log *slog.Logger) *Transport {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	t := &Transport{name: name, dev: dev, mem: mem, irq: irq, log: log}
+	t := &Transport{name: name, dev: dev, mem: mem, irq: irq, gate: gate, log: log}
 	t.reset()
 	if k, ok := dev.(Kicker); ok {
-		k.SetKick(t.kick)
+		k.SetKick(t.Kick)
 	}
 	return t
 }
 
-// kick serves queue q for a Kicker device.
-func (t *Transport) kick(q int) {
+// Kick serves queue q as the driver's notification would, from outside
+// a vCPU's exit: for a Kicker device, or a notification that came through
+// an ioeventfd. It waits while the gate is closed.
+func (t *Transport) Kick(q int) {
+	if t.gate != nil {
+		t.gate.mu.RLock()
+		defer t.gate.mu.RUnlock()
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if q >= 0 {
 		t.notify(uint32(q))
 	}
 }
+
+// NotifyAddress is where in its window the driver writes a queue's index
+// to notify it: what an ioeventfd watches.
+const NotifyAddress = regQueueNotify
 
 func (t *Transport) features() uint64 { return t.dev.Features() | FeatureVersion1 | FeatureEventIdx }
 
@@ -428,5 +454,12 @@ func (t *Transport) Restore(st TransportState) error {
 	t.st.Queues = append([]QueueState(nil), st.Queues...)
 	t.qs = qs
 	t.irq(t.st.InterruptStatus != 0)
+	// A request the driver made available before the save may not have
+	// been served: its notification was still on its way (an ioeventfd
+	// the saved machine had not read). Nothing will notify the restored
+	// device of it, so it is served now.
+	for q := range t.qs {
+		t.notify(uint32(q))
+	}
 	return nil
 }

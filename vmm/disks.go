@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -113,6 +114,13 @@ func (m *VM) copyDisks(dir string) error {
 // back what was written to overlays since its forks.
 func (m *VM) closeDisks() error {
 	var errs []error
+	if m.keepDisks != "" && len(m.disks) > 0 {
+		if err := os.MkdirAll(m.keepDisks, 0o755); err != nil {
+			errs = append(errs, fmt.Errorf("keep disks: %w", err))
+		} else if err := m.copyDisks(m.keepDisks); err != nil {
+			errs = append(errs, fmt.Errorf("keep disks: %w", err))
+		}
+	}
 	for _, d := range m.disks {
 		errs = append(errs, d.Close())
 	}

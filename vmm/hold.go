@@ -106,6 +106,11 @@ func (m *VM) take() {
 		for _, c := range m.vcpus {
 			c.kick()
 		}
+		// Device work outside the vCPUs' exits stops too: what a
+		// hold saves must not move. It never waits on m.mu.
+		if m.devs != nil {
+			m.devs.Quiesce()
+		}
 	}
 }
 
@@ -114,6 +119,9 @@ func (m *VM) take() {
 func (m *VM) drop() {
 	m.holds--
 	if m.holds == 0 {
+		if m.devs != nil {
+			m.devs.Resume()
+		}
 		m.cond.Broadcast()
 	}
 }

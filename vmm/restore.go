@@ -26,6 +26,10 @@ type RestoreConfig struct {
 	// VsockPath and VsockDial are the restored machine's vsock sockets
 	// (Config's).
 	VsockPath, VsockDial string
+	// KeepDisks, if set, is a directory where the machine leaves each
+	// disk as it saw it when it closes (diskN.img): a clone's or restored
+	// machine's writes are otherwise dropped with its overlay.
+	KeepDisks string
 }
 
 // Restore rebuilds a machine from saved state. fill loads guest memory into
@@ -42,6 +46,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,
 		Console: rc.Console, Log: rc.Log, Fork: rc.Fork, Devices: s.Config.Devices, VsockPath: rc.VsockPath, VsockDial: rc.VsockDial,
 	})
+	m.keepDisks = rc.KeepDisks
 	defer func() {
 		if err != nil {
 			m.Close()

@@ -114,6 +114,8 @@ type VM struct {
 
 	source MemorySource // a clone's memory source; nil otherwise
 	disks  []*disk.Disk // Config.Devices.Disks', in order
+	// keepDisks is where Close leaves the disks (RestoreConfig.KeepDisks).
+	keepDisks string
 
 	// mu guards the run state below; cond signals its changes to parked
 	// vCPUs and to holds waiting for them.
@@ -384,6 +386,7 @@ func (m *VM) addDevices() error {
 		PowerOff:  func() { m.stop(Exit{Reason: ExitPowerOff}) },
 		CloneExit: func(status uint32) { m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))}) },
 		Options:   m.cfg.Devices, Memory: m.mem, Log: m.log, Disks: m.backends(),
+		IOEventFD: m.kvm.IOEventFD,
 		Discard: func(b []byte) {
 			// A clone's RAM is its memory source's to fill: a page
 			// dropped there would come again from the parent.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -26,16 +27,17 @@ type launcher struct {
 	exe     string
 	apiSock string   // the parent's; a clone's is derived from it
 	vsock   string   // the parent's vsock socket; a clone's is derived from it
+	keep    string   // --keep-clone-disks: where clones leave their disks
 	console *console // the parent's, which clones' lines join
 	logArgs []string // the parent's logging flags, which clones follow
 }
 
-func newLauncher(apiSock, vsock string, c *console, logArgs []string) (*launcher, error) {
+func newLauncher(apiSock, vsock, keep string, c *console, logArgs []string) (*launcher, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sfvmm binary to start clones with: %w", err)
 	}
-	return &launcher{exe: exe, apiSock: apiSock, vsock: vsock, console: c, logArgs: logArgs}, nil
+	return &launcher{exe: exe, apiSock: apiSock, vsock: vsock, keep: keep, console: c, logArgs: logArgs}, nil
 }
 
 // cloneSocket is clone id of ticket's control socket, next to the parent's.
@@ -55,6 +57,9 @@ func (l *launcher) Launch(descriptor string, ticket, id uint32) (fork.Clone, err
 	}
 	if s := cloneSocket(l.vsock, ticket, id); s != "" {
 		args = append(args, "--vsock", s, "--vsock-dial", l.vsock)
+	}
+	if l.keep != "" {
+		args = append(args, "--keep-disks", filepath.Join(l.keep, fmt.Sprintf("%d-%d", ticket, id)))
 	}
 	cmd := exec.Command(l.exe, args...)
 	out := &lines{emit: l.console.writeLine}
@@ -104,6 +109,7 @@ func cloneCmd(args []string) int {
 	host := fs.String("host", "", "the host the clone runs on, for its console lines (set by the agent that runs it)")
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
 	vsockPath := fs.String("vsock", "", "the Unix socket through which host programs reach the clone's vsock ports, if its parent has vsock (default: a new one in the temporary directory, logged)")
+	keepDisks := fs.String("keep-disks", "", "when the clone ends, write each of its disks as it saw it to DIR/diskN.img (by default a clone's disk writes are dropped with it)")
 	vsockDial := fs.String("vsock-dial", "", "where the clone's guest connections to port N of the host go: DIAL_N (default: the --vsock path's; sfvmm's launcher gives the parent's)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	lf := addLogFlags(fs)
@@ -124,7 +130,7 @@ func cloneCmd(args []string) int {
 	defer console.Flush()
 	start := time.Now()
 	vm, mt, err := fork.RestoreClone(*desc, fork.CloneConfig{
-		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger, VsockPath: *vsockPath, VsockDial: *vsockDial},
+		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger, VsockPath: *vsockPath, VsockDial: *vsockDial, KeepDisks: *keepDisks},
 		ID:            uint32(*id),
 		DirectReads:   *direct,
 	})
@@ -214,14 +220,17 @@ func joinTicket(ctx context.Context, c *api.Client, ticket uint32, log logger) i
 
 // forkFlags are the fork flags of run and restore.
 type forkFlags struct {
-	capacity *int
-	cluster  clusterFlags
+	capacity  *int
+	keepDisks *string
+	cluster   clusterFlags
 }
 
 func addForkFlags(fs *flag.FlagSet) forkFlags {
 	return forkFlags{
 		capacity: fs.Int("fork-capacity", fork.DefaultCapacity,
 			"clone slots the guest's tickets may hold at once; 0 disables fork"),
+		keepDisks: fs.String("keep-clone-disks", "", "each clone of this host leaves its disks, as it saw them when it ended, in DIR/TICKET-ID/diskN.img "+
+			"(by default a clone's disk writes are dropped with it)"),
 		cluster: addClusterFlags(fs),
 	}
 }
@@ -243,7 +252,7 @@ func (f forkFlags) forker(apiSock, vsock string, c *console, log logger, lf logF
 		return fork.New(fork.Config{Capacity: *f.capacity, Launcher: cl, ServeAddress: serve,
 			Multicast: *f.cluster.pages == "multicast", Log: log.Logger}), cl.Close, nil
 	}
-	l, err := newLauncher(apiSock, vsock, c, lf.args())
+	l, err := newLauncher(apiSock, vsock, *f.keepDisks, c, lf.args())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -47,6 +47,7 @@ func restoreCmd(args []string) int {
 	fs := flag.NewFlagSet("sfvmm restore", flag.ContinueOnError)
 	apiSock := fs.String("api-sock", "", "serve the control API on this Unix socket")
 	vsockPath := fs.String("vsock", "", "the Unix socket through which host programs reach the restored guest's vsock ports, if it has vsock (default: a new one in the temporary directory, logged)")
+	keepDisks := fs.String("keep-disks", "", "when the VM ends, write each of its disks as it saw it to DIR/diskN.img (by default a restored VM's disk writes are dropped, so that the snapshot can be restored again)")
 	paused := fs.Bool("paused", false, "restore paused; resume through the control API")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	ff := addForkFlags(fs)
@@ -75,7 +76,7 @@ func restoreCmd(args []string) int {
 	}
 	defer leave()
 	start := time.Now()
-	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk), VsockPath: *vsockPath})
+	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk), VsockPath: *vsockPath, KeepDisks: *keepDisks})
 	if err != nil {
 		log.Errorf("restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError

@@ -100,8 +100,18 @@ static void offer(uint16_t head, uint16_t idx)
 	REG(QUEUE_NOTIFY) = 0;
 }
 
+/*
+ * The device may serve a notification after the write returns (through
+ * an ioeventfd, on a thread of the VMM's), as it answers a real driver
+ * with an interrupt; this one polls. The bound (about 200000 register
+ * reads) only ends a wait for a device that never answers.
+ */
+#define POLLS 200000
+
 static void expect_refused(const char *name)
 {
+	for (int i = 0; i < POLLS && !(REG(INT_STATUS) & 2); i++)
+		spin_loops(1000);
 	uint32_t st = REG(STATUS), is = REG(INT_STATUS);
 	if ((st & NEEDS_RESET) && (is & 2)) {
 		kprintf("virtiobad: %s: refused\n", name);
@@ -168,6 +178,8 @@ void kmain(uint32_t magic, uint32_t mbi)
 	}
 	desc[0] = (struct desc){BUF_AT, 32, F_WRITE, 0};
 	offer(0, 1);
+	for (int i = 0; i < POLLS && (used[0] >> 16) == 0; i++)
+		spin_loops(1000);
 	uint32_t n = used[2]; /* used ring entry 0: id, then len */
 	if ((used[0] >> 16) != 1 || n != 32) {
 		kprintf("virtiobad: good request: used idx %u, len %u\n", used[0] >> 16, n);

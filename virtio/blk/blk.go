@@ -12,7 +12,6 @@ package blk
 import (
 	"encoding/binary"
 	"errors"
-	"io"
 
 	"github.com/sfvmm/sfvmm/virtio"
 )
@@ -62,8 +61,11 @@ const (
 
 // Backend holds the disk's data (*disk.Disk).
 type Backend interface {
-	io.ReaderAt
-	io.WriterAt
+	// ReadVec and WriteVec move a request's buffers, one after the
+	// other, from byte off on: a guest's request is a list of pages,
+	// which a backend moves in one call where it can.
+	ReadVec(bufs [][]byte, off int64) (int, error)
+	WriteVec(bufs [][]byte, off int64) (int, error)
 	Size() uint64
 	ReadOnly() bool
 	Flush() error
@@ -196,14 +198,14 @@ func (d *Device) Handle(_ int, c virtio.Chain) (uint32, error) {
 	switch r.typ {
 	case typeIn:
 		var n int
-		n, err = d.transfer(r.sector, r.in, func(b []byte, off int64) (int, error) { return d.disk.ReadAt(b, off) })
+		n, err = d.transfer(r.sector, r.in, d.disk.ReadVec)
 		written += uint32(n)
 	case typeOut:
 		if d.disk.ReadOnly() {
 			err = errIO
 			break
 		}
-		_, err = d.transfer(r.sector, r.out, d.disk.WriteAt)
+		_, err = d.transfer(r.sector, r.out, d.disk.WriteVec)
 	case typeFlush:
 		err = d.disk.Flush()
 	case typeGetID:
@@ -229,23 +231,13 @@ var errIO = errors.New("i/o error")
 
 // transfer moves bufs to or from the disk from sector on, and returns
 // the bytes moved.
-func (d *Device) transfer(sec uint64, bufs [][]byte, move func([]byte, int64) (int, error)) (int, error) {
+func (d *Device) transfer(sec uint64, bufs [][]byte, move func([][]byte, int64) (int, error)) (int, error) {
 	n := uint64(total(bufs))
 	size := d.disk.Size()
 	if n%sector != 0 || sec > size/sector || n > size-sec*sector {
 		return 0, errIO
 	}
-	off := int64(sec * sector)
-	done := 0
-	for _, b := range bufs {
-		k, err := move(b, off)
-		done += k
-		if err != nil {
-			return done, err
-		}
-		off += int64(len(b))
-	}
-	return done, nil
+	return move(bufs, int64(sec*sector))
 }
 
 // discard lets go of each segment of a discard request.

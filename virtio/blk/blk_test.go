@@ -18,11 +18,25 @@ type memDisk struct {
 	discards []string
 }
 
-func (m *memDisk) ReadAt(p []byte, off int64) (int, error)  { return copy(p, m.data[off:]), nil }
-func (m *memDisk) WriteAt(p []byte, off int64) (int, error) { return copy(m.data[off:], p), nil }
-func (m *memDisk) Size() uint64                             { return uint64(len(m.data)) }
-func (m *memDisk) ReadOnly() bool                           { return m.ro }
-func (m *memDisk) Flush() error                             { m.flushes++; return nil }
+func (m *memDisk) ReadVec(bufs [][]byte, off int64) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		n += copy(b, m.data[off+int64(n):])
+	}
+	return n, nil
+}
+
+func (m *memDisk) WriteVec(bufs [][]byte, off int64) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		n += copy(m.data[off+int64(n):], b)
+	}
+	return n, nil
+}
+
+func (m *memDisk) Size() uint64   { return uint64(len(m.data)) }
+func (m *memDisk) ReadOnly() bool { return m.ro }
+func (m *memDisk) Flush() error   { m.flushes++; return nil }
 func (m *memDisk) Discard(off, n int64) error {
 	m.discards = append(m.discards, fmt.Sprintf("%d+%d", off, n))
 	clear(m.data[off : off+n])

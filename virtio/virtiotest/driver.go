@@ -81,7 +81,7 @@ func NewDriver(t testing.TB, dev virtio.Device, size uint16, log *slog.Logger) *
 	if k, ok := dev.(virtio.Kicker); ok {
 		wrapped = kicker{dev, k, d}
 	}
-	d.tr = virtio.NewTransport("test", wrapped, d.ram, func(l bool) { d.irq = l }, log)
+	d.tr = virtio.NewTransport("test", wrapped, d.ram, func(l bool) { d.irq = l }, nil, log)
 	return d
 }
 

@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sfvmm/sfvmm/virtio"
 	"github.com/sfvmm/sfvmm/virtio/balloon"
@@ -55,6 +59,10 @@ type Wiring struct {
 	// (package vsock), with Options.VsockCID; the guest's connections to
 	// port N of the host go to VsockDial_N (VsockDial "": VsockPath_N).
 	VsockPath, VsockDial string
+	// IOEventFD makes the guest's 4-byte write of value to addr signal
+	// the eventfd fd without an exit to the VMM (KVM_IOEVENTFD); nil:
+	// every notification exits.
+	IOEventFD func(addr uint64, value uint32, fd int) error
 }
 
 // Memory is guest RAM as devices use it.
@@ -202,6 +210,15 @@ type Set struct {
 	VMGenID *vmgenid.Device // nil without
 	table   []Entry
 	closers []io.Closer // devices with goroutines or host sockets of their own
+	// gate holds back the virtio devices' work outside vCPU exits while
+	// the machine is held (Quiesce); quiesced says it is closed.
+	gate     virtio.Gate
+	gateMu   sync.Mutex // guards quiesced
+	quiesced bool
+	// notifiers are the ioeventfds of the virtio queues; each has a
+	// goroutine that serves its queue, which ends when it is closed.
+	notifiers []*os.File
+	served    sync.WaitGroup
 }
 
 // entry builds a table entry for a device whose state is the field of
@@ -252,7 +269,13 @@ func New(w Wiring) (*Set, error) {
 			s.Close()
 			return nil, fmt.Errorf("%s: %w", d.name, err)
 		}
-		t := virtio.NewTransport(d.name, dev, w.Memory, w.IRQ(slot.GSI), w.Log)
+		t := virtio.NewTransport(d.name, dev, w.Memory, w.IRQ(slot.GSI), &s.gate, w.Log)
+		if w.IOEventFD != nil {
+			if err := s.notify(t, slot.Base, len(dev.QueueSizes()), w.IOEventFD); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("%s: %w", d.name, err)
+			}
+		}
 		e := entry(d.name, t, d.state)
 		e.MMIO = []Range{{slot.Base, slot.Size, t}}
 		s.table = append(s.table, e)
@@ -266,11 +289,73 @@ func New(w Wiring) (*Set, error) {
 	return s, nil
 }
 
+// notify has KVM signal an eventfd for each of t's n queues when the
+// driver notifies it, and serves the queue from a goroutine: the vCPU
+// goes back to the guest without an exit to the VMM, and the request is
+// served while it runs.
+func (s *Set) notify(t *virtio.Transport, base uint64, n int, ioeventfd func(addr uint64, value uint32, fd int) error) error {
+	for q := range n {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			return fmt.Errorf("queue %d: eventfd: %w", q, err)
+		}
+		// Non-blocking, so that reads wait in the runtime's poller and
+		// Close ends them.
+		f := os.NewFile(uintptr(fd), "ioeventfd")
+		s.notifiers = append(s.notifiers, f)
+		if err := ioeventfd(base+virtio.NotifyAddress, uint32(q), fd); err != nil {
+			return fmt.Errorf("queue %d: ioeventfd: %w", q, err)
+		}
+		s.served.Add(1)
+		go func() {
+			defer s.served.Done()
+			var b [8]byte
+			for {
+				if _, err := f.Read(b[:]); err != nil {
+					return
+				}
+				t.Kick(q)
+			}
+		}()
+	}
+	return nil
+}
+
+// Quiesce waits for the virtio devices' work outside the vCPUs' exits to
+// end, and holds it back until Resume: the machine's vCPUs are held, and
+// nothing may move its queues.
+func (s *Set) Quiesce() {
+	s.gateMu.Lock()
+	defer s.gateMu.Unlock()
+	if !s.quiesced {
+		s.gate.Close()
+		s.quiesced = true
+	}
+}
+
+// Resume lets the devices' work go on after Quiesce.
+func (s *Set) Resume() {
+	s.gateMu.Lock()
+	defer s.gateMu.Unlock()
+	if s.quiesced {
+		s.gate.Open()
+		s.quiesced = false
+	}
+}
+
 // Close stops the devices that run on their own (vsock's goroutines and
-// host sockets). Call it once the vCPUs have stopped, before guest RAM
-// goes.
+// host sockets, the ioeventfds' goroutines). Call it once the vCPUs have
+// stopped, before guest RAM goes.
 func (s *Set) Close() error {
+	// A machine that ends held (paused) has its gate closed, and a
+	// queue's goroutine may wait on it.
+	s.Resume()
 	var errs []error
+	for _, f := range s.notifiers {
+		errs = append(errs, f.Close())
+	}
+	s.notifiers = nil
+	s.served.Wait()
 	for _, c := range s.closers {
 		errs = append(errs, c.Close())
 	}

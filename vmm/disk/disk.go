@@ -225,10 +225,12 @@ func (d *Disk) pushOverlay() error {
 // errClosed: the disk was used after Close.
 var errClosed = errors.New("disk is closed")
 
-// ReadAt reads len(p) bytes at off, each block from the top layer that
-// holds it.
-func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
-	if err := d.check(len(p), off); err != nil {
+// ReadVec reads into bufs, one after the other, from off on: a read of
+// their concatenation, with one preadv(2) for each run of blocks that
+// one layer serves (a guest's request is a list of pages).
+func (d *Disk) ReadVec(bufs [][]byte, off int64) (int, error) {
+	n := total(bufs)
+	if err := d.check(n, off); err != nil {
 		return 0, err
 	}
 	d.mu.RLock()
@@ -237,22 +239,82 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 		return 0, errClosed
 	}
 	done := 0
-	for done < len(p) {
+	for done < n {
 		pos := uint64(off) + uint64(done)
 		l := d.holder(pos / BlockSize)
-		// The run the same layer serves: up to the next block whose
-		// holder differs.
 		end := (pos/BlockSize + 1) * BlockSize
-		for end < uint64(off)+uint64(len(p)) && d.holder(end/BlockSize) == l {
+		for end < uint64(off)+uint64(n) && d.holder(end/BlockSize) == l {
 			end += BlockSize
 		}
-		n := int(min(end, uint64(off)+uint64(len(p))) - pos)
-		if _, err := l.r.ReadAt(p[done:done+n], int64(pos)); err != nil {
+		k := int(min(end, uint64(off)+uint64(n)) - pos)
+		if err := l.readVec(slice(bufs, done, k), int64(pos)); err != nil {
 			return done, fmt.Errorf("disk %s: read at %d: %w", l.path, pos, err)
 		}
-		done += n
+		done += k
 	}
 	return done, nil
+}
+
+// readVec fills bufs from off: with preadv(2) where the layer is a file.
+func (l *layer) readVec(bufs [][]byte, off int64) error {
+	if l.f == nil {
+		for _, b := range bufs {
+			if _, err := l.r.ReadAt(b, off); err != nil {
+				return err
+			}
+			off += int64(len(b))
+		}
+		return nil
+	}
+	return vecFull(unix.Preadv, int(l.f.Fd()), bufs, off)
+}
+
+// vecFull does a preadv or pwritev of bufs at off until all of bufs is
+// done, in batches the kernel takes (IOV_MAX).
+func vecFull(op func(fd int, iovs [][]byte, off int64) (int, error), fd int, bufs [][]byte, off int64) error {
+	const iovMax = 1024
+	for len(bufs) > 0 {
+		batch := bufs[:min(len(bufs), iovMax)]
+		n, err := op(fd, batch, off)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		off += int64(n)
+		bufs = slice(bufs, n, total(bufs)-n)
+	}
+	return nil
+}
+
+// slice is the bytes [from, from+n) of the concatenation of bufs, as
+// slices of them.
+func slice(bufs [][]byte, from, n int) [][]byte {
+	var out [][]byte
+	for _, b := range bufs {
+		if n == 0 {
+			break
+		}
+		if from >= len(b) {
+			from -= len(b)
+			continue
+		}
+		b = b[from:]
+		from = 0
+		k := min(len(b), n)
+		out = append(out, b[:k])
+		n -= k
+	}
+	return out
+}
+
+func total(bufs [][]byte) int {
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
+	}
+	return n
 }
 
 // holder is the top layer that holds block b; d.mu held.
@@ -276,13 +338,14 @@ func (d *Disk) check(n int, off int64) error {
 // ErrReadOnly: a write to a read-only disk.
 var ErrReadOnly = errors.New("disk is read-only")
 
-// WriteAt writes p at off, to the top layer. A block of an overlay that
-// p covers only in part is first copied up from below.
-func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
+// WriteVec writes bufs, one after the other, from off on: a write of
+// their concatenation, in one pwritev(2).
+func (d *Disk) WriteVec(bufs [][]byte, off int64) (int, error) {
 	if d.readOnly {
 		return 0, ErrReadOnly
 	}
-	if err := d.check(len(p), off); err != nil {
+	n := total(bufs)
+	if err := d.check(n, off); err != nil {
 		return 0, err
 	}
 	d.mu.Lock()
@@ -291,27 +354,37 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 		return 0, errClosed
 	}
 	top := d.layers[len(d.layers)-1]
-	if top.blocks == nil {
-		if _, err := top.f.WriteAt(p, off); err != nil {
-			return 0, fmt.Errorf("disk %s: write at %d: %w", top.path, off, err)
-		}
-		return len(p), nil
+	if err := d.prepare(top, uint64(off), uint64(off)+uint64(n)); err != nil {
+		return 0, err
 	}
-	start, end := uint64(off), uint64(off)+uint64(len(p))
+	if err := vecFull(unix.Pwritev, int(top.f.Fd()), bufs, off); err != nil {
+		return 0, fmt.Errorf("disk %s: write at %d: %w", top.path, off, err)
+	}
+	d.written(top, uint64(off), uint64(off)+uint64(n))
+	return n, nil
+}
+
+// prepare readies top for a write of [start, end): an overlay's blocks
+// that the write covers only in part are copied up first; d.mu held.
+func (d *Disk) prepare(top *layer, start, end uint64) error {
+	if top.blocks == nil || end == start {
+		return nil
+	}
 	for _, b := range []uint64{start / BlockSize, (end - 1) / BlockSize} {
-		if len(p) > 0 && !top.blocks.Get(b) && (b*BlockSize < start || min((b+1)*BlockSize, d.size) > end) {
+		if !top.blocks.Get(b) && (b*BlockSize < start || min((b+1)*BlockSize, d.size) > end) {
 			if err := d.copyUp(top, b); err != nil {
-				return 0, err
+				return err
 			}
 		}
 	}
-	if _, err := top.f.WriteAt(p, off); err != nil {
-		return 0, fmt.Errorf("disk %s: write at %d: %w", top.path, off, err)
-	}
-	if len(p) > 0 {
+	return nil
+}
+
+// written marks [start, end) as the top overlay's; d.mu held.
+func (d *Disk) written(top *layer, start, end uint64) {
+	if top.blocks != nil && end > start {
 		top.blocks.SetRange(start/BlockSize, (end-1)/BlockSize-start/BlockSize+1)
 	}
-	return len(p), nil
 }
 
 // copyUp copies block b from the layers below into top; d.mu held.

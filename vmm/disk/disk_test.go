@@ -27,7 +27,7 @@ func image(t *testing.T, size int) (string, []byte) {
 func readAll(t *testing.T, d *Disk) []byte {
 	t.Helper()
 	b := make([]byte, d.Size())
-	if _, err := d.ReadAt(b, 0); err != nil {
+	if _, err := d.ReadVec([][]byte{b}, 0); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -56,10 +56,31 @@ func op(t *testing.T, r *rand.Rand, d *Disk, want []byte) {
 	for i := range p {
 		p[i] = byte(r.Uint32())
 	}
-	if _, err := d.WriteAt(p, int64(off)); err != nil {
+	if _, err := d.WriteVec(split(r, p), int64(off)); err != nil {
 		t.Fatal(err)
 	}
 	copy(want[off:], p)
+}
+
+// split cuts p into up to 4 pieces at random places, some empty.
+func split(r *rand.Rand, p []byte) [][]byte {
+	var bufs [][]byte
+	for range 3 {
+		k := r.IntN(len(p) + 1)
+		bufs = append(bufs, p[:k])
+		p = p[k:]
+	}
+	return append(bufs, p)
+}
+
+// readVec reads the whole disk with ReadVec into pieces.
+func readVec(t *testing.T, r *rand.Rand, d *Disk) []byte {
+	t.Helper()
+	b := make([]byte, d.Size())
+	if _, err := d.ReadVec(split(r, b), 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // TestForkLayers checks the disk against a flat model through writes,
@@ -89,6 +110,9 @@ func TestForkLayers(t *testing.T) {
 		if got := readAll(t, d); !bytes.Equal(got, want) {
 			t.Fatalf("round %d: the disk differs from the model", round)
 		}
+		if got := readVec(t, r, d); !bytes.Equal(got, want) {
+			t.Fatalf("round %d: the disk read in pieces differs from the model", round)
+		}
 		st, err := d.Freeze()
 		if err != nil {
 			t.Fatal(err)
@@ -103,7 +127,7 @@ func TestForkLayers(t *testing.T) {
 		for range 30 {
 			op(t, r, c, cwant)
 		}
-		if got := readAll(t, c); !bytes.Equal(got, cwant) {
+		if got := readVec(t, r, c); !bytes.Equal(got, cwant) {
 			t.Fatalf("round %d: the clone's disk differs from its model", round)
 		}
 		if err := c.Close(); err != nil {
@@ -151,7 +175,7 @@ func TestFreezeUnwritten(t *testing.T) {
 	if len(a.Layers) != 1 || len(b.Layers) != 1 {
 		t.Fatalf("frozen layers %d then %d, want 1 and 1", len(a.Layers), len(b.Layers))
 	}
-	d.WriteAt([]byte{1}, 5)
+	d.WriteVec([][]byte{{1}}, 5)
 	if c, _ := d.Freeze(); len(c.Layers) != 2 {
 		t.Fatalf("after a write, %d frozen layers, want 2", len(c.Layers))
 	}
@@ -192,7 +216,7 @@ func TestReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if _, err := d.WriteAt([]byte{1}, 0); err != ErrReadOnly {
+	if _, err := d.WriteVec([][]byte{{1}}, 0); err != ErrReadOnly {
 		t.Errorf("write: %v, want ErrReadOnly", err)
 	}
 	if err := d.Discard(0, BlockSize); err != ErrReadOnly {
@@ -248,10 +272,10 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if _, err := d.ReadAt(make([]byte, 2), 8*BlockSize-1); err == nil {
+	if _, err := d.ReadVec([][]byte{make([]byte, 2)}, 8*BlockSize-1); err == nil {
 		t.Error("a read past the end succeeded")
 	}
-	if _, err := d.WriteAt(make([]byte, 1), -1); err == nil {
+	if _, err := d.WriteVec([][]byte{make([]byte, 1)}, -1); err == nil {
 		t.Error("a write before the start succeeded")
 	}
 }

@@ -88,6 +88,7 @@ var (
 	reqCreateIRQChip      = io(0x60)
 	reqIRQLine            = iow(0x61, 8)
 	reqCreatePIT2         = iow(0x77, 64)
+	reqIOEventFD          = iow(0x79, 64)
 	reqGetStatsFD         = io(0xce)
 	reqRun                = io(0x80)
 	reqGetRegs            = ior(0x81, sizeof[Regs]())

@@ -167,6 +167,27 @@ func (vm *VM) IRQLine(irq uint32, level bool) error {
 	return err
 }
 
+// ioeventfd is struct kvm_ioeventfd.
+type ioeventfd struct {
+	datamatch uint64
+	addr      uint64
+	len       uint32
+	fd        int32
+	flags     uint32
+	_         [36]byte
+}
+
+const ioeventfdDatamatch = 1 << 0 // KVM_IOEVENTFD_FLAG_DATAMATCH
+
+// IOEventFD makes a guest's 4-byte MMIO write of value to addr signal the
+// eventfd fd inside KVM, where the vCPU goes straight back to the guest,
+// instead of exiting to the VMM.
+func (vm *VM) IOEventFD(addr uint64, value uint32, fd int) error {
+	e := ioeventfd{datamatch: uint64(value), addr: addr, len: 4, fd: int32(fd), flags: ioeventfdDatamatch}
+	_, err := call(vm.fd, "KVM_IOEVENTFD", reqIOEventFD, unsafe.Pointer(&e))
+	return err
+}
+
 // VCPU is a KVM vCPU with its mapped kvm_run page.
 type VCPU struct {
 	ID  int

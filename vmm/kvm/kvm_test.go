@@ -64,3 +64,9 @@ func TestIoctlNumbers(t *testing.T) {
 		}
 	}
 }
+
+func TestIOEventFDLayout(t *testing.T) {
+	if n := unsafe.Sizeof(ioeventfd{}); n != 64 {
+		t.Errorf("kvm_ioeventfd is %d bytes, want 64", n)
+	}
+}
