@@ -11,7 +11,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 KVMBOX := $(CURDIR)/tests/kvmbox/kvmbox.sh
 LINUX_CMDLINE := console=ttyS0 reboot=k panic=-1 pci=off quiet
 
-.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap bench-fork bench-cluster clean
+.PHONY: all sfvmm kernels deps test unit fuzz kvmtest demo bench bench-boot bench-snapshot bench-memtap bench-fork bench-blk bench-balloon bench-cluster clean
 
 all: sfvmm kernels
 
@@ -86,7 +86,7 @@ kvmtest:
 	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(BUILD)/test/kvm.test ./tests
 	tests/kvmtest.sh $(KVMBOX) $(CURDIR)/$(BUILD)/test/kvm.test $(CURDIR)/$(BUILD)/test $(KVMTEST_SANDBOXES)
 
-bench: bench-boot bench-snapshot bench-memtap bench-fork bench-cluster
+bench: bench-boot bench-snapshot bench-memtap bench-fork bench-blk bench-balloon bench-cluster
 
 bench-boot: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/boot ./tests/bench/boot
@@ -103,6 +103,20 @@ bench-snapshot: deps kernels sfvmm
 bench-fork: deps kernels sfvmm
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/fork ./tests/bench/fork
 	$(KVMBOX) --mem 4G --timeout 60m -- $(BUILD)/bench/fork -root $(CURDIR) $(BENCH_FORK_FLAGS)
+
+# A Linux guest's sequential and random disk reads and writes against
+# QEMU's virtio-blk-pci and QEMU microvm's virtio-blk on virtio-mmio, on
+# the same image (in the sandbox; several minutes).
+bench-blk: deps kernels sfvmm
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/blk ./tests/bench/blk
+	$(KVMBOX) --mem 4G --timeout 30m -- $(BUILD)/bench/blk -root $(CURDIR) $(BENCH_BLK_FLAGS)
+
+# Pages a fork sends to a clone of a Linux guest that freed most of its
+# memory, with free page reporting (--balloon) and without (in the sandbox;
+# several minutes).
+bench-balloon: deps kernels sfvmm
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bench/balloon ./tests/bench/balloon
+	$(KVMBOX) --mem 4G --timeout 30m -- $(BUILD)/bench/balloon -root $(CURDIR) $(BENCH_BALLOON_FLAGS)
 
 # Fork across 4 sandbox hosts: one page fault's service from host1 to
 # host0's memory server against its floor on the same path, then bytes the
