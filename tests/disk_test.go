@@ -169,7 +169,13 @@ func TestForkDisk(t *testing.T) {
 		`if [ $id != 0 ]; then wait; sleep 3; ` + drop + `; echo mine-$id > /mnt/clone$id.txt; ` + drop + `; ` +
 		`echo clone $id data=$(cat /mnt/data.txt) files=$(ls /mnt | tr '\n' ,) own=$(cat /mnt/clone$id.txt); sfctl exit; fi; ` +
 		`echo v2 > /mnt/data.txt; wait; ` + drop + `; sfctl join $t && ` + drop + ` && ` +
-		`echo parent data=$(cat /mnt/data.txt) files=$(ls /mnt | tr '\n' ,) && umount /mnt && echo unmounted=$((6*7))`
+		`echo parent data=$(cat /mnt/data.txt) files=$(ls /mnt | tr '\n' ,) && ` +
+		// Forks in a row, each after a write: every clone reads the
+		// round it was forked in (the disk's frozen layers fold
+		// between forks rather than pile up).
+		`for r in 1 2 3; do echo r$r > /mnt/round; sync; t=$(sfctl ticket 1); id=$(sfctl clone $t); ` +
+		`if [ $id != 0 ]; then echo 3 > /proc/sys/vm/drop_caches; echo clone round r$r read $(cat /mnt/round); sfctl exit; fi; sfctl join $t; done; ` +
+		`rm /mnt/round && umount /mnt && echo unmounted=$((6*7))`
 	kept := t.TempDir()
 	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", "--memory", "256M", "--disk", img, "--keep-clone-disks", kept,
 		"--kernel", kernel, "--initrd", initrd, "--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
@@ -188,6 +194,11 @@ func TestForkDisk(t *testing.T) {
 	}
 	if !strings.Contains(out, "parent data=v2 files=big,data.txt,lost+found,") {
 		t.Errorf("the parent does not read its own rewrite alone:\n%s", out)
+	}
+	for r := 1; r <= 3; r++ {
+		if want := fmt.Sprintf("clone round r%d read r%d", r, r); !strings.Contains(out, want) {
+			t.Errorf("no %q: a clone of fork %d in a row did not read its round", want, r+1)
+		}
 	}
 	if n := strings.Count(out, "dd=0"); n != 3 {
 		t.Errorf("%d of the parent's and the 2 clones' direct writes across the fork ended well, want 3:\n%s", n, out)

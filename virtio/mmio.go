@@ -454,12 +454,18 @@ func (t *Transport) Restore(st TransportState) error {
 	t.st.Queues = append([]QueueState(nil), st.Queues...)
 	t.qs = qs
 	t.irq(t.st.InterruptStatus != 0)
-	// A request the driver made available before the save may not have
-	// been served: its notification was still on its way (an ioeventfd
-	// the saved machine had not read). Nothing will notify the restored
-	// device of it, so it is served now.
+	return nil
+}
+
+// ServeAvailable serves what every queue has available. A restored
+// machine calls it once all its devices are restored: a request the
+// driver made available before the save may not have been served, its
+// notification still on its way (in an ioeventfd the saved machine had
+// not read), and nothing would notify the restored device of it.
+func (t *Transport) ServeAvailable() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for q := range t.qs {
 		t.notify(uint32(q))
 	}
-	return nil
 }

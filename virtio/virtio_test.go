@@ -315,7 +315,7 @@ func TestStateRoundTrip(t *testing.T) {
 
 // A request the driver made available, whose notification the saved
 // device never saw (in flight through an ioeventfd), is served by the
-// restored device without another notification.
+// restored device (ServeAvailable) without another notification.
 func TestRestoreServesInFlight(t *testing.T) {
 	d := newDriver(t, rng.Device{})
 	d.setup(^uint64(0), qsize)
@@ -334,6 +334,7 @@ func TestRestoreServesInFlight(t *testing.T) {
 	if err := d2.tr.Restore(st); err != nil {
 		t.Fatal(err)
 	}
+	d2.tr.ServeAvailable()
 	if id, n, idx := d2.used(0); id != 0 || n != 32 || idx != 1 || !d2.irq {
 		t.Errorf("after restore: used id %d len %d idx %d irq %v, want 0 32 1 true", id, n, idx, d2.irq)
 	}

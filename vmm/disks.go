@@ -67,6 +67,16 @@ func (m *VM) FreezeDisks() ([]disk.State, error) {
 	return sts, nil
 }
 
+// CompactDisks folds each disk's frozen overlays (disk.Disk.Compact).
+func (m *VM) CompactDisks() error {
+	for i, d := range m.disks {
+		if err := d.Compact(); err != nil {
+			return fmt.Errorf("disk %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
 // MapDisks maps every layer of every disk read-only (disk.Disk.Map);
 // unmap undoes it.
 func (m *VM) MapDisks() (maps [][][]byte, unmap func(), err error) {
@@ -110,17 +120,28 @@ func (m *VM) copyDisks(dir string) error {
 	return nil
 }
 
+// keepDiskCopies writes each disk as the guest left it to the
+// RestoreConfig.KeepDisks directory, replacing an earlier run's.
+func (m *VM) keepDiskCopies() error {
+	if m.keepDisks == "" || len(m.disks) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(m.keepDisks, 0o755); err != nil {
+		return fmt.Errorf("keep disks: %w", err)
+	}
+	for i := range m.disks {
+		os.Remove(filepath.Join(m.keepDisks, diskCopy(i)))
+	}
+	if err := m.copyDisks(m.keepDisks); err != nil {
+		return fmt.Errorf("keep disks: %w", err)
+	}
+	return nil
+}
+
 // closeDisks closes the disks: a booted machine's writable images take
 // back what was written to overlays since its forks.
 func (m *VM) closeDisks() error {
 	var errs []error
-	if m.keepDisks != "" && len(m.disks) > 0 {
-		if err := os.MkdirAll(m.keepDisks, 0o755); err != nil {
-			errs = append(errs, fmt.Errorf("keep disks: %w", err))
-		} else if err := m.copyDisks(m.keepDisks); err != nil {
-			errs = append(errs, fmt.Errorf("keep disks: %w", err))
-		}
-	}
 	for _, d := range m.disks {
 		errs = append(errs, d.Close())
 	}

@@ -116,6 +116,9 @@ type VM struct {
 	disks  []*disk.Disk // Config.Devices.Disks', in order
 	// keepDisks is where Close leaves the disks (RestoreConfig.KeepDisks).
 	keepDisks string
+	// vsockPath is the vsock device's socket; vsockDir, the directory
+	// made for it when none was given, removed at Close.
+	vsockPath, vsockDir string
 
 	// mu guards the run state below; cond signals its changes to parked
 	// vCPUs and to holds waiting for them.
@@ -401,8 +404,17 @@ func (m *VM) addDevices() error {
 	if m.cfg.Devices.VsockCID != 0 {
 		w.VsockDial = m.cfg.VsockDial
 		if w.VsockPath = m.cfg.VsockPath; w.VsockPath == "" {
-			w.VsockPath = filepath.Join(os.TempDir(), fmt.Sprintf("sfvmm-vsock-%d.sock", os.Getpid()))
+			// A directory of its own, which only this user can enter:
+			// in the shared temporary directory another user could
+			// bind PATH_N first and answer the guest.
+			dir, err := os.MkdirTemp("", "sfvmm-vsock-")
+			if err != nil {
+				return fmt.Errorf("vsock: %w", err)
+			}
+			m.vsockDir = dir
+			w.VsockPath = filepath.Join(dir, "v.sock")
 		}
+		m.vsockPath = w.VsockPath
 		m.log.Info(fmt.Sprintf("vsock: guest CID %d; host programs connect to %s", m.cfg.Devices.VsockCID, w.VsockPath))
 	}
 	var err error
@@ -559,14 +571,28 @@ func (m *VM) Close() error {
 	for _, c := range m.vcpus {
 		errs = append(errs, c.Close())
 	}
+	// The devices' goroutines stop before the KVM file they raise
+	// interrupts on closes, and before guest RAM goes.
+	if m.devs != nil {
+		errs = append(errs, m.devs.Close())
+	}
+	if m.vsockDir != "" {
+		errs = append(errs, os.RemoveAll(m.vsockDir))
+	}
+	// Disks kept for the user are copied while a clone's memory source
+	// can still fill what its disks read from the parent; a machine that
+	// never ran (a failed restore) has nothing to keep.
+	m.mu.Lock()
+	ran := !m.started.IsZero()
+	m.mu.Unlock()
+	if ran {
+		errs = append(errs, m.keepDiskCopies())
+	}
 	if m.kvm != nil {
 		errs = append(errs, m.kvm.Close())
 	}
 	if m.sys != nil {
 		errs = append(errs, m.sys.Close())
-	}
-	if m.devs != nil {
-		errs = append(errs, m.devs.Close())
 	}
 	if m.source != nil {
 		errs = append(errs, m.source.Close())
@@ -577,6 +603,10 @@ func (m *VM) Close() error {
 	errs = append(errs, m.closeDisks())
 	return errors.Join(errs...)
 }
+
+// VsockPath is the vsock device's socket ("" without one): where host
+// programs reach the guest, and what its clones' sockets are named after.
+func (m *VM) VsockPath() string { return m.vsockPath }
 
 // DescribeVCPUs says where each vCPU is (instruction pointer, mode): what a
 // person wants to see when a guest hangs. Call it while paused or after Run.

@@ -25,14 +25,14 @@ import (
 // console, their stderr this process's, and stdin from /dev/null.
 type launcher struct {
 	exe     string
-	apiSock string   // the parent's; a clone's is derived from it
-	vsock   string   // the parent's vsock socket; a clone's is derived from it
-	keep    string   // --keep-clone-disks: where clones leave their disks
-	console *console // the parent's, which clones' lines join
-	logArgs []string // the parent's logging flags, which clones follow
+	apiSock string        // the parent's; a clone's is derived from it
+	vsock   func() string // the parent's vsock socket, once it has one; a clone's is derived from it
+	keep    string        // --keep-clone-disks: where clones leave their disks
+	console *console      // the parent's, which clones' lines join
+	logArgs []string      // the parent's logging flags, which clones follow
 }
 
-func newLauncher(apiSock, vsock, keep string, c *console, logArgs []string) (*launcher, error) {
+func newLauncher(apiSock string, vsock func() string, keep string, c *console, logArgs []string) (*launcher, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sfvmm binary to start clones with: %w", err)
@@ -50,13 +50,13 @@ func cloneSocket(parent string, ticket, id uint32) string {
 
 func (l *launcher) Launch(descriptor string, ticket, id uint32) (fork.Clone, error) {
 	args := []string{"clone", "--descriptor", descriptor, "--ticket", strconv.FormatUint(uint64(ticket), 10),
-		"--id", strconv.FormatUint(uint64(id), 10)}
+		"--id", strconv.FormatUint(uint64(id), 10), "--local-disks"}
 	args = append(args, l.logArgs...)
 	if s := cloneSocket(l.apiSock, ticket, id); s != "" {
 		args = append(args, "--api-sock", s)
 	}
-	if s := cloneSocket(l.vsock, ticket, id); s != "" {
-		args = append(args, "--vsock", s, "--vsock-dial", l.vsock)
+	if v := l.vsock(); v != "" {
+		args = append(args, "--vsock", cloneSocket(v, ticket, id), "--vsock-dial", v)
 	}
 	if l.keep != "" {
 		args = append(args, "--keep-disks", filepath.Join(l.keep, fmt.Sprintf("%d-%d", ticket, id)))
@@ -113,6 +113,7 @@ func cloneCmd(args []string) int {
 	vsockDial := fs.String("vsock-dial", "", "where the clone's guest connections to port N of the host go: DIAL_N (default: the --vsock path's; sfvmm's launcher gives the parent's)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	lf := addLogFlags(fs)
+	localDisks := fs.Bool("local-disks", false, "the clone is on its parent's host: it opens the disks' layer files (sfvmm's own launcher sets it); otherwise it reads them through the memory server")
 	direct := fs.Bool("direct-reads", true, "read pages the parent has not written since the fork from its memory directly, when the clone is its child process (=false: every page through the memory server)")
 	if err := fs.Parse(args); err != nil {
 		return usageStatus(err)
@@ -133,6 +134,7 @@ func cloneCmd(args []string) int {
 		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger, VsockPath: *vsockPath, VsockDial: *vsockDial, KeepDisks: *keepDisks},
 		ID:            uint32(*id),
 		DirectReads:   *direct,
+		LocalDisks:    *localDisks,
 	})
 	if err != nil {
 		log.Errorf("%v", err)
@@ -237,7 +239,7 @@ func addForkFlags(fs *flag.FlagSet) forkFlags {
 
 // forker returns the machine's fork core, nil when fork is disabled, and
 // what to call once it is closed.
-func (f forkFlags) forker(apiSock, vsock string, c *console, log logger, lf logFlags) (*fork.Forker, func(), error) {
+func (f forkFlags) forker(apiSock string, vsock func() string, c *console, log logger, lf logFlags) (*fork.Forker, func(), error) {
 	if *f.capacity < 0 {
 		return nil, nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
 	}

@@ -70,13 +70,16 @@ func runCmd(args []string) int {
 		return vmm.StatusError
 	}
 	console := newConsole(os.Stdout)
-	fk, leave, err := ff.forker(*apiSock, *vsockPath, console, log, lf)
+	// The launcher asks the machine for its vsock socket when it starts
+	// a clone: a restored machine makes one of its own.
+	var vm *vmm.VM
+	fk, leave, err := ff.forker(*apiSock, func() string { return vm.VsockPath() }, console, log, lf)
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	defer leave()
-	vm, err := vmm.New(vmm.Config{
+	vm, err = vmm.New(vmm.Config{
 		KernelPath:   *kernel,
 		UnpackKernel: *unpack,
 		KernelCache:  *kernelCache,

@@ -69,14 +69,17 @@ func restoreCmd(args []string) int {
 		return 2
 	}
 	console := newConsole(os.Stdout)
-	fk, leave, err := ff.forker(*apiSock, *vsockPath, console, log, lf)
+	// The launcher asks the machine for its vsock socket when it starts
+	// a clone: a restored machine makes one of its own.
+	var vm *vmm.VM
+	fk, leave, err := ff.forker(*apiSock, func() string { return vm.VsockPath() }, console, log, lf)
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	defer leave()
 	start := time.Now()
-	vm, err := vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk), VsockPath: *vsockPath, KeepDisks: *keepDisks})
+	vm, err = vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk), VsockPath: *vsockPath, KeepDisks: *keepDisks})
 	if err != nil {
 		log.Errorf("restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError

@@ -2,11 +2,12 @@
 // writes, flushes and discards through one request queue. What holds the
 // data, and how a fork freezes it, is the Backend's (package vmm/disk).
 //
-// Requests are served synchronously, in the vCPU thread whose notify
-// brought them: none is ever in flight inside the device when the VMM
-// holds the guest for a fork or a snapshot, so each is either done (its
-// chain returned, its data written) or still in the available ring for
-// the restored device to take.
+// A request is served whole, by the goroutine that took its queue's
+// notification, before the chain goes back; a hold of the machine (a fork,
+// a snapshot) waits for it through the transport's gate. So none is half
+// done in a saved state: each is either done (its chain returned, its data
+// written) or still in the available ring for the restored device to
+// take.
 package blk
 
 import (

@@ -30,11 +30,15 @@ package vsock
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/sfvmm/sfvmm/virtio"
 )
@@ -134,7 +138,7 @@ func New(cid uint64, path, dial string, log *slog.Logger) (*Device, error) {
 	}
 	d := newDevice(cid, path, log)
 	d.dialTo = dial
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := listenUnix(path)
 	if err != nil {
 		d.Close()
 		return nil, fmt.Errorf("vsock: %w", err)
@@ -143,6 +147,29 @@ func New(cid uint64, path, dial string, log *slog.Logger) (*Device, error) {
 	d.wg.Add(1)
 	go d.accept()
 	return d, nil
+}
+
+// listenUnix listens on the Unix socket path. A socket file there that no
+// one listens on (a VMM that was killed leaves its own) is replaced; a
+// live one, or any other file, is not.
+func listenUnix(path string) (*net.UnixListener, error) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+		return ln, err
+	}
+	if fi, serr := os.Lstat(path); serr != nil || fi.Mode().Type() != fs.ModeSocket {
+		return nil, err
+	}
+	c, derr := net.Dial("unix", path)
+	if derr == nil {
+		c.Close()
+		return nil, err // in use
+	}
+	if !errors.Is(derr, syscall.ECONNREFUSED) {
+		return nil, err
+	}
+	os.Remove(path)
+	return net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 }
 
 // newDevice returns the device without its listener: guest connections

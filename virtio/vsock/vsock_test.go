@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -662,5 +663,31 @@ func TestParseHeader(t *testing.T) {
 	}
 	if _, err := parseHeader(b[:43]); !errors.Is(err, virtio.ErrMalformed) {
 		t.Errorf("43 bytes: %v, want malformed", err)
+	}
+}
+
+// A socket file a killed VMM left at the path is replaced; a live
+// listener, or a file that is not a socket, is not.
+func TestStaleSocket(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "v")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(testCID, path, "", nil); err == nil {
+		t.Fatal("New took the path of a live listener")
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close() // the file stays, as a killed VMM leaves it
+	d, err := New(testCID, path, "", nil)
+	if err != nil {
+		t.Fatalf("New on a stale socket file: %v", err)
+	}
+	d.Close()
+	plain := filepath.Join(dir, "plain")
+	os.WriteFile(plain, nil, 0o600)
+	if _, err := New(testCID, plain, "", nil); err == nil {
+		t.Error("New replaced a file that is not a socket")
 	}
 }

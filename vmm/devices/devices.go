@@ -219,6 +219,9 @@ type Set struct {
 	// goroutine that serves its queue, which ends when it is closed.
 	notifiers []*os.File
 	served    sync.WaitGroup
+	// transports are the virtio devices', served once more after a
+	// restore (Restore).
+	transports []*virtio.Transport
 }
 
 // entry builds a table entry for a device whose state is the field of
@@ -269,7 +272,12 @@ func New(w Wiring) (*Set, error) {
 			s.Close()
 			return nil, fmt.Errorf("%s: %w", d.name, err)
 		}
+		v, isVsock := dev.(*vsock.Device)
+		if isVsock {
+			s.closers = append(s.closers, v)
+		}
 		t := virtio.NewTransport(d.name, dev, w.Memory, w.IRQ(slot.GSI), &s.gate, w.Log)
+		s.transports = append(s.transports, t)
 		if w.IOEventFD != nil {
 			if err := s.notify(t, slot.Base, len(dev.QueueSizes()), w.IOEventFD); err != nil {
 				s.Close()
@@ -279,11 +287,10 @@ func New(w Wiring) (*Set, error) {
 		e := entry(d.name, t, d.state)
 		e.MMIO = []Range{{slot.Base, slot.Size, t}}
 		s.table = append(s.table, e)
-		if v, ok := dev.(*vsock.Device); ok {
+		if isVsock {
 			// After its transport's entry: restoring the device sends
 			// the guest an event, which needs the restored queues.
 			s.table = append(s.table, entry("vsock", v, func(s *States) *vsock.State { return &s.Vsock }))
-			s.closers = append(s.closers, v)
 		}
 	}
 	return s, nil
@@ -394,12 +401,18 @@ func (s *Set) Save() (States, error) {
 	return st, nil
 }
 
-// Restore puts every device in the state st holds.
+// Restore puts every device in the state st holds, then has each virtio
+// device serve what its queues hold (Transport.ServeAvailable): only once
+// all are restored, so that a device whose own state comes after its
+// transport's (vsock) is whole first.
 func (s *Set) Restore(st States) error {
 	for _, e := range s.table {
 		if err := e.restore(&st); err != nil {
 			return fmt.Errorf("restore %s: %w", e.Name, err)
 		}
+	}
+	for _, t := range s.transports {
+		t.ServeAvailable()
 	}
 	return nil
 }

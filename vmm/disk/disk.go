@@ -77,6 +77,9 @@ type layer struct {
 	path   string
 	blocks *snapshot.Bitmap // nil for the base: it holds every block
 	own    bool             // made by this disk, removed at Close
+	// dirty: written since the last Flush synced it (guarded by
+	// Disk.mu, written only with it held alone).
+	dirty bool
 }
 
 // Open opens the raw image at path. A writable disk is written in place
@@ -357,6 +360,7 @@ func (d *Disk) WriteVec(bufs [][]byte, off int64) (int, error) {
 	if err := d.prepare(top, uint64(off), uint64(off)+uint64(n)); err != nil {
 		return 0, err
 	}
+	top.dirty = true
 	if err := vecFull(unix.Pwritev, int(top.f.Fd()), bufs, off); err != nil {
 		return 0, fmt.Errorf("disk %s: write at %d: %w", top.path, off, err)
 	}
@@ -394,6 +398,7 @@ func (d *Disk) copyUp(top *layer, b uint64) error {
 	if _, err := l.r.ReadAt(buf, int64(b*BlockSize)); err != nil {
 		return fmt.Errorf("disk %s: read block %d: %w", l.path, b, err)
 	}
+	top.dirty = true
 	if _, err := top.f.WriteAt(buf, int64(b*BlockSize)); err != nil {
 		return fmt.Errorf("disk %s: write block %d: %w", top.path, b, err)
 	}
@@ -401,21 +406,29 @@ func (d *Disk) copyUp(top *layer, b uint64) error {
 	return nil
 }
 
-// Flush makes what was written durable in the top layer's file. An
+// Flush makes what was written durable in the layers' files. An
 // overlay's bitmap lives in memory: a crashed VMM's overlay is lost, as a
 // guest's page cache is.
 func (d *Disk) Flush() error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.closed {
 		return errClosed
 	}
 	if d.readOnly {
 		return nil
 	}
-	top := d.layers[len(d.layers)-1]
-	if err := top.f.Sync(); err != nil {
-		return fmt.Errorf("disk %s: sync: %w", top.path, err)
+	// Every layer written since the last flush, not only the top: a
+	// fork since may have frozen a layer whose writes were not synced.
+	for _, l := range d.layers {
+		if l.dirty {
+			if err := l.f.Sync(); err != nil {
+				return fmt.Errorf("disk %s: sync: %w", l.path, err)
+			}
+		}
+	}
+	for _, l := range d.layers {
+		l.dirty = false
 	}
 	return nil
 }
@@ -449,6 +462,7 @@ func (d *Disk) Discard(off, n int64) error {
 	}
 	top := d.layers[len(d.layers)-1]
 	start, end := int64(first*BlockSize), min(int64(last*BlockSize), int64(d.size))
+	top.dirty = true
 	if err := punch(top.f, start, end-start); err != nil {
 		return fmt.Errorf("disk %s: discard: %w", top.path, err)
 	}
@@ -497,6 +511,57 @@ func (d *Disk) Freeze() (State, error) {
 		return State{}, err
 	}
 	return d.state(frozen)
+}
+
+// Compact folds the frozen overlays, those between the base and the top,
+// into one layer: into the base when it is the user's writable image
+// (which takes them at Close anyway), into the lowest of them otherwise.
+// Without it every fork after a write would add a layer for good. The
+// caller ensures that nothing still reads an earlier freeze: the fork
+// core calls it once the last image's clones have ended, before it maps
+// the layers for the next.
+func (d *Disk) Compact() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errClosed
+	}
+	first := 2 // keep the base and the lowest overlay
+	if d.commit {
+		first = 1
+	}
+	last := len(d.layers) - 1 // the top is not frozen
+	if last <= first {
+		return nil
+	}
+	into := d.layers[first-1]
+	if !into.own && !d.commit {
+		return nil // a layer this disk may not write (another's frozen one)
+	}
+	for _, l := range d.layers[first:last] {
+		var err error
+		l.blocks.Runs(func(b, n uint64) {
+			if err == nil {
+				off := int64(b * BlockSize)
+				err = l.copyTo(into.f, off, min(int64(n*BlockSize), int64(d.size)-off))
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("disk %s: fold %s into it: %w", into.path, l.path, err)
+		}
+		if into.blocks != nil {
+			l.blocks.Runs(func(b, n uint64) { into.blocks.SetRange(b, n) })
+		}
+		into.dirty = true
+	}
+	for _, l := range d.layers[first:last] {
+		l.f.Close()
+		if l.own {
+			os.Remove(l.path)
+		}
+	}
+	d.layers = append(d.layers[:first], d.layers[last])
+	return nil
 }
 
 // state describes layers; d.mu held.
@@ -677,12 +742,17 @@ func (d *Disk) Close() error {
 		err = d.commitOverlays()
 	}
 	if err != nil {
+		// Each kept overlay with its block map beside it: a hole in a
+		// sparse overlay could be a block it lacks or one discarded.
 		var kept []string
 		for _, l := range d.layers[1:] {
 			l.own = false
 			kept = append(kept, l.path)
+			if b, merr := l.blocks.MarshalBinary(); merr == nil {
+				os.WriteFile(l.path+".blocks", b, 0o600)
+			}
 		}
-		err = fmt.Errorf("disk %s: writing back the overlays %v, which are kept: %w", d.layers[0].path, kept, err)
+		err = fmt.Errorf("disk %s: writing back the overlays %v (block maps beside them, .blocks: snapshot.Bitmap), which are kept: %w", d.layers[0].path, kept, err)
 	}
 	return errors.Join(err, d.closeFiles())
 }

@@ -84,8 +84,8 @@ func readVec(t *testing.T, r *rand.Rand, d *Disk) []byte {
 }
 
 // TestForkLayers checks the disk against a flat model through writes,
-// discards and freezes: after each freeze the parent goes on changing
-// while every frozen state still reads as it was frozen, a clone opened
+// discards, compactions and freezes: after each freeze the parent goes on
+// changing while the frozen state still reads as it was frozen, a clone opened
 // from it writes to its own overlay only, and closing the parent puts
 // every write into its image.
 func TestForkLayers(t *testing.T) {
@@ -107,6 +107,11 @@ func TestForkLayers(t *testing.T) {
 		for range 40 {
 			op(t, r, d, want)
 		}
+		// What a fork does once the last freeze's clones have ended:
+		// the frozen overlays fold, so layers do not pile up.
+		if err := d.Compact(); err != nil {
+			t.Fatal(err)
+		}
 		if got := readAll(t, d); !bytes.Equal(got, want) {
 			t.Fatalf("round %d: the disk differs from the model", round)
 		}
@@ -116,6 +121,9 @@ func TestForkLayers(t *testing.T) {
 		st, err := d.Freeze()
 		if err != nil {
 			t.Fatal(err)
+		}
+		if n := len(st.Layers); n > 2 {
+			t.Fatalf("round %d: %d frozen layers after Compact, want at most 2 (the base and one overlay)", round, n)
 		}
 		frozens = append(frozens, frozen{st, bytes.Clone(want)})
 		// A clone of this freeze: its writes stay its own.
@@ -134,9 +142,9 @@ func TestForkLayers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The latest freeze still reads as it was; earlier ones too, for
-	// the parent never writes a frozen layer.
-	for i, f := range frozens {
+	// The latest freeze still reads as it was while the parent wrote on
+	// (earlier ones were folded by Compact, as no clone read them).
+	for i, f := range frozens[len(frozens)-1:] {
 		c, err := OpenState(f.st, "", dir)
 		if err != nil {
 			t.Fatal(err)
@@ -277,5 +285,38 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, err := d.WriteVec([][]byte{make([]byte, 1)}, -1); err == nil {
 		t.Error("a write before the start succeeded")
+	}
+}
+
+// A restored machine's disk (its base another's, read-only) folds its
+// frozen overlays into its lowest one, never into the base.
+func TestCompactRestored(t *testing.T) {
+	path, want := image(t, 16*BlockSize)
+	base, _ := os.ReadFile(path)
+	dir := t.TempDir()
+	d, err := OpenState(State{Size: 16 * BlockSize, Layers: []Layer{{Path: path}}}, "", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	r := rand.New(rand.NewPCG(5, 6))
+	for range 4 {
+		for range 10 {
+			op(t, r, d, want)
+		}
+		if err := d.Compact(); err != nil {
+			t.Fatal(err)
+		}
+		// The base, the overlay the others fold into, the one just
+		// frozen.
+		if st, _ := d.Freeze(); len(st.Layers) > 3 {
+			t.Fatalf("%d frozen layers, want at most 3", len(st.Layers))
+		}
+	}
+	if got := readAll(t, d); !bytes.Equal(got, want) {
+		t.Error("the disk differs from the model")
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, base) {
+		t.Error("Compact wrote the restored machine's base")
 	}
 }

@@ -41,6 +41,10 @@ type CloneConfig struct {
 	// clone once the read has been blocked for its timeout, as for a
 	// silent server.
 	DirectReads bool
+	// LocalDisks: the clone is on its parent's host (its launcher knows)
+	// and opens the disks' layer files; otherwise it reads them through
+	// the memory server.
+	LocalDisks bool
 }
 
 // RestoreClone builds clone cfg.ID of the fork descriptor at path, paused:
@@ -82,10 +86,14 @@ func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error)
 			}
 		}
 	}()
-	// A clone on the parent's host opens the disks' layers; one on
-	// another host reads them through the memory server.
-	onParentHost := fi.Network == "unix" || fi.ParentPID == os.Getppid()
-	if len(state.Disks) > 0 && !onParentHost {
+	// A clone its launcher put on the parent's host opens the disks'
+	// layers; any other reads them through the memory server. The
+	// descriptor does not decide: it names files of the parent's host,
+	// which on another host could be anything.
+	if len(state.Disks) > 0 && !cfg.LocalDisks {
+		if len(layers) == 0 {
+			return nil, nil, fmt.Errorf("clone: %s: its disks can be read only on the parent's host (the fork serves them on no network)", path)
+		}
 		cfg.RestoreConfig.DiskSource = func(d, j int) (io.ReaderAt, error) {
 			for _, l := range layers {
 				if l.disk == d && l.layer == j {
@@ -215,10 +223,19 @@ func mapDiskLayers(dl []DiskLayer, state *vmm.MachineState) (maps []*layerMap, e
 			}
 		}
 	}()
+	type key struct{ disk, layer int32 }
+	seen := map[key]bool{}
 	for i, l := range dl {
 		if l.Disk < 0 || int(l.Disk) >= len(state.Disks) || l.Layer < -1 || int(l.Layer) >= len(state.Disks[l.Disk].Layers) {
 			return nil, fmt.Errorf("%w: disk layer region %d names disk %d layer %d", snapshot.ErrCorrupt, i, l.Disk, l.Layer)
 		}
+		// One region per layer, and at most one not frozen per disk:
+		// each costs the memory client state for the disk's size.
+		k := key{l.Disk, l.Layer}
+		if seen[k] {
+			return nil, fmt.Errorf("%w: disk %d layer %d served twice", snapshot.ErrCorrupt, l.Disk, l.Layer)
+		}
+		seen[k] = true
 		if want := disk.PageAligned(state.Disks[l.Disk].Size); l.Size != want {
 			return nil, fmt.Errorf("%w: disk layer region %d of %d bytes, the disk has %d", snapshot.ErrCorrupt, i, l.Size, want)
 		}
@@ -231,6 +248,15 @@ func mapDiskLayers(dl []DiskLayer, state *vmm.MachineState) (maps []*layerMap, e
 			return nil, fmt.Errorf("map disk %d layer %d: %w", l.Disk, l.Layer, err)
 		}
 		maps = append(maps, &layerMap{disk: int(l.Disk), layer: int(l.Layer), host: host, blocks: blocks})
+	}
+	if len(dl) > 0 {
+		for d, st := range state.Disks {
+			for j := range st.Layers {
+				if !seen[key{int32(d), int32(j)}] {
+					return nil, fmt.Errorf("%w: disk %d layer %d is not served", snapshot.ErrCorrupt, d, j)
+				}
+			}
+		}
 	}
 	return maps, nil
 }

@@ -82,6 +82,7 @@ func (m *fakeMachine) SaveState() (*vmm.MachineState, error) {
 func (m *fakeMachine) SplitHugePages() error { return m.ev.step("split") }
 
 func (m *fakeMachine) MapDisks() ([][][]byte, func(), error) { return nil, func() {}, nil }
+func (m *fakeMachine) CompactDisks() error                   { return nil }
 
 func (m *fakeMachine) RAM() ([]RAM, error) {
 	return []RAM{{GPA: 0, Host: m.ram, Populated: snapshot.FromResidency(make([]byte, len(m.ram)/4096))}}, nil

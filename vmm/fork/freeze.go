@@ -37,6 +37,9 @@ type Machine interface {
 	// MapDisks maps every layer of every disk read-only, for the memory
 	// server to serve clones on other hosts; unmap undoes it.
 	MapDisks() (maps [][][]byte, unmap func(), err error)
+	// CompactDisks folds the disks' frozen overlays together, once no
+	// clone reads an earlier fork's (disk.Disk.Compact).
+	CompactDisks() error
 	// FailCall makes the fork call of vCPU vcpu, whose port read already
 	// completed, return errno instead.
 	FailCall(vcpu int, errno forkdev.Errno)
@@ -159,6 +162,11 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 	f.mu.Unlock()
 	if old != nil {
 		old.close()
+	}
+	// No clone of an earlier image is left (ErrBusy above): its disk
+	// layers may fold, before this fork maps and freezes them.
+	if err := f.m.CompactDisks(); err != nil {
+		return nil, err
 	}
 	srv, err := f.prepare()
 	if err != nil {
