@@ -67,6 +67,16 @@ func (m *VM) FreezeDisks() ([]disk.State, error) {
 	return sts, nil
 }
 
+// UnlinkDiskOverlays removes the disks' overlay files, which stay open
+// (disk.Disk.Unlink): for a clone, which never forks.
+func (m *VM) UnlinkDiskOverlays() error {
+	var errs []error
+	for _, d := range m.disks {
+		errs = append(errs, d.Unlink())
+	}
+	return errors.Join(errs...)
+}
+
 // CompactDisks folds each disk's frozen overlays (disk.Disk.Compact).
 func (m *VM) CompactDisks() error {
 	for i, d := range m.disks {

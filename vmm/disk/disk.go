@@ -725,6 +725,23 @@ func copyRange(dst, src *os.File, off, n int64) error {
 	return nil
 }
 
+// Unlink removes the disk's own overlay files now; the disk goes on
+// using them through its open files. For a machine that never forks (a
+// clone), whose overlays no one else opens: they cannot outlive it, even
+// if it is killed.
+func (d *Disk) Unlink() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, l := range d.layers {
+		if l.own {
+			errs = append(errs, os.Remove(l.path))
+			l.own = false
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Close closes the disk. A disk whose base is the user's writable image
 // first writes its overlays back into it, then removes them; if that
 // fails, the overlays stay where they are and the error names them, so

@@ -320,3 +320,29 @@ func TestCompactRestored(t *testing.T) {
 		t.Error("Compact wrote the restored machine's base")
 	}
 }
+
+// A clone's disk unlinks its overlay at once and goes on using it.
+func TestUnlink(t *testing.T) {
+	path, want := image(t, 8*BlockSize)
+	dir := t.TempDir()
+	d, err := OpenState(State{Size: 8 * BlockSize, Layers: []Layer{{Path: path}}}, "", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Unlink(); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
+		t.Errorf("files left after Unlink: %v", left)
+	}
+	r := rand.New(rand.NewPCG(7, 8))
+	for range 20 {
+		op(t, r, d, want)
+	}
+	if got := readAll(t, d); !bytes.Equal(got, want) {
+		t.Error("the disk differs from the model after Unlink")
+	}
+	if err := d.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}

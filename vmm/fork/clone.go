@@ -137,6 +137,12 @@ func RestoreClone(path string, cfg CloneConfig) (*vmm.VM, *memtap.Client, error)
 	if err != nil {
 		return nil, nil, err
 	}
+	// A clone never forks, so no one opens its overlays by path: gone
+	// now, they cannot outlive it when it is killed (sf_kill).
+	if err := m.UnlinkDiskOverlays(); err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("clone: %w", err)
+	}
 	return m, client, nil
 }
 
