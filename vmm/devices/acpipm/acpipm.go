@@ -58,6 +58,9 @@ type Device struct {
 	cnt    uint16     // PM1_CNT, as it reads (less SCI_EN)
 	gpeSts uint8      // GPE0_STS; bits are cleared by writing 1
 	gpeEn  uint8      // GPE0_EN
+	// line is the SCI's level as last set, valid once lineSet: the line
+	// is set only when it changes (each set is an ioctl).
+	line, lineSet bool
 }
 
 // New returns the register block; poweroff is called when the guest enters
@@ -134,10 +137,13 @@ func (d *Device) RaiseGPE(n int) {
 	d.updateSCI()
 }
 
-// updateSCI sets the SCI line from the GPE status and enable bits; mu held.
+// updateSCI sets the SCI line from the GPE status and enable bits, if
+// its level changes; mu held.
 func (d *Device) updateSCI() {
-	if d.sci != nil {
-		d.sci(d.gpeSts&d.gpeEn != 0)
+	level := d.gpeSts&d.gpeEn != 0
+	if d.sci != nil && (!d.lineSet || level != d.line) {
+		d.sci(level)
+		d.line, d.lineSet = level, true
 	}
 }
 
@@ -162,6 +168,7 @@ func (d *Device) Restore(s State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.sts, d.en, d.cnt, d.gpeSts, d.gpeEn = s.Status, s.Enable, s.Control, s.GPEStatus, s.GPEEnable
+	d.lineSet = false // the restored machine's line is set whatever it was
 	d.updateSCI()
 	return nil
 }

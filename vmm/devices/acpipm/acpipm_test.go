@@ -113,7 +113,8 @@ func FuzzACPIPM(f *testing.F) {
 // and until the guest clears its status; a restored block raises it again.
 func TestGPE(t *testing.T) {
 	var sci bool
-	d := New(nil, func(l bool) { sci = l })
+	sets := 0
+	d := New(nil, func(l bool) { sci = l; sets++ })
 	g := uint64(GPE0Blk - PM1aEvtBlk)
 	d.RaiseGPE(0)
 	if sci {
@@ -127,6 +128,11 @@ func TestGPE(t *testing.T) {
 	d.Read(g, b)
 	if b[0] != 1 || b[1] != 1 {
 		t.Errorf("GPE0 status, enable = %#x, %#x, want 1, 1", b[0], b[1])
+	}
+	n := sets
+	d.Write(0, []byte{0, 0}) // a PM1 write that changes no GPE
+	if sets != n {
+		t.Errorf("a write that leaves the SCI's level as it was set the line again")
 	}
 	s, _ := d.Save()
 	d.Write(g, []byte{1}) // the guest's handler clears the status
