@@ -3,7 +3,6 @@
 package tests
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,42 +13,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sfvmm/sfvmm/kernels/cpio"
+	"github.com/sfvmm/sfvmm/tests/guestmod"
 	"github.com/sfvmm/sfvmm/vmm/vmtest"
 )
 
-// initrdWithModules returns initrd with a second archive appended (Linux
-// unpacks concatenated archives) holding the guest kernel's modules mods
-// (paths under its lib/modules/RELEASE/kernel, without .ko) as /m/NAME.ko:
-// Debian's kernel has the virtio drivers as modules.
+// initrdWithModules returns initrd with the guest kernel's modules mods
+// appended (package guestmod).
 func initrdWithModules(t *testing.T, initrd string, mods ...string) string {
 	t.Helper()
-	kernel := os.Getenv("SFVMM_LINUX_KERNEL")
-	release := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	dir := filepath.Join(filepath.Dir(filepath.Dir(kernel)), "lib", "modules", release, "kernel")
-	base, err := os.ReadFile(initrd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := bytes.NewBuffer(base)
-	w := cpio.NewWriter(buf)
-	if err := w.Dir("m", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range mods {
-		b, err := os.ReadFile(filepath.Join(dir, m+".ko"))
-		if err != nil {
-			t.Fatalf("module %s of the guest kernel: %v", m, err)
-		}
-		if err := w.File("m/"+filepath.Base(m)+".ko", 0o644, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
 	out := filepath.Join(t.TempDir(), "initrd.cpio")
-	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+	if err := guestmod.Append(initrd, os.Getenv("SFVMM_LINUX_KERNEL"), out, mods); err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -60,13 +33,7 @@ func initrdWithModules(t *testing.T, initrd string, mods ...string) string {
 var virtioModules = []string{"drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio"}
 
 // insmods is the guest's shell command that loads mods from /m.
-func insmods(mods ...string) string {
-	var cmds []string
-	for _, m := range mods {
-		cmds = append(cmds, "insmod /m/"+filepath.Base(m)+".ko")
-	}
-	return strings.Join(cmds, " && ")
-}
+func insmods(mods ...string) string { return guestmod.Insmods(mods...) }
 
 // A Linux guest finds sfvmm's virtio-rng through ACPI (LNRO0005), its
 // hw_random core picks it, and two reads of /dev/hwrng bring different,

@@ -29,7 +29,6 @@
 package main
 
 import (
-	"bytes"
 	"flag"
 	"fmt"
 	"os"
@@ -38,12 +37,11 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/sfvmm/sfvmm/kernels/cpio"
 	"github.com/sfvmm/sfvmm/tests/bench/internal/benchproc"
+	"github.com/sfvmm/sfvmm/tests/guestmod"
 	"github.com/sfvmm/sfvmm/vmm/fork"
 )
 
@@ -106,7 +104,8 @@ func main() {
 		os.RemoveAll(b.tmp)
 		os.Exit(1)
 	}()
-	if b.initrd, err = initrdWithModules(filepath.Join(*root, "build", "kernels", "initramfs.cpio"), b.kernel, b.tmp, modules); err != nil {
+	b.initrd = filepath.Join(b.tmp, "initrd.cpio")
+	if err = guestmod.Append(filepath.Join(*root, "build", "kernels", "initramfs.cpio"), b.kernel, b.initrd, modules); err != nil {
 		fail(err)
 	}
 
@@ -189,48 +188,11 @@ func median(rs []result, f func(result) uint64) float64 {
 	return (float64(v[n/2-1]) + float64(v[n/2])) / 2
 }
 
-// initrdWithModules writes into dir a copy of initrd with a second archive
-// appended (Linux unpacks concatenated archives) that holds the guest
-// kernel's modules mods as /m/NAME.ko: Debian's kernel has the virtio
-// drivers as modules. kvmbox unpacks the kernel package with the modules
-// beside it: KERNELDIR/../lib/modules/RELEASE/kernel.
-func initrdWithModules(initrd, kernel, dir string, mods []string) (string, error) {
-	release := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	modDir := filepath.Join(filepath.Dir(filepath.Dir(kernel)), "lib", "modules", release, "kernel")
-	base, err := os.ReadFile(initrd)
-	if err != nil {
-		return "", err
-	}
-	buf := bytes.NewBuffer(base)
-	w := cpio.NewWriter(buf)
-	if err := w.Dir("m", 0o755); err != nil {
-		return "", err
-	}
-	for _, m := range mods {
-		b, err := os.ReadFile(filepath.Join(modDir, m+".ko"))
-		if err != nil {
-			return "", fmt.Errorf("module %s of the guest kernel: %w", m, err)
-		}
-		if err := w.File("m/"+filepath.Base(m)+".ko", 0o644, b); err != nil {
-			return "", err
-		}
-	}
-	if err := w.Close(); err != nil {
-		return "", err
-	}
-	out := filepath.Join(dir, "initrd.cpio")
-	return out, os.WriteFile(out, buf.Bytes(), 0o644)
-}
-
 // script is the guest's command. The initramfs's root is a tmpfs capped at
 // half of RAM, too small for -free-mib, so /tmp gets a tmpfs of its own.
 // The clone's data is random too, so that no page of it is zero.
 func (b *bench) script() string {
-	var ins []string
-	for _, m := range modules {
-		ins = append(ins, "insmod /m/"+filepath.Base(m)+".ko")
-	}
-	return strings.Join(ins, " && ") +
+	return guestmod.Insmods(modules...) +
 		fmt.Sprintf(" && mount -t tmpfs -o size=95%% tmpfs /tmp && head -c %d /dev/urandom > /tmp/f && rm /tmp/f && echo freed && sleep %d && ",
 			b.freeMiB<<20, int(b.settle/time.Second)) +
 		"t=$(sfctl ticket 1) && id=$(sfctl clone $t) && if [ $id != 0 ]; then " +

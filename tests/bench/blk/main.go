@@ -21,7 +21,6 @@
 package main
 
 import (
-	"bytes"
 	"flag"
 	"fmt"
 	"os"
@@ -36,8 +35,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sfvmm/sfvmm/kernels/cpio"
 	"github.com/sfvmm/sfvmm/tests/bench/internal/benchproc"
+	"github.com/sfvmm/sfvmm/tests/guestmod"
 )
 
 // modules are the guest kernel's drivers the guest loads (each after the
@@ -241,13 +240,7 @@ func boot(v vmm, kernel, initrd, img, script string, modes []mode, timeout time.
 // guest kernel's modules as /m/NAME.ko and blkbench as /bin/blkbench. It
 // returns the initrd's path and the modules' names in load order.
 func guestInitrd(kernel, kernels, dir string) (string, []string, error) {
-	release := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	modDir := filepath.Join(filepath.Dir(filepath.Dir(kernel)), "lib", "modules", release)
-	paths, err := loadOrder(filepath.Join(modDir, "modules.dep"), modules)
-	if err != nil {
-		return "", nil, err
-	}
-	base, err := os.ReadFile(filepath.Join(kernels, "initramfs.cpio"))
+	paths, err := loadOrder(filepath.Join(guestmod.Dir(kernel), "modules.dep"), modules)
 	if err != nil {
 		return "", nil, err
 	}
@@ -255,31 +248,16 @@ func guestInitrd(kernel, kernels, dir string) (string, []string, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("%w (make -C kernels all builds it)", err)
 	}
-	buf := bytes.NewBuffer(base)
-	w := cpio.NewWriter(buf)
-	if err := w.Dir("m", 0o755); err != nil {
-		return "", nil, err
-	}
-	var names []string
+	var mods, names []string
 	for _, p := range paths {
-		b, err := os.ReadFile(filepath.Join(modDir, p))
-		if err != nil {
-			return "", nil, fmt.Errorf("module of the guest kernel: %w", err)
-		}
-		name := strings.TrimSuffix(filepath.Base(p), ".ko")
-		if err := w.File("m/"+name+".ko", 0o644, b); err != nil {
-			return "", nil, err
-		}
-		names = append(names, name)
-	}
-	if err := w.File("bin/blkbench", 0o755, tool); err != nil {
-		return "", nil, err
-	}
-	if err := w.Close(); err != nil {
-		return "", nil, err
+		m := strings.TrimSuffix(strings.TrimPrefix(p, "kernel/"), ".ko")
+		mods = append(mods, m)
+		names = append(names, filepath.Base(m))
 	}
 	out := filepath.Join(dir, "initrd.cpio")
-	return out, names, os.WriteFile(out, buf.Bytes(), 0o644)
+	err = guestmod.Append(filepath.Join(kernels, "initramfs.cpio"), kernel, out, mods,
+		guestmod.File{Name: "bin/blkbench", Mode: 0o755, Data: tool})
+	return out, names, err
 }
 
 // loadOrder returns the modules mods (paths under kernel/, without .ko)
