@@ -55,7 +55,8 @@ type Config struct {
 	Window, MaxWindow int
 	// Timeout bounds connecting, and how long requests wait with nothing
 	// at all heard from the server: no reply and no keep-alive (default
-	// 5 s). A server that keeps sending keep-alives is waited for.
+	// 5 s; three times that for a server on another host, "tcp"). A
+	// server that keeps sending keep-alives is waited for.
 	Timeout time.Duration
 	// StuckAfter bounds how long a server that keeps sending keep-alives
 	// may answer none of the requests waiting (default 60 s).

@@ -222,14 +222,7 @@ func newHandler(cfg helperConfig, parentFds []int, u *uffd.FD, c *counters) (*ha
 
 // connect dials the server, runs the handshake and keeps the raw socket.
 func (h *handler) connect() error {
-	// Between hosts, connecting and the TLS handshake wait on TCP's
-	// retransmission backoff when the link loses packets: with 10% loss
-	// (TestMulticastLoss) one clone's handshake in about ten runs took
-	// longer than 5 s. They get three times the silence bound.
-	bound := h.cfg.Timeout
-	if h.cfg.Network == "tcp" {
-		bound *= 3
-	}
+	bound := h.silence()
 	d := net.Dialer{Timeout: bound}
 	conn, err := d.Dial(h.cfg.Network, h.cfg.Address)
 	if err != nil {
@@ -449,16 +442,46 @@ func (h *handler) loop(stop int) error {
 // socket are read first, so that time in which this process itself did not
 // run is not held against the server.
 func (h *handler) silent() error {
-	if time.Since(h.heard) <= h.cfg.Timeout {
+	bound := h.silence()
+	if time.Since(h.heard) <= bound {
 		return nil
 	}
 	if err := h.receive(); err != nil {
 		return err
 	}
-	if time.Since(h.heard) <= h.cfg.Timeout {
+	if time.Since(h.heard) <= bound {
 		return nil
 	}
-	return fmt.Errorf("memory server %s: no answer in %v (nor any keep-alive)", h.addr, h.cfg.Timeout)
+	return fmt.Errorf("memory server %s: no answer in %v (nor any keep-alive)%s", h.addr, bound, h.tcpState())
+}
+
+// silence is how long the server may be silent: Config.Timeout, or three
+// times that between hosts. There a silence lasts as long as TCP's
+// retransmission backoff when the link loses packets, and the server's
+// keep-alives queue behind the segment that was lost: with 10% loss
+// (TestMulticastLoss) about one run in ten had a handshake, and later a
+// reply stream, silent for more than 5 s. Three times covers two more
+// doublings of the backoff.
+func (h *handler) silence() time.Duration {
+	if h.cfg.Network == "tcp" {
+		return 3 * h.cfg.Timeout
+	}
+	return h.cfg.Timeout
+}
+
+// tcpState describes the server connection as TCP sees it, for an error
+// that says why nothing came: whether data was lost on the way and is
+// being sent again, or nothing arrives at all.
+func (h *handler) tcpState() string {
+	if h.cfg.Network != "tcp" {
+		return ""
+	}
+	ti, err := unix.GetsockoptTCPInfo(h.sock, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("; TCP: last data received %v ago, %d segments out of order; ours: %d unacknowledged, retransmission timeout %v, backed off %d times",
+		time.Duration(ti.Last_data_recv)*time.Millisecond, ti.Rcv_ooopack, ti.Unacked, time.Duration(ti.Rto)*time.Microsecond, ti.Backoff)
 }
 
 // stoodStill reports whether a wait of asked that began at start and

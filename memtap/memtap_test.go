@@ -624,7 +624,7 @@ func TestServerLoss(t *testing.T) {
 			key, _ := wire.NewKey()
 			addr := hungServer(t, key, uint64(regionPages[0]), false)
 			return memtap.Config{Network: "tcp", Address: addr, Key: key, Regions: []memtap.Region{{Host: child}}}, func() {}
-		}, "no answer in 2s (nor any keep-alive)"},
+		}, "no answer in 6s (nor any keep-alive); TCP: last data received"}, // 3 × timeout between hosts
 		{"server alive but stuck", func(t *testing.T, child []byte) (memtap.Config, func()) {
 			key, _ := wire.NewKey()
 			addr := hungServer(t, key, uint64(regionPages[0]), true)
@@ -663,7 +663,7 @@ func TestServerLoss(t *testing.T) {
 			kill()
 			select {
 			case <-c.Done():
-			case <-time.After(timeout + 5*time.Second):
+			case <-time.After(3*timeout + 5*time.Second):
 				t.Fatal("no error from memtap in bounded time")
 			}
 			t.Logf("error after %v: %v", time.Since(start), c.Err())
