@@ -68,7 +68,7 @@ func (m *VM) HoldCall(ctx context.Context, vcpu int, v int32) (*Hold, error) {
 	}
 	data[0], data[1], data[2], data[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 	c.RunData().SetImmediateExit(true)
-	if err := c.Run(); !errors.Is(err, unix.EINTR) {
+	if err := c.Run(false); !errors.Is(err, unix.EINTR) {
 		return nil, fmt.Errorf("hold: complete port I/O: KVM_RUN returned %v, want EINTR", err)
 	}
 	h := &Hold{m: m, why: "fork call", self: c}

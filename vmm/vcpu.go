@@ -3,7 +3,10 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -92,6 +95,50 @@ func (c *vcpu) setEntry(e *boot.Entry) error {
 	})
 }
 
+// keepPOK says whether a vCPU may keep its P in KVM_RUN. It relies on the
+// runtime's asynchronous preemption: without it (GODEBUG=asyncpreemptoff=1)
+// nothing would interrupt a guest that does not exit, and a garbage
+// collection would wait for it.
+var keepPOK = !asyncPreemptOff(os.Getenv("GODEBUG"))
+
+// asyncPreemptOff reports whether a GODEBUG value turns asynchronous
+// preemption off; the last setting of a name wins, as in the runtime.
+func asyncPreemptOff(godebug string) bool {
+	off := false
+	for kv := range strings.SplitSeq(godebug, ",") {
+		if v, ok := strings.CutPrefix(kv, "asyncpreemptoff="); ok {
+			off = v == "1"
+		}
+	}
+	return off
+}
+
+// procs counts the Ps that running vCPUs keep (kvm.VCPU.Run), which are
+// added to GOMAXPROCS so that the rest of the process (devices, the
+// memory server, the API) still has the parallelism it was given.
+var procs struct {
+	sync.Mutex
+	base, held int
+}
+
+// holdProcs adds n vCPUs' Ps to GOMAXPROCS; releaseProcs takes them back.
+func holdProcs(n int) {
+	procs.Lock()
+	defer procs.Unlock()
+	if procs.held == 0 {
+		procs.base = runtime.GOMAXPROCS(0)
+	}
+	procs.held += n
+	runtime.GOMAXPROCS(procs.base + procs.held)
+}
+
+func releaseProcs(n int) {
+	procs.Lock()
+	defer procs.Unlock()
+	procs.held -= n
+	runtime.GOMAXPROCS(procs.base + procs.held)
+}
+
 // kick makes the vCPU leave KVM_RUN soon: immediate_exit covers a vCPU about
 // to enter, the signal one already inside. SIGURG is the signal the Go
 // runtime already uses for preemption, so it is harmless to any thread.
@@ -110,11 +157,21 @@ func (c *vcpu) run(m *VM) error {
 	// discards it, so no other goroutine inherits a thread KVM knows.
 	c.tid.Store(int32(unix.Gettid()))
 	rd := c.RunData()
+	// The guest runs with the goroutine keeping its P (kvm.VCPU.Run)
+	// while it exits often. A run that a signal ended was most often the
+	// runtime preempting a goroutine that had held its P for 10 ms: a
+	// guest with nothing to do. The next run goes through the runtime's
+	// system-call entry, in which an idle guest waits without any thread
+	// waking for it, and the first real exit ends it.
+	keepP := keepPOK
 	for {
-		if err := c.Run(); err != nil {
+		err := c.Run(keepP)
+		keepP = keepPOK
+		if err != nil {
 			if !errors.Is(err, unix.EINTR) {
 				return err
 			}
+			keepP = false
 			c.eintr++
 			// A kick (stop, pause) or a stray signal. KVM_RUN has
 			// completed any pending I/O before returning EINTR, so

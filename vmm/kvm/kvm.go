@@ -226,10 +226,26 @@ func (c *VCPU) RunData() RunData { return RunData{b: c.run} }
 // Run enters the guest until the next exit. An interrupted run (a signal,
 // immediate_exit) returns unix.EINTR unwrapped, so the caller can tell it
 // from a failure.
-func (c *VCPU) Run() error {
+//
+// With keepP, the ioctl bypasses the Go runtime's system-call entry
+// (RawSyscall), so the calling goroutine keeps its P while the guest runs:
+// the caller must have raised GOMAXPROCS for it and must not rely on the
+// run being interruptible by anything but a signal. The runtime's entry
+// costs more than it looks for a vCPU: sysmon takes the P of a thread
+// that stays in a system call and hands it to another thread, and polls
+// every 20 µs after each such handoff, so a guest that exits often (a
+// disk in use) keeps sysmon and the scheduler waking. The runtime still
+// preempts a goroutine that holds its P this way: its signal interrupts
+// KVM_RUN (EINTR).
+func (c *VCPU) Run(keepP bool) error {
 	// Not retried on EINTR, unlike the other ioctls: the caller must see
 	// the interruption to honour a stop or a pause.
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), reqRun, 0)
+	var e unix.Errno
+	if keepP {
+		_, _, e = unix.RawSyscall(unix.SYS_IOCTL, uintptr(c.fd), reqRun, 0)
+	} else {
+		_, _, e = unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), reqRun, 0)
+	}
 	if e == unix.EINTR || e == unix.EAGAIN {
 		return unix.EINTR
 	}
