@@ -152,10 +152,11 @@ func TestLinuxBoot(t *testing.T) {
 	t.Run("sfvmm run", func(t *testing.T) {
 		out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", "--stats", "--cpus", "2", "--memory", "256M",
 			"--kernel", bzImage, "--initrd", initrd, "--kernel-cache", cache,
-			"--cmdline", linuxCmdline+` sfvmm.run="echo answer=$((6*7))"`)
+			"--cmdline", linuxCmdline+` sfvmm.run="echo answer=$((6*7)) && sleep 3"`)
 		if code != 0 || !strings.Contains(out, "answer=42") {
 			t.Fatalf("exit %d, want 0 and answer=42:\n%s", code, out)
 		}
+		checkIdleInterruptions(t, out)
 		m := kvmStatsRE.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("no KVM statistics in the output:\n%s", out)
@@ -170,6 +171,29 @@ func TestLinuxBoot(t *testing.T) {
 }
 
 var kvmStatsRE = regexp.MustCompile(`stats: kvm: (.*)`)
+
+var interruptedRE = regexp.MustCompile(`stats: exits: .* interrupted=(\d+) `)
+
+// maxLinuxBootInterruptions bounds the runs of KVM_RUN that a signal cut
+// short in a Linux boot that then sleeps 3 s, on 2 vCPUs: about 25 in all.
+// A vCPU that kept its Go P in an idle guest would be preempted by the
+// runtime every 10 ms, over 100 times a second for each vCPU.
+const maxLinuxBootInterruptions = 400
+
+// checkIdleInterruptions fails the test if sfvmm's exit statistics show
+// the vCPUs' runs interrupted more than maxLinuxBootInterruptions times.
+func checkIdleInterruptions(t *testing.T, out string) {
+	t.Helper()
+	m := interruptedRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no exit statistics in the output:\n%s", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	t.Logf("%d interrupted runs", n)
+	if n > maxLinuxBootInterruptions {
+		t.Errorf("%d runs of KVM_RUN interrupted, want at most %d: does an idle vCPU keep its P?", n, maxLinuxBootInterruptions)
+	}
+}
 
 // maxLinuxBootFaults bounds the stage-2 (NPT/EPT) page faults KVM takes in
 // a Linux boot: about 50 with guest RAM on 2 MiB pages, 20,000 on 4 KiB
