@@ -40,7 +40,9 @@
 //
 // A thread that touches a missing page blocks in the kernel until the page
 // is filled. KVM_RUN is a system call, so a vCPU thread blocked in it has
-// given its Go P back to the scheduler. A goroutine that touches guest RAM
+// given its Go P back to the scheduler (the VMM makes a clone's KVM_RUN
+// through the runtime's system-call entry for that reason, although its
+// other machines keep their P in the guest). A goroutine that touches guest RAM
 // from Go code (device emulation copying a virtio buffer) is not in a
 // system call: its thread blocks holding its P. A fault handler that is a
 // goroutine of the same process needs a P to run, so GOMAXPROCS such

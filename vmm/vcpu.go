@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -102,20 +103,41 @@ func (c *vcpu) setEntry(e *boot.Entry) error {
 var keepPOK = !asyncPreemptOff(os.Getenv("GODEBUG"))
 
 // asyncPreemptOff reports whether a GODEBUG value turns asynchronous
-// preemption off; the last setting of a name wins, as in the runtime.
+// preemption off, read as the runtime reads it: a setting is a number,
+// any but 0 is on, one that is not a number is ignored, the last of a
+// name wins, and gccheckmark turns preemption off too.
 func asyncPreemptOff(godebug string) bool {
-	off := false
+	var off, checkmark bool
 	for kv := range strings.SplitSeq(godebug, ",") {
-		if v, ok := strings.CutPrefix(kv, "asyncpreemptoff="); ok {
-			off = v == "1"
+		name, v, _ := strings.Cut(kv, "=")
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "asyncpreemptoff":
+			off = n != 0
+		case "gccheckmark":
+			checkmark = n != 0
 		}
 	}
-	return off
+	return off || checkmark
 }
+
+// keepsP says whether m's vCPUs keep their P in KVM_RUN. Not in a machine
+// whose RAM a memory source fills (a clone): its vCPUs wait for pages in
+// KVM_RUN, and those waits do not all end at a signal (a stage-2 fault
+// before Linux 6.2, KVM's own accesses to guest RAM), so a stop of the
+// world would wait on the memory server, and with it the goroutine that
+// reports a lost server.
+func (m *VM) keepsP() bool { return keepPOK && m.source == nil }
 
 // procs counts the Ps that running vCPUs keep (kvm.VCPU.Run), which are
 // added to GOMAXPROCS so that the rest of the process (devices, the
-// memory server, the API) still has the parallelism it was given.
+// memory server, the API) still has the parallelism it was given. While
+// they are counted, GOMAXPROCS no longer follows the CPU quota on its own
+// (a parked or idle vCPU's P is idle and the runtime may use it); once
+// none are, the runtime's default comes back, unless GOMAXPROCS was set.
 var procs struct {
 	sync.Mutex
 	base, held int
@@ -136,6 +158,10 @@ func releaseProcs(n int) {
 	procs.Lock()
 	defer procs.Unlock()
 	procs.held -= n
+	if procs.held == 0 && os.Getenv("GOMAXPROCS") == "" {
+		runtime.SetDefaultGOMAXPROCS()
+		return
+	}
 	runtime.GOMAXPROCS(procs.base + procs.held)
 }
 
@@ -158,15 +184,17 @@ func (c *vcpu) run(m *VM) error {
 	c.tid.Store(int32(unix.Gettid()))
 	rd := c.RunData()
 	// The guest runs with the goroutine keeping its P (kvm.VCPU.Run)
-	// while it exits often. A run that a signal ended was most often the
-	// runtime preempting a goroutine that had held its P for 10 ms: a
-	// guest with nothing to do. The next run goes through the runtime's
-	// system-call entry, in which an idle guest waits without any thread
-	// waking for it, and the first real exit ends it.
-	keepP := keepPOK
+	// while it exits often. The runtime preempts a goroutine that has
+	// held its P for 10 ms without rescheduling, with a signal that ends
+	// KVM_RUN; a garbage collection signals it too. So after a run that
+	// a signal ended, one run goes through the runtime's system-call
+	// entry: a guest with nothing to do waits there without any thread
+	// waking for it, and a busy one's next exit ends it.
+	canKeepP := m.keepsP()
+	keepP := canKeepP
 	for {
 		err := c.Run(keepP)
-		keepP = keepPOK
+		keepP = canKeepP
 		if err != nil {
 			if !errors.Is(err, unix.EINTR) {
 				return err

@@ -16,6 +16,10 @@ func TestAsyncPreemptOff(t *testing.T) {
 		{"asyncpreemptoff=1,asyncpreemptoff=0", false},
 		{"asyncpreemptoff=0", false},
 		{"xasyncpreemptoff=1", false},
+		{"asyncpreemptoff=2", true},
+		{"asyncpreemptoff=1,asyncpreemptoff=x", true}, // not a number: ignored
+		{"gccheckmark=1", true},
+		{"gccheckmark=1,asyncpreemptoff=0", true},
 	} {
 		if got := asyncPreemptOff(c.godebug); got != c.off {
 			t.Errorf("asyncPreemptOff(%q) = %v, want %v", c.godebug, got, c.off)

@@ -448,8 +448,10 @@ func (m *VM) Run(ctx context.Context) (Exit, error) {
 	m.started = time.Now()
 	m.running = len(m.vcpus)
 	m.mu.Unlock()
-	holdProcs(len(m.vcpus))
-	defer releaseProcs(len(m.vcpus))
+	if m.keepsP() {
+		holdProcs(len(m.vcpus))
+		defer releaseProcs(len(m.vcpus))
+	}
 	for _, c := range m.vcpus {
 		wg.Add(1)
 		go func() {

@@ -229,14 +229,14 @@ func (c *VCPU) RunData() RunData { return RunData{b: c.run} }
 //
 // With keepP, the ioctl bypasses the Go runtime's system-call entry
 // (RawSyscall), so the calling goroutine keeps its P while the guest runs:
-// the caller must have raised GOMAXPROCS for it and must not rely on the
-// run being interruptible by anything but a signal. The runtime's entry
-// costs more than it looks for a vCPU: sysmon takes the P of a thread
-// that stays in a system call and hands it to another thread, and polls
-// every 20 µs after each such handoff, so a guest that exits often (a
-// disk in use) keeps sysmon and the scheduler waking. The runtime still
-// preempts a goroutine that holds its P this way: its signal interrupts
-// KVM_RUN (EINTR).
+// the caller must have raised GOMAXPROCS for it, and every wait inside the
+// run must end at a signal, or a stop of the world waits for it. The
+// runtime's entry costs more than it looks for a vCPU when no P is idle:
+// sysmon then takes the P of a thread in a system call at its next look,
+// hands it to another thread and polls every 20 µs after each handoff,
+// so a guest that exits often (a disk in use) keeps sysmon and the
+// scheduler waking. The runtime still preempts a goroutine that holds its
+// P this way: its signal interrupts KVM_RUN (EINTR).
 func (c *VCPU) Run(keepP bool) error {
 	// Not retried on EINTR, unlike the other ioctls: the caller must see
 	// the interruption to honour a stop or a pause.
