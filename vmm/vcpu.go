@@ -194,12 +194,11 @@ func (c *vcpu) run(m *VM) error {
 	keepP := canKeepP
 	for {
 		err := c.Run(keepP)
-		keepP = canKeepP
+		keepP = canKeepP && err == nil
 		if err != nil {
 			if !errors.Is(err, unix.EINTR) {
 				return err
 			}
-			keepP = false
 			c.eintr++
 			// A kick (stop, pause) or a stray signal. KVM_RUN has
 			// completed any pending I/O before returning EINTR, so
