@@ -197,8 +197,7 @@ func checkIdleInterruptions(t *testing.T, out string) {
 
 // maxLinuxBootFaults bounds the stage-2 (NPT/EPT) page faults KVM takes in
 // a Linux boot: about 50 with guest RAM on 2 MiB pages, 20,000 on 4 KiB
-// pages, as when guest RAM was not 2 MiB aligned or a machine that may fork
-// was put on small pages from the start.
+// pages, as when guest RAM was not 2 MiB aligned.
 const maxLinuxBootFaults = 2000
 
 // checkStage2Faults fails the test if the boot took more than

@@ -61,9 +61,6 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	if m.mem, err = memory.New(s.Config.MemBytes); err != nil {
 		return nil, err
 	}
-	if err := m.forkPages(); err != nil {
-		return nil, err
-	}
 	if err := m.restoreDisks(s, rc); err != nil {
 		return nil, err
 	}
@@ -188,17 +185,3 @@ func (m *VM) checkHost(s *MachineState) error {
 
 // ErrCPUFeatures says a saved guest needs CPU features this host lacks.
 var ErrCPUFeatures = errors.New("the saved guest needs CPU features this host lacks")
-
-// forkPages keeps a machine that may fork on 4 KiB pages. In the nested
-// sandbox, forks of huge-page RAM (write protection splits huge pages,
-// khugepaged collapses them again) crashed parents and clones many times
-// as often as forks of 4 KiB pages (the figures are in the history of this
-// file); hardware KVM has not been measured. A machine New boots runs on
-// huge pages until its first fork (see Memory.SplitHugePages); a restored
-// one, a clone above all, is on 4 KiB pages from the start.
-func (m *VM) forkPages() error {
-	if m.cfg.Fork == nil {
-		return nil
-	}
-	return m.mem.SmallPages()
-}

@@ -79,7 +79,7 @@ func (m *fakeMachine) SaveState() (*vmm.MachineState, error) {
 	return &vmm.MachineState{Config: vmm.MachineConfig{CPUs: 1, MemBytes: uint64(len(m.ram))}}, nil
 }
 
-func (m *fakeMachine) SplitHugePages() error { return m.ev.step("split") }
+func (m *fakeMachine) KeepPages() { m.ev.step("keep") }
 
 func (m *fakeMachine) MapDisks() ([][][]byte, func(), error) { return nil, func() {}, nil }
 func (m *fakeMachine) CompactDisks() error                   { return nil }
@@ -210,7 +210,7 @@ func TestFreezeOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := x.ev.String(), "split arm hold save seal release serve"; got != want {
+	if got, want := x.ev.String(), "keep arm hold save seal release serve"; got != want {
 		t.Errorf("steps %q, want %q", got, want)
 	}
 	d, h, err := ReadDescriptor(r.Descriptor)
@@ -235,7 +235,7 @@ func TestFreezeOrder(t *testing.T) {
 // the hold released and the ticket's slots given back; the next fork
 // works.
 func TestFreezeErrorsReleaseEverything(t *testing.T) {
-	for _, step := range []string{"split", "arm", "hold", "save", "seal", "serve"} {
+	for _, step := range []string{"arm", "hold", "save", "seal", "serve"} {
 		t.Run(step, func(t *testing.T) {
 			x := newFixture(t, 4)
 			x.ev.fail = step

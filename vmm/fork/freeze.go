@@ -29,9 +29,10 @@ type Machine interface {
 	// SaveState captures the machine's state, its disks frozen for the
 	// clones; a hold is in force.
 	SaveState() (*vmm.MachineState, error)
-	// SplitHugePages puts guest RAM on 4 KiB pages, which write
-	// protection works in.
-	SplitHugePages() error
+	// KeepPages makes guest RAM the guest frees zeroed rather than
+	// dropped from now on (memory.Memory.KeepPages): write protection,
+	// which freezes RAM for the clones, does not see a dropped page.
+	KeepPages()
 	// RAM is guest RAM, each region with the pages present now.
 	RAM() ([]RAM, error)
 	// MapDisks maps every layer of every disk read-only, for the memory
@@ -132,8 +133,9 @@ type Descriptor struct {
 // freeze makes a fork image of the parent. The order is what keeps the
 // parent's pause short and the image true to one instant:
 //
-//  1. split huge pages, and 2. arm write protection, while the guest
-//     runs: both grow with guest RAM;
+//  1. zero the pages the guest frees from now on, rather than drop them
+//     (KeepPages), and 2. arm write protection, while the guest runs:
+//     arming grows with guest RAM;
 //  3. hold the vCPUs, 4. save their state, 5. seal the image (protect
 //     what was written or populated since arming): from the hold to the
 //     seal, neither the state nor the memory can change, so they agree;
@@ -198,11 +200,7 @@ func (f *Forker) freeze(ctx context.Context, caller int, call uint32, held bool)
 		result = int32(img.id)
 	}
 
-	// Guest RAM is on huge pages until the first fork (a Linux boot on
-	// 4 KiB pages takes many times the stage-2 faults).
-	if err := f.m.SplitHugePages(); err != nil {
-		return nil, err
-	}
+	f.m.KeepPages()
 	ram, err := f.m.RAM()
 	if err != nil {
 		return nil, err

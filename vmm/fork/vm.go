@@ -43,7 +43,7 @@ func (m vmMachine) SaveState() (*vmm.MachineState, error) {
 func (m vmMachine) MapDisks() ([][][]byte, func(), error) { return m.VM.MapDisks() }
 func (m vmMachine) CompactDisks() error                   { return m.VM.CompactDisks() }
 
-func (m vmMachine) SplitHugePages() error { return m.Memory().SplitHugePages() }
+func (m vmMachine) KeepPages() { m.Memory().KeepPages() }
 
 func (m vmMachine) RAM() ([]RAM, error) {
 	regions, bitmaps, err := m.Populated()

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -50,7 +51,9 @@ func (r Region) Residency() ([]byte, error) {
 type Memory struct {
 	size    uint64
 	regions []Region
-	small   bool // on 4 KiB pages for good (SmallPages)
+	// mu orders KeepPages after every Discard that drops pages.
+	mu   sync.RWMutex
+	keep bool // Discard zeroes pages rather than dropping them (KeepPages)
 }
 
 // ErrRange reports a guest-physical access outside RAM.
@@ -128,72 +131,30 @@ func mapAligned(size uint64) ([]byte, error) {
 	return unsafe.Slice((*byte)(start), size), nil
 }
 
-// SmallPages turns transparent huge pages off for guest RAM: pages touched
-// from now on are 4 KiB. Call it before anything touches guest RAM, or use
-// SplitHugePages.
-func (m *Memory) SmallPages() error {
-	for _, r := range m.regions {
-		if err := unix.Madvise(r.Host, unix.MADV_NOHUGEPAGE); err != nil {
-			return fmt.Errorf("guest memory: no huge pages: %w", err)
-		}
-	}
-	m.small = true
-	return nil
-}
-
-// SplitHugePages puts guest RAM that may already hold huge pages on 4 KiB
-// pages for good, keeping its contents: no new huge pages, and every huge
-// page mapped now is split into 4 KiB mappings (so that userfaultfd's write
-// protection works page by page from the start). It may run while the
-// guest does. After the first call it costs nothing.
-//
-// Linux has no call that splits a huge page of anonymous memory; a mapping
-// boundary inside one does. So after advising no more huge pages, for each
-// 2 MiB chunk that was resident (only those can hold a huge page) it gives
-// the chunk's second page advice that makes it a mapping of its own
-// (MADV_RANDOM, of no effect on anonymous memory), which splits the huge
-// page, and takes the advice back, which joins the mappings again.
-func (m *Memory) SplitHugePages() error {
-	if m.small {
-		return nil
-	}
-	if err := m.SmallPages(); err != nil {
-		return err
-	}
-	for _, r := range m.regions {
-		vec, err := r.Residency()
-		if err != nil {
-			return fmt.Errorf("guest memory: split huge pages: %w", err)
-		}
-		for off := uint64(0); off+HugePageSize <= r.Size; off += HugePageSize {
-			if vec[off/PageSize]&1 == 0 {
-				continue
-			}
-			page := r.Host[off+PageSize : off+2*PageSize]
-			if err := unix.Madvise(page, unix.MADV_RANDOM); err != nil {
-				return fmt.Errorf("guest memory: split huge page at %#x: %w", r.GPA+off, err)
-			}
-			if err := unix.Madvise(page, unix.MADV_NORMAL); err != nil {
-				return fmt.Errorf("guest memory: split huge page at %#x: %w", r.GPA+off, err)
-			}
-		}
-	}
-	return nil
+// KeepPages makes Discard zero the pages it is given from now on, rather
+// than drop them. A fork's memory server freezes RAM with userfaultfd's
+// write protection and copies a page only when the parent writes it: a
+// page dropped without a write would take its frozen contents from the
+// clones. It waits for a Discard that is dropping pages, so once it returns
+// RAM may be write-protected.
+func (m *Memory) KeepPages() {
+	m.mu.Lock()
+	m.keep = true
+	m.mu.Unlock()
 }
 
 // Discard hands back b, guest RAM the guest reported free: its contents
-// become zero. RAM still allowed huge pages (the VM has not forked) drops
-// the pages, which gives the memory back to the host. RAM on 4 KiB pages
-// for good may be frozen by a fork, whose memory server copies a page only
-// when the parent writes it: dropping a page there would take its old
-// contents from the clones too. So that RAM is zeroed instead. Either way
-// a fork sends the pages to no clone, which fills them locally as zero.
-// The unaligned edges of b are zeroed.
+// become zero. Until KeepPages it drops the whole pages, which gives the
+// memory back to the host; after it, it writes zeros. Either way a fork
+// sends the pages to no clone, which fills them locally as zero. The
+// unaligned edges of b are zeroed.
 func (m *Memory) Discard(b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	if m.small {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.keep {
 		clear(b)
 		return
 	}

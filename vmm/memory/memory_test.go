@@ -144,7 +144,10 @@ func smapsOf(t *testing.T, b []byte) (fields map[string]uint64, mappings int) {
 	return fields, mappings
 }
 
-func TestSplitHugePages(t *testing.T) {
+// Guest RAM is on huge pages, and a fork (KeepPages) leaves them as they
+// are: the memory server write-protects huge pages, and the kernel splits
+// one only where the parent writes.
+func TestHugePagesKept(t *testing.T) {
 	thp, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
 	if err != nil || strings.Contains(string(thp), "[never]") {
 		t.Skipf("transparent huge pages are off here (%q, %v)", thp, err)
@@ -157,57 +160,33 @@ func TestSplitHugePages(t *testing.T) {
 	defer m.Close()
 	host := m.Regions()[0].Host
 	for i := 0; i < size; i += PageSize {
-		host[i] = byte(i / PageSize)
+		host[i] = 1
 	}
 	before, n := smapsOf(t, host)
 	if before["AnonHugePages"] == 0 || n != 1 {
-		t.Fatalf("before: %d KiB in huge pages in %d mappings, want some in 1 (THP: %q)", before["AnonHugePages"], n, thp)
+		t.Fatalf("%d KiB in huge pages in %d mappings, want some in 1 (THP: %q)", before["AnonHugePages"], n, thp)
 	}
-	if err := m.SplitHugePages(); err != nil {
-		t.Fatal(err)
-	}
+	m.KeepPages()
+	m.Discard(host[HugePageSize : 2*HugePageSize])
 	after, n := smapsOf(t, host)
-	if after["AnonHugePages"] != 0 || n != 1 || after["Rss"] != before["Rss"] {
-		t.Errorf("after: %d KiB in huge pages, %d KiB resident, in %d mappings; want 0, %d, 1",
-			after["AnonHugePages"], after["Rss"], n, before["Rss"])
-	}
-	for i := 0; i < size; i += PageSize {
-		if host[i] != byte(i/PageSize) {
-			t.Fatalf("page %d changed: %d", i/PageSize, host[i])
-		}
-	}
-	// New pages are small too.
-	m2, err := New(size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m2.Close()
-	if err := m2.SplitHugePages(); err != nil {
-		t.Fatal(err)
-	}
-	h2 := m2.Regions()[0].Host
-	for i := 0; i < size; i += PageSize {
-		h2[i] = 1
-	}
-	if f, _ := smapsOf(t, h2); f["AnonHugePages"] != 0 {
-		t.Errorf("%d KiB of huge pages after SplitHugePages", f["AnonHugePages"])
+	if after["AnonHugePages"] != before["AnonHugePages"] || n != 1 {
+		t.Errorf("after KeepPages and a Discard: %d KiB in huge pages in %d mappings, want %d in 1",
+			after["AnonHugePages"], n, before["AnonHugePages"])
 	}
 }
 
-// Discard zeroes what it is given; before RAM is on small pages for good it
-// drops the whole pages (they are no longer resident), after it writes
-// zeros (they stay resident: a fork's memory server sees writes only).
+// Discard zeroes what it is given; before KeepPages it drops the whole
+// pages (they are no longer resident), after it writes zeros (they stay
+// resident: a fork's memory server sees writes only).
 func TestDiscard(t *testing.T) {
-	for _, small := range []bool{false, true} {
+	for _, keep := range []bool{false, true} {
 		m, err := New(1 << 20)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer m.Close()
-		if small {
-			if err := m.SmallPages(); err != nil {
-				t.Fatal(err)
-			}
+		if keep {
+			m.KeepPages()
 		}
 		host := m.Regions()[0].Host
 		for i := range host {
@@ -219,8 +198,8 @@ func TestDiscard(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if dropped := vec[3]&1 == 0; dropped == small || vec[1]&1 == 0 {
-			t.Errorf("small %v: page 3 resident %v, page 1 resident %v", small, vec[3]&1 != 0, vec[1]&1 != 0)
+		if dropped := vec[3]&1 == 0; dropped == keep || vec[1]&1 == 0 {
+			t.Errorf("keep %v: page 3 resident %v, page 1 resident %v", keep, vec[3]&1 != 0, vec[1]&1 != 0)
 		}
 		for i, v := range host {
 			want := byte(0xa5)
@@ -228,7 +207,7 @@ func TestDiscard(t *testing.T) {
 				want = 0
 			}
 			if v != want {
-				t.Fatalf("small %v: byte %#x is %#x, want %#x", small, i, v, want)
+				t.Fatalf("keep %v: byte %#x is %#x, want %#x", keep, i, v, want)
 			}
 		}
 	}

@@ -23,8 +23,8 @@
 //     handler, which faults on every page. Target: at most 0.5x the floor
 //     per page. Pages fetched versus touched come from memtap's Stats.
 //   - Freeze: the parent's pause for freezing -small and -large MiB of
-//     populated RAM, with transparent huge pages and with 4 KiB pages (as
-//     sfvmm maps the RAM of a VM that may fork): Seal, after Arm has
+//     populated RAM, with transparent huge pages (as sfvmm maps guest
+//     RAM) and with 4 KiB pages: Seal, after Arm has
 //     write-protected the RAM while the parent ran on (and wrote 16
 //     pages). Arm's time is shown beside it. Median of -reps; target:
 //     the pause at most 2x apart.
@@ -252,9 +252,9 @@ func run(c config) error {
 		if err != nil {
 			return err
 		}
-		kind := "2 MiB (THP)"
+		kind := "2 MiB (THP, as sfvmm maps guest RAM)"
 		if !thp {
-			kind = "4 KiB (as sfvmm maps RAM that may fork)"
+			kind = "4 KiB"
 		}
 		fmt.Printf("| %s | %s | %s | %s | ≤ 2× | %s / %s |\n", kind, us(a), us(b), ratio(b, a), us(wa), us(wb))
 	}
