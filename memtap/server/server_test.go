@@ -2,12 +2,15 @@ package server
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/sfvmm/sfvmm/memtap/internal/tlslink"
 	"github.com/sfvmm/sfvmm/memtap/wire"
@@ -268,3 +271,92 @@ type runs struct{ n uint64 }
 
 func (r runs) Len() uint64                   { return r.n }
 func (r runs) Runs(fn func(start, n uint64)) { fn(0, r.n) }
+
+// Guest RAM is on transparent huge pages, and a freeze protects them as
+// they are: a written huge page and the huge zero page (what a read of
+// untouched RAM maps) are split only where the parent writes, and every
+// other page of them stays protected (kernels that lost the protection on
+// a split served the parent's new bytes to clones).
+func TestFreezeHugePages(t *testing.T) {
+	const huge = 2 << 20
+	if thp, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err != nil || bytes.Contains(thp, []byte("[never]")) {
+		t.Skipf("transparent huge pages are off here (%q, %v)", thp, err)
+	}
+	m, err := unix.Mmap(-1, 0, 3*huge, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(m) })
+	head := (huge - int(uintptr(unsafe.Pointer(&m[0])))%huge) % huge
+	ram := m[head : head+2*huge]
+	if err := unix.Madvise(ram, unix.MADV_HUGEPAGE); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < huge; i += page {
+		ram[i] = byte(i/page + 1)
+	}
+	if err := unix.Madvise(ram[huge:], unix.MADV_POPULATE_READ); err != nil {
+		t.Fatal(err)
+	}
+	if kib := anonHugeKiB(t, ram); kib < huge/1024 {
+		t.Skipf("the kernel gave %d KiB of huge pages, not the first 2 MiB", kib)
+	}
+	s, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	im, err := s.Freeze([]Region{{Host: ram}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	key, _ := wire.NewKey()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	if err := im.Serve(l, key); err != nil {
+		t.Fatal(err)
+	}
+	// Pages 0 and 1 of each huge page, then page 2, after the first
+	// writes split them.
+	for _, p := range []int{0, 1, 512, 513, 2, 514} {
+		ram[p*page] = 0xEE
+	}
+	if st := s.Stats(); st.WriteFaults != 6 || st.PagesSaved != 6 {
+		t.Errorf("%d write faults, %d pages saved; want 6 and 6", st.WriteFaults, st.PagesSaved)
+	}
+	flags, data := fetch(t, l.Addr().String(), key, 0, 3)
+	for k, d := range data {
+		if flags[k] != wire.PageData || d[0] != byte(k+1) {
+			t.Errorf("page %d: flag %d, byte %#x; want the frozen %#x", k, flags[k], d[0], k+1)
+		}
+	}
+	flags, data = fetch(t, l.Addr().String(), key, 512, 3)
+	for k, f := range flags {
+		if f != wire.PageZero {
+			t.Errorf("page %d of the zero huge page: flag %d, want zero (data %d pages)", 512+k, f, len(data))
+		}
+	}
+}
+
+// anonHugeKiB sums AnonHugePages of the mappings in /proc/self/smaps that
+// overlap b.
+func anonHugeKiB(t *testing.T, b []byte) uint64 {
+	t.Helper()
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo := uint64(uintptr(unsafe.Pointer(&b[0])))
+	hi := lo + uint64(len(b))
+	var kib uint64
+	in := false
+	for _, line := range strings.Split(string(smaps), "\n") {
+		var start, end, n uint64
+		if k, _ := fmt.Sscanf(line, "%x-%x ", &start, &end); k == 2 {
+			in = start < hi && end > lo
+		} else if k, _ := fmt.Sscanf(line, "AnonHugePages: %d kB", &n); in && k == 1 {
+			kib += n
+		}
+	}
+	return kib
+}

@@ -51,7 +51,8 @@ func (r Region) Residency() ([]byte, error) {
 type Memory struct {
 	size    uint64
 	regions []Region
-	// mu orders KeepPages after every Discard that drops pages.
+	// mu guards keep, and so orders KeepPages after every Discard that
+	// drops pages.
 	mu   sync.RWMutex
 	keep bool // Discard zeroes pages rather than dropping them (KeepPages)
 }

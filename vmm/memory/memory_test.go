@@ -145,8 +145,8 @@ func smapsOf(t *testing.T, b []byte) (fields map[string]uint64, mappings int) {
 }
 
 // Guest RAM is on huge pages, and a fork (KeepPages) leaves them as they
-// are: the memory server write-protects huge pages, and the kernel splits
-// one only where the parent writes.
+// are, as does a Discard after it (memtap/server's TestFreezeHugePages
+// shows the freeze of huge pages).
 func TestHugePagesKept(t *testing.T) {
 	thp, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
 	if err != nil || strings.Contains(string(thp), "[never]") {
