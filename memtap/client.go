@@ -141,6 +141,10 @@ type Stats struct {
 	DatagramsReplayed uint64
 	BytesMulticast    uint64
 	MulticastOff      uint64
+	// ServerStarved counts the times a server on this host was silent for
+	// longer than Config.Timeout while its process ran or waited for a
+	// CPU, and was waited for.
+	ServerStarved uint64
 	// FaultLatency[i] counts faults served in [2^(i-1), 2^i) µs, from the
 	// helper's reading of the fault to the page being installed (bucket
 	// 0: under 1 µs; the last bucket has everything above).
@@ -164,6 +168,7 @@ func (s *Stats) Add(t Stats) {
 	s.DatagramsReplayed += t.DatagramsReplayed
 	s.BytesMulticast += t.BytesMulticast
 	s.MulticastOff += t.MulticastOff
+	s.ServerStarved += t.ServerStarved
 	for i := range s.FaultLatency {
 		s.FaultLatency[i] += t.FaultLatency[i]
 	}
@@ -199,6 +204,7 @@ func bucket(d time.Duration) int {
 type counters struct {
 	faults, fetched, direct, zeroFilled, prefetched, exact, requests, bytes atomic.Uint64
 	multicast, siblings, retried, forged, replayed, mbytes, mcOff           atomic.Uint64
+	starved                                                                 atomic.Uint64
 	hist                                                                    [Buckets]atomic.Uint64
 }
 
@@ -208,7 +214,7 @@ func (c *counters) stats() Stats {
 		PagesPrefetched: c.prefetched.Load(), PagesExact: c.exact.Load(), Requests: c.requests.Load(), BytesReceived: c.bytes.Load(),
 		PagesMulticast: c.multicast.Load(), PagesFromSiblings: c.siblings.Load(), PagesRetried: c.retried.Load(),
 		DatagramsForged: c.forged.Load(), DatagramsReplayed: c.replayed.Load(), BytesMulticast: c.mbytes.Load(),
-		MulticastOff: c.mcOff.Load(),
+		MulticastOff: c.mcOff.Load(), ServerStarved: c.starved.Load(),
 	}
 	for i := range s.FaultLatency {
 		s.FaultLatency[i] = c.hist[i].Load()
@@ -361,10 +367,10 @@ func Start(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start memtap: %w", err)
 	}
-	// The helper answers Ready or Fatal within its connect timeout, and a
-	// helper that dies closes the socket at once; helperStart covers
-	// starting it, which takes seconds on a loaded host (many clones
-	// starting at once on few CPUs).
+	// The helper answers Ready or Fatal within connectBound, and a helper
+	// that dies closes the socket at once; helperStart covers starting
+	// it, which takes seconds on a loaded host (many clones starting at
+	// once on few CPUs).
 	ready := make(chan error, 1)
 	go func() {
 		var n note
@@ -383,8 +389,8 @@ func Start(cfg Config) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("start memtap: %w", err)
 		}
-	case <-time.After(cfg.Timeout + helperStart):
-		return nil, fmt.Errorf("start memtap: no answer from the helper in %v", cfg.Timeout+helperStart)
+	case <-time.After(connectBound(cfg.Network, cfg.Timeout, cfg.StuckAfter) + helperStart):
+		return nil, fmt.Errorf("start memtap: no answer from the helper in %v", connectBound(cfg.Network, cfg.Timeout, cfg.StuckAfter)+helperStart)
 	}
 	ok = true
 	go c.watch(c.proc)

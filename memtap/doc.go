@@ -81,7 +81,12 @@
 // answered nothing, are fatal: memtap never installs a guess. So a server
 // that is gone, stopped or cut off fails the child within the timeout,
 // while one that is merely slow (many clones, a host short of CPU) is
-// waited for. Time in which the helper itself did not run is not held
+// waited for. A server on this host may be too short of CPU to send its
+// keep-alives: it is judged by what the kernel says of its process (its
+// socket's peer credentials name it), and is waited for, up to StuckAfter,
+// while it uses CPU time or has a thread waiting to run; one that is
+// stopped, or asleep without using any, fails the child after Timeout, in
+// the handshake too. Time in which the helper itself did not run is not held
 // against the server: its keep-alives are read from the socket before the
 // helper judges, and a wait that ends far later than asked (the whole
 // machine stood still, the server with it) starts the silence over. The

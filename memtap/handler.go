@@ -164,6 +164,10 @@ type handler struct {
 	heard    time.Time
 	answered uint64
 	stuck    int
+	// proc is the server's process, if it is on this host, and starved
+	// whether the silence going on has been counted as its starving.
+	proc    *serverProc
+	starved bool
 
 	// waiting holds, for pages asked of the server, the times faults on
 	// them were read (key region<<40 | page).
@@ -255,10 +259,26 @@ func (h *handler) connect() error {
 			conn.Close() // the poll loop has its own descriptor
 		}
 	}()
+	// The handshake's reads end at the deadline. A server on this host
+	// that is starved rather than stopped is waited for, as in silent.
 	link.SetDeadline(time.Now().Add(bound))
+	failed := func(err error) error { return fmt.Errorf("memory server %s: handshake: %w", h.addr, err) }
+	if !secure {
+		if h.proc = peerProc(conn); h.proc != nil {
+			why := h.watchHandshake(link, bound)
+			defer why()
+			failed = func(err error) error {
+				w := why()
+				if w == "" && errors.Is(err, os.ErrDeadlineExceeded) {
+					w = fmt.Sprintf("; %v ran throughout", h.proc)
+				}
+				return fmt.Errorf("memory server %s: handshake: %w%s", h.addr, err, w)
+			}
+		}
+	}
 	hello, err := wire.ReadHello(link)
 	if err != nil {
-		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+		return failed(err)
 	}
 	h.c.bytes.Add(uint64(len(hello.Encode())))
 	if len(hello.Regions) != len(h.regions) {
@@ -274,17 +294,17 @@ func (h *handler) connect() error {
 		return err
 	}
 	if _, err := link.Write(wire.Auth{Nonce: nonce, MAC: wire.ClientMAC(h.cfg.Key, hello.Nonce, nonce)}.Encode()); err != nil {
-		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+		return failed(err)
 	}
 	b := make([]byte, wire.WelcomeSize)
 	if _, err := io.ReadFull(link, b); err != nil {
-		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+		return failed(err)
 	}
 	h.c.bytes.Add(wire.WelcomeSize)
 	w, err := wire.DecodeWelcome(b)
 	switch {
 	case err != nil:
-		return fmt.Errorf("memory server %s: handshake: %w", h.addr, err)
+		return failed(err)
 	case w.Status == wire.WelcomeRefused:
 		return fmt.Errorf("memory server %s refused the key", h.addr)
 	case w.MAC != wire.ServerMAC(h.cfg.Key, hello.Nonce, nonce):
@@ -308,6 +328,45 @@ func (h *handler) connect() error {
 	}
 	ok = err == nil
 	return err
+}
+
+// watchHandshake lets the handshake on link, to the server process
+// h.proc, wait for as long as that process runs or waits for a CPU, up to
+// Config.StuckAfter, and ends it once the process has done neither for
+// bound. The function it returns stops the watch and says, for an error,
+// why it ended the handshake ("" if it did not).
+func (h *handler) watchHandshake(link net.Conn, bound time.Duration) func() string {
+	start := time.Now()
+	link.SetDeadline(start.Add(max(h.cfg.StuckAfter, bound)))
+	h.proc.watch(start)
+	stop, done := make(chan struct{}), make(chan string, 1)
+	go func() {
+		t := time.NewTicker(bound / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				done <- ""
+				return
+			case now := <-t.C:
+				if now.Sub(start) >= bound && !h.proc.running(now, bound/2) {
+					link.SetDeadline(now) // wakes the read under way
+					<-stop
+					done <- fmt.Sprintf("; %v", h.proc)
+					return
+				}
+			}
+		}
+	}()
+	var why *string
+	return func() string {
+		if why == nil {
+			close(stop)
+			w := <-done
+			why = &w
+		}
+		return *why
+	}
 }
 
 // dupSocket returns a blocking duplicate of c's descriptor.
@@ -375,7 +434,7 @@ func (h *handler) loop(stop int) error {
 			// This process did not run for a while, and neither,
 			// as far as anyone can tell, did the server (a whole
 			// machine that stood still): its silence starts over.
-			h.heard = time.Now()
+			h.heard, h.starved = time.Now(), false
 		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -437,13 +496,19 @@ func (h *handler) loop(stop int) error {
 
 // silent fails the connection when requests wait and nothing, not even a
 // keep-alive, has come from the server for Config.Timeout: it is gone,
-// stopped or cut off. A server that is merely slow (starved of CPU, many
-// clients) still sends keep-alives and is waited for. Bytes already in the
+// stopped or cut off. A server that is merely slow (many clients) still
+// sends keep-alives and is waited for; so is one on this host that is
+// starved of CPU and cannot send them, as long as its process runs or
+// waits to (serverProc), up to Config.StuckAfter. Bytes already in the
 // socket are read first, so that time in which this process itself did not
 // run is not held against the server.
 func (h *handler) silent() error {
 	bound := h.silence()
-	if time.Since(h.heard) <= bound {
+	quiet := time.Since(h.heard)
+	if h.proc != nil && quiet > bound/2 && h.proc.at.Before(h.heard) {
+		h.proc.watch(time.Now())
+	}
+	if quiet <= bound {
 		return nil
 	}
 	if err := h.receive(); err != nil {
@@ -451,6 +516,19 @@ func (h *handler) silent() error {
 	}
 	if time.Since(h.heard) <= bound {
 		return nil
+	}
+	if h.proc != nil {
+		switch {
+		case time.Since(h.heard) >= h.cfg.StuckAfter:
+			return fmt.Errorf("memory server %s: no answer in %v, while its process ran", h.addr, h.cfg.StuckAfter)
+		case h.proc.running(time.Now(), bound/2):
+			if h.proc.seen && !h.starved {
+				h.starved = true
+				h.c.starved.Add(1)
+			}
+			return nil
+		}
+		return fmt.Errorf("memory server %s: no answer in %v (nor any keep-alive); %v", h.addr, bound, h.proc)
 	}
 	return fmt.Errorf("memory server %s: no answer in %v (nor any keep-alive)%s", h.addr, bound, h.tcpState())
 }
@@ -462,11 +540,23 @@ func (h *handler) silent() error {
 // (TestMulticastLoss) about one run in ten had a handshake, and later a
 // reply stream, silent for more than 5 s. Three times covers two more
 // doublings of the backoff.
-func (h *handler) silence() time.Duration {
-	if h.cfg.Network == "tcp" {
-		return 3 * h.cfg.Timeout
+func (h *handler) silence() time.Duration { return silence(h.cfg.Network, h.cfg.Timeout) }
+
+func silence(network string, timeout time.Duration) time.Duration {
+	if network == "tcp" {
+		return 3 * timeout
 	}
-	return h.cfg.Timeout
+	return timeout
+}
+
+// connectBound is the longest connect takes: a dial and a handshake, each
+// bounded by the silence, except a handshake with a server on this host
+// that runs, which may take StuckAfter (watchHandshake).
+func connectBound(network string, timeout, stuck time.Duration) time.Duration {
+	if network == "unix" {
+		return silence(network, timeout) + max(stuck, timeout)
+	}
+	return 2 * silence(network, timeout)
 }
 
 // tcpState describes the server connection as TCP sees it, for an error
@@ -840,7 +930,7 @@ func (h *handler) receive() error {
 		}
 		h.rh += n
 		h.c.bytes.Add(uint64(n))
-		h.heard = time.Now()
+		h.heard, h.starved = time.Now(), false
 	}
 }
 

@@ -38,6 +38,8 @@ func TestMain(m *testing.M) {
 	memtap.Main()
 	if mode := os.Getenv(childEnv); mode == "proxy" {
 		os.Exit(recordingProxy(os.Args[1], os.Args[2]))
+	} else if mode == "silent-server" {
+		os.Exit(silentServer(os.Args[1], os.Args[2], os.Args[3]))
 	} else if mode != "" {
 		os.Exit(childMain(mode))
 	}
@@ -457,6 +459,12 @@ func TestWrongKeyRefused(t *testing.T) {
 	if !strings.Contains(err.Error(), "does not hold the clone family's key") {
 		t.Errorf("error %q does not say the key was wrong", err)
 	}
+	// The client finds the server's certificate wrong and leaves; the
+	// server counts the failure once the client's alert reaches it,
+	// which on a loaded host may be after Start has returned.
+	for deadline := time.Now().Add(5 * time.Second); p.srv.Stats().AuthFailures == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if s := p.srv.Stats(); s.AuthFailures != 1 || s.Clients != 0 {
 		t.Errorf("server: %d auth failures, %d clients; want 1, 0", s.AuthFailures, s.Clients)
 	}
@@ -561,15 +569,89 @@ func fakeServer(t *testing.T, key wire.Key, pages uint64, serve func(net.Conn)) 
 		}
 		conn := tls.Server(raw, cfg)
 		defer conn.Close()
-		nonce, _ := wire.NewNonce()
-		conn.Write(wire.Hello{Nonce: nonce, Regions: []uint64{pages}}.Encode())
-		b := make([]byte, wire.AuthSize)
-		io.ReadFull(conn, b)
-		a, _ := wire.DecodeAuth(b)
-		conn.Write(wire.Welcome{MAC: wire.ServerMAC(key, nonce, a.Nonce)}.Encode())
+		welcome(conn, key, pages)
 		serve(conn)
 	}()
 	return l.Addr().String()
+}
+
+// welcome runs a server's side of the handshake on conn, for an image of
+// one region of pages.
+func welcome(conn net.Conn, key wire.Key, pages uint64) {
+	nonce, _ := wire.NewNonce()
+	conn.Write(wire.Hello{Nonce: nonce, Regions: []uint64{pages}}.Encode())
+	b := make([]byte, wire.AuthSize)
+	io.ReadFull(conn, b)
+	a, _ := wire.DecodeAuth(b)
+	conn.Write(wire.Welcome{MAC: wire.ServerMAC(key, nonce, a.Nonce)}.Encode())
+}
+
+// silentServerProc starts a process (this test binary) that serves a
+// Unix socket, answers the handshake and then nothing, sending no
+// keep-alives either. mode "idle" leaves it asleep; "busy" has a thread
+// spin, as a server starved of CPU would still run; "busy-mute" spins and
+// does not even answer the handshake. It returns the socket's path.
+func silentServerProc(t *testing.T, key wire.Key, pages uint64, mode string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "silent.sock")
+	startChild(t, "silent-server", path, fmt.Sprintf("%x/%d", key[:], pages), mode)
+	return path
+}
+
+// startChild starts this test binary in mode with args, and returns it
+// and the first word it prints, once it has: that it is ready, and maybe
+// where. The test's end kills it.
+func startChild(t *testing.T, mode string, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), childEnv+"="+mode)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait() // an error if the test waited for it already
+	})
+	var word string
+	if _, err := fmt.Fscanln(out, &word); err != nil {
+		t.Fatalf("%s child: %v", mode, err)
+	}
+	return cmd, word
+}
+
+func silentServer(path, keyPages, mode string) int {
+	var kb []byte
+	var pages uint64
+	if _, err := fmt.Sscanf(keyPages, "%x/%d", &kb, &pages); err != nil || len(kb) != len(wire.Key{}) {
+		fmt.Println("bad key/pages", keyPages, err)
+		return 2
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	fmt.Println("ready")
+	conn, err := l.Accept()
+	if err != nil {
+		return 2
+	}
+	if mode != "busy-mute" {
+		welcome(conn, wire.Key(kb), pages)
+	}
+	if mode != "idle" {
+		go func() {
+			for {
+			}
+		}()
+	}
+	io.Copy(io.Discard, conn)
+	return 0
 }
 
 // hungServer reads requests and never answers; with keepAlive it sends
@@ -597,13 +679,18 @@ func TestServerLoss(t *testing.T) {
 		// setup returns the config and a function that kills the server
 		// once the child has started faulting.
 		setup func(t *testing.T, child []byte) (memtap.Config, func())
-		want  string
+		want  []string // in the error
+		// starved: the silence is counted as a starving server's
+		// (Stats.ServerStarved). early: the server goes before the
+		// child touches its RAM, which it would otherwise have had
+		// whole by then.
+		starved, early bool
 	}{
 		{"server closed", func(t *testing.T, child []byte) (memtap.Config, func()) {
 			p := newParent(t)
 			cfg := p.config("tcp", [][]byte{child, mapRAM(t, regionPages[1])})
 			return cfg, func() { p.srv.Close() }
-		}, "closed the connection"},
+		}, []string{"closed the connection"}, false, false},
 		{"server closed, parent read directly", func(t *testing.T, child []byte) (memtap.Config, func()) {
 			// The parent writes nothing before the server goes; then
 			// it overwrites everything. Its protection went with the
@@ -619,17 +706,34 @@ func TestServerLoss(t *testing.T) {
 					}
 				}
 			}
-		}, "closed the connection"},
+		}, []string{"closed the connection"}, false, false},
 		{"server hung", func(t *testing.T, child []byte) (memtap.Config, func()) {
 			key, _ := wire.NewKey()
 			addr := hungServer(t, key, uint64(regionPages[0]), false)
 			return memtap.Config{Network: "tcp", Address: addr, Key: key, Regions: []memtap.Region{{Host: child}}}, func() {}
-		}, "no answer in 6s (nor any keep-alive); TCP: last data received"}, // 3 × timeout between hosts
+		}, []string{"no answer in 6s (nor any keep-alive); TCP: last data received"}, false, false}, // 3 × timeout between hosts
+		{"server on this host stopped", func(t *testing.T, child []byte) (memtap.Config, func()) {
+			p := newParent(t)
+			cfg := p.config("unix", [][]byte{child, mapRAM(t, regionPages[1])})
+			pid := p.srv.PID()
+			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+			return cfg, func() { syscall.Kill(pid, syscall.SIGSTOP) }
+		}, []string{"no answer in 2s (nor any keep-alive); server process", ": stopped"}, false, true},
+		{"server on this host asleep", func(t *testing.T, child []byte) (memtap.Config, func()) {
+			key, _ := wire.NewKey()
+			return memtap.Config{Network: "unix", Address: silentServerProc(t, key, uint64(regionPages[0]), "idle"), Key: key,
+				Regions: []memtap.Region{{Host: child}}}, func() {}
+		}, []string{"no answer in 2s (nor any keep-alive); server process", ": asleep, no CPU time used in"}, false, false},
+		{"server on this host running but silent", func(t *testing.T, child []byte) (memtap.Config, func()) {
+			key, _ := wire.NewKey()
+			return memtap.Config{Network: "unix", Address: silentServerProc(t, key, uint64(regionPages[0]), "busy"), Key: key,
+				Regions: []memtap.Region{{Host: child}}}, func() {}
+		}, []string{"no answer in 4s, while its process ran"}, true, false},
 		{"server alive but stuck", func(t *testing.T, child []byte) (memtap.Config, func()) {
 			key, _ := wire.NewKey()
 			addr := hungServer(t, key, uint64(regionPages[0]), true)
 			return memtap.Config{Network: "tcp", Address: addr, Key: key, Regions: []memtap.Region{{Host: child}}}, func() {}
-		}, "alive but has answered nothing in 4s"},
+		}, []string{"alive but has answered nothing in 4s"}, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -641,6 +745,9 @@ func TestServerLoss(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
+			if tt.early {
+				kill()
+			}
 			// A toucher walks RAM with copy() (memmove, where the
 			// runtime cannot preempt it) until it is stopped by a fault,
 			// and checks every page it gets against the image.
@@ -660,15 +767,22 @@ func TestServerLoss(t *testing.T) {
 			}()
 			time.Sleep(50 * time.Millisecond)
 			start := time.Now()
-			kill()
+			if !tt.early {
+				kill()
+			}
 			select {
 			case <-c.Done():
 			case <-time.After(3*timeout + 5*time.Second):
 				t.Fatal("no error from memtap in bounded time")
 			}
 			t.Logf("error after %v: %v", time.Since(start), c.Err())
-			if err := c.Err(); err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error %v, want one saying %q", err, tt.want)
+			for _, want := range tt.want {
+				if err := c.Err(); err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("error %v, want one saying %q", err, want)
+				}
+			}
+			if n := c.Stats().ServerStarved; n != map[bool]uint64{true: 1}[tt.starved] {
+				t.Errorf("%d silences counted as a starving server's", n)
 			}
 			// The toucher is still blocked, never fed a wrong page; the
 			// fence releases it with a fault.
@@ -692,6 +806,51 @@ func TestServerLoss(t *testing.T) {
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("fence did not release the blocked toucher")
+			}
+		})
+	}
+}
+
+// A server on this host that does not answer the handshake: a stopped
+// one fails it within Config.Timeout, one whose process runs is waited
+// for up to Config.StuckAfter.
+func TestHandshakeSilence(t *testing.T) {
+	const timeout, stuck = 2 * time.Second, 6 * time.Second
+	tests := []struct {
+		name   string
+		server func(t *testing.T) (addr string, key wire.Key)
+		after  time.Duration // the error comes no sooner
+		want   string
+	}{
+		{"stopped", func(t *testing.T) (string, wire.Key) {
+			p := newParent(t)
+			pid := p.srv.PID()
+			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+			syscall.Kill(pid, syscall.SIGSTOP)
+			return p.unix, p.key
+		}, timeout, ": stopped"},
+		{"running", func(t *testing.T) (string, wire.Key) {
+			key, _ := wire.NewKey()
+			return silentServerProc(t, key, uint64(regionPages[0]), "busy-mute"), key
+		}, stuck, " ran throughout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, key := tt.server(t)
+			start := time.Now()
+			c, err := memtap.Start(memtap.Config{Network: "unix", Address: addr, Key: key, Timeout: timeout, StuckAfter: stuck,
+				Regions: []memtap.Region{{Host: mapRAM(t, regionPages[0])}}})
+			took := time.Since(start)
+			if err == nil {
+				c.Close()
+				t.Fatal("handshake with a silent server succeeded")
+			}
+			t.Logf("error after %v: %v", took, err)
+			if !strings.Contains(err.Error(), "handshake: read hello") || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %v, want one about the handshake saying %q", err, tt.want)
+			}
+			if took < tt.after || took > tt.after+3*time.Second {
+				t.Errorf("error after %v, want it after %v", took, tt.after)
 			}
 		})
 	}
@@ -1100,21 +1259,7 @@ func TestSlowServerWaitedFor(t *testing.T) {
 func TestPagesEncryptedOverTCP(t *testing.T) {
 	p := newParent(t)
 	rec := filepath.Join(t.TempDir(), "wire")
-	exe, _ := os.Executable()
-	proxy := exec.Command(exe, p.tcp, rec)
-	proxy.Env = append(os.Environ(), childEnv+"=proxy")
-	out, err := proxy.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Process.Kill()
-	var addr string
-	if _, err := fmt.Fscanln(out, &addr); err != nil {
-		t.Fatalf("proxy address: %v", err)
-	}
+	proxy, addr := startChild(t, "proxy", p.tcp, rec)
 	child := newChildRAM(t)
 	cfg := p.config("tcp", child)
 	cfg.Address = addr

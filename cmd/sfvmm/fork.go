@@ -283,6 +283,9 @@ func formatMemtapStats(s memtap.Stats) string {
 	if s.PagesExact > 0 {
 		mc += fmt.Sprintf("; disk: %d blocks fetched", s.PagesExact)
 	}
+	if s.ServerStarved > 0 {
+		mc += fmt.Sprintf("; waited %d times for a memory server starved of CPU", s.ServerStarved)
+	}
 	return fmt.Sprintf("%d faults, %d pages fetched, %d zero-filled locally, %d read from the parent directly, %d prefetched, %d requests, %s received, fault p50 %v p99 %v",
 		s.Faults, s.PagesFetched, s.PagesZeroFilled, s.PagesDirect, s.PagesPrefetched, s.Requests, vmm.FormatSize(s.BytesReceived),
 		s.Percentile(0.5).Round(time.Microsecond), s.Percentile(0.99).Round(time.Microsecond)) + mc

@@ -391,6 +391,16 @@ func (s *srv) serve(q request, fds []int) error {
 		}
 		return fmt.Errorf("serve: %d descriptors, want the listener", len(fds))
 	}
+	// A client on this host learns which process serves it from its
+	// socket's peer credentials, which the kernel takes from the last
+	// listen(2): listening again makes them this process's, not the
+	// VMM's that made the socket (memtap's serverProc).
+	if d, err := unix.GetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_DOMAIN); err == nil && d == unix.AF_UNIX {
+		if err := unix.Listen(fds[0], unix.SOMAXCONN); err != nil {
+			unix.Close(fds[0])
+			return fmt.Errorf("serve: listen: %w", err)
+		}
+	}
 	f := os.NewFile(uintptr(fds[0]), "listener")
 	l, err := net.FileListener(f)
 	f.Close()
