@@ -28,11 +28,18 @@ import (
 var diskModules = []string{"drivers/block/virtio_blk", "crypto/crc32c_generic", "lib/crc16", "fs/mbcache", "fs/jbd2/jbd2", "fs/ext4/ext4"}
 
 // diskGuest returns a kernel, an initrd with the disk modules, and the
-// shell command that loads them and mounts /dev/vda on /mnt.
+// shell command that loads them and mounts /dev/vda on /mnt, for a guest
+// whose devices are virtio-mmio.
 func diskGuest(t *testing.T) (kernel, initrd, mount string) {
 	t.Helper()
+	return diskGuestOn(t, transports[0])
+}
+
+// diskGuestOn is diskGuest for a guest whose devices are on tr.
+func diskGuestOn(t *testing.T, tr transport) (kernel, initrd, mount string) {
+	t.Helper()
 	kernel, initrd = linuxKernel(t)
-	mods := slices.Concat(virtioModules, diskModules)
+	mods := slices.Concat(tr.mods, diskModules)
 	return kernel, initrdWithModules(t, initrd, mods...), insmods(mods...) + " && mkdir -p /mnt && mount /dev/vda /mnt"
 }
 
@@ -103,23 +110,38 @@ func overlaysLeft(t *testing.T, dir string) {
 // the disk; a snapshot taken then and restored in a new sfvmm still has
 // it, and what the restored guest writes changes neither the snapshot's
 // copy of the disk nor the image. The image holds the file the guest
-// wrote.
+// wrote. On each transport; on virtio-pci, the disk's queue interrupts
+// are MSI-X (PCI-MSI in /proc/interrupts), in the restored guest too.
 func TestVirtioDisk(t *testing.T) {
-	kernel, initrd, mount := diskGuest(t)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { testVirtioDisk(t, tr) })
+	}
+}
+
+func testVirtioDisk(t *testing.T, tr transport) {
+	kernel, initrd, mount := diskGuestOn(t, tr)
 	img := ext4Image(t, map[string]string{"hello.txt": "made on the host"})
 	bin := sfvmmPath(t)
 	dir := t.TempDir()
 	t.Setenv("TMPDIR", dir)
 	sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 
-	p := start(t, bin, "run", "--api-sock", sock, "--memory", "256M", "--disk", img,
-		"--kernel", kernel, "--initrd", initrd, "--cmdline", linuxCmdline)
+	p := start(t, bin, "run", tr.flag, "--api-sock", sock, "--memory", "256M", "--disk", img,
+		"--kernel", kernel, "--initrd", initrd, "--cmdline", tr.cmdline)
 	p.waitFor(t, "sfvmm-init: 1 cpus", 3*time.Minute)
 	p.typeLine(t, mount+` && echo host=$(cat /mnt/hello.txt) && echo written-in-guest > /mnt/new.txt && sync && `+
 		`echo 3 > /proc/sys/vm/drop_caches && echo readback=$(cat /mnt/new.txt)`)
 	p.waitFor(t, "readback=written-in-guest", 2*time.Minute)
 	if !strings.Contains(p.Output(), "host=made on the host") {
 		t.Errorf("the guest did not read the host's file:\n%s", p.Output())
+	}
+	if tr.name == "pci" {
+		// The line typed does not match what is waited for.
+		p.typeLine(t, `echo msix=$(grep -c 'PCI-MSI.*virtio0-req' /proc/interrupts); echo counted=$((6*7))`)
+		p.waitFor(t, "counted=42", time.Minute)
+		if m := regexp.MustCompile(`msix=(\d+)\s`).FindStringSubmatch(p.Output()); m == nil || m[1] != "1" {
+			t.Errorf("the disk's requests do not interrupt through MSI-X:\n%s", p.Output())
+		}
 	}
 	out, code := run(t, 2*time.Minute, bin, "snapshot", "--api-sock", sock, "--out", snap, "--paused")
 	if code != 0 {
@@ -154,9 +176,17 @@ func TestVirtioDisk(t *testing.T) {
 // the file as it was at the fork while the parent rewrites it, and writes a file of its own that neither
 // its sibling nor the parent sees; the parent's rewrite goes back into the
 // image when sfvmm ends, the clones' writes do not, and no overlay is
-// left; --keep-clone-disks keeps each clone's disk as it saw it.
+// left; --keep-clone-disks keeps each clone's disk as it saw it. On each
+// transport: a clone's virtio-pci functions, MSI-X table included, are
+// its parent's.
 func TestForkDisk(t *testing.T) {
-	kernel, initrd, mount := diskGuest(t)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { testForkDisk(t, tr) })
+	}
+}
+
+func testForkDisk(t *testing.T, tr transport) {
+	kernel, initrd, mount := diskGuestOn(t, tr)
 	img := ext4Image(t, map[string]string{"data.txt": "made on the host\n"})
 	dir := t.TempDir()
 	t.Setenv("TMPDIR", dir)
@@ -177,8 +207,8 @@ func TestForkDisk(t *testing.T) {
 		`if [ $id != 0 ]; then echo 3 > /proc/sys/vm/drop_caches; echo clone round r$r read $(cat /mnt/round); sfctl exit; fi; sfctl join $t; done; ` +
 		`rm /mnt/round && umount /mnt && echo unmounted=$((6*7))`
 	kept := t.TempDir()
-	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", "--memory", "256M", "--disk", img, "--keep-clone-disks", kept,
-		"--kernel", kernel, "--initrd", initrd, "--cmdline", linuxCmdline+` sfvmm.run="`+script+`"`)
+	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", tr.flag, "--memory", "256M", "--disk", img, "--keep-clone-disks", kept,
+		"--kernel", kernel, "--initrd", initrd, "--cmdline", tr.cmdline+` sfvmm.run="`+script+`"`)
 	if code != 0 || !strings.Contains(out, "unmounted=42") {
 		t.Fatalf("exit %d, want 0 and the parent's disk unmounted:\n%s", code, out)
 	}

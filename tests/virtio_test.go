@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sfvmm/sfvmm/tests/guestmod"
+	"github.com/sfvmm/sfvmm/vmm"
 	"github.com/sfvmm/sfvmm/vmm/vmtest"
 )
 
@@ -31,6 +32,23 @@ func initrdWithModules(t *testing.T, initrd string, mods ...string) string {
 // virtioModules are the modules a guest loads, in order, for virtio-mmio
 // devices that ACPI announces.
 var virtioModules = []string{"drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio"}
+
+// A transport is how a Linux guest reaches sfvmm's virtio devices: sfvmm
+// run's flag, the guest's command line, and the modules it loads first.
+type transport struct {
+	name    string
+	flag    string
+	cmdline string
+	mods    []string
+}
+
+// transports are both of sfvmm's: virtio-mmio, and virtio-pci with its
+// modules (and no pci=off).
+var transports = []transport{
+	{"mmio", "--virtio=mmio", linuxCmdline, virtioModules},
+	{"pci", "--virtio=pci", vmm.DefaultLinuxCmdlinePCI + " quiet", []string{"drivers/virtio/virtio_ring", "drivers/virtio/virtio",
+		"drivers/virtio/virtio_pci_modern_dev", "drivers/virtio/virtio_pci_legacy_dev", "drivers/virtio/virtio_pci"}},
+}
 
 // insmods is the guest's shell command that loads mods from /m.
 func insmods(mods ...string) string { return guestmod.Insmods(mods...) }

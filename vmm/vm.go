@@ -89,8 +89,13 @@ const (
 // DefaultLinuxCmdline is what a Linux kernel gets when no command line is
 // given: the console on COM1, reboot through the i8042 (which ends the VM),
 // and no PCI probing, since the machine has no PCI bus (Firecracker's
-// defaults, for the same reasons).
-const DefaultLinuxCmdline = "console=ttyS0 reboot=k panic=-1 pci=off"
+// defaults, for the same reasons). A machine with its virtio devices on
+// PCI (devices.Options.PCI) gets DefaultLinuxCmdlinePCI.
+const DefaultLinuxCmdline = DefaultLinuxCmdlinePCI + " pci=off"
+
+// DefaultLinuxCmdlinePCI is DefaultLinuxCmdline for a machine with a PCI
+// bus.
+const DefaultLinuxCmdlinePCI = "console=ttyS0 reboot=k panic=-1"
 
 // MaxCPUs is the most vCPUs sfvmm starts: APIC IDs are 8 bits and the MP
 // table and MADT give the IOAPIC the ID after the last CPU.
@@ -285,6 +290,9 @@ func (m *VM) loadKernel() error {
 		p.KernelFile, p.KernelSize = f, st.Size()
 		if m.cfg.Cmdline == "" {
 			m.cfg.Cmdline = DefaultLinuxCmdline
+			if m.cfg.Devices.PCI {
+				m.cfg.Cmdline = DefaultLinuxCmdlinePCI
+			}
 			p.Cmdline = m.cfg.Cmdline
 		}
 		if m.cfg.InitrdPath != "" {
@@ -389,7 +397,7 @@ func (m *VM) addDevices() error {
 		PowerOff:  func() { m.stop(Exit{Reason: ExitPowerOff}) },
 		CloneExit: func(status uint32) { m.stop(Exit{Reason: ExitCloneExit, Code: int(min(status, 255))}) },
 		Options:   m.cfg.Devices, Memory: m.mem, Log: m.log, Disks: m.backends(),
-		IOEventFD: m.kvm.IOEventFD,
+		IOEventFD: m.kvm.IOEventFD, SignalMSI: m.kvm.SignalMSI,
 		Discard: func(b []byte) {
 			// A clone's RAM is its memory source's to fill: a page
 			// dropped there would come again from the parent.

@@ -36,8 +36,8 @@ func runCmd(args []string) int {
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
 	stats := fs.Bool("stats", false, "print statistics at exit (peak RSS, guest RAM touched, exits, KVM's counters)")
 	apiSock := fs.String("api-sock", "", "serve the control API (HTTP/JSON) on this Unix socket")
-	entropy := fs.Bool("rng", false, "a virtio-rng device fed by the host's getrandom (Linux finds it through ACPI; needs the virtio_mmio and virtio_rng drivers)")
-	balloonDev := fs.Bool("balloon", false, "a virtio-balloon device with free page reporting: pages the guest frees are handed back, and a fork never sends them (needs the virtio_mmio and virtio_balloon drivers)")
+	entropy := fs.Bool("rng", false, "a virtio-rng device fed by the host's getrandom (needs the virtio_mmio or, with --virtio pci, virtio_pci driver, and virtio_rng)")
+	balloonDev := fs.Bool("balloon", false, "a virtio-balloon device with free page reporting: pages the guest frees are handed back, and a fork never sends them (needs the virtio_mmio or virtio_pci driver, and virtio_balloon)")
 	genID := fs.Bool("vmgenid", true, "a VM generation ID that changes in every clone and restored snapshot, so that Linux 5.18+ reseeds its random number generator (=false: none)")
 	vsockPath := fs.String("vsock", "", "a virtio-vsock device; host programs reach the guest's ports through this Unix socket "+
 		"(\"CONNECT PORT\\n\"), and the guest's connections to port N of the host (CID 2) go to PATH_N; "+
@@ -46,7 +46,9 @@ func runCmd(args []string) int {
 	var disks diskFlags
 	fs.Var(&disks, "disk", "a virtio-blk disk on the raw image PATH (PATH[,ro]; repeat for more: /dev/vda, /dev/vdb, ...). "+
 		"A fork freezes it for the clones; the parent's writes since go to an overlay that goes back into PATH when sfvmm ends "+
-		"(needs the virtio_mmio and virtio_blk drivers)")
+		"(needs the virtio_mmio or virtio_pci driver, and virtio_blk)")
+	transport := fs.String("virtio", "mmio", "the virtio devices' transport: mmio (virtio-mmio, announced in ACPI; needs the virtio_mmio driver) "+
+		"or pci (virtio-pci with MSI-X on a PCI bus, whose interrupts cost the guest no exit to sfvmm; needs the virtio_pci driver, and no pci=off on --cmdline)")
 	ff := addForkFlags(fs)
 	lf := addLogFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -62,6 +64,10 @@ func runCmd(args []string) int {
 	log, err := lf.logger("sfvmm: ")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sfvmm run: %v\n", err)
+		return 2
+	}
+	if *transport != "mmio" && *transport != "pci" {
+		log.Errorf("--virtio %q: want mmio or pci", *transport)
 		return 2
 	}
 	mem, err := parseSize(*memory)
@@ -90,8 +96,9 @@ func runCmd(args []string) int {
 		Console:      console,
 		Log:          log.Logger,
 		Fork:         forkDevice(fk),
-		Devices:      devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID, Disks: disks, VsockCID: vsockCID(*vsockPath, *cid)},
-		VsockPath:    *vsockPath,
+		Devices: devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID, Disks: disks, VsockCID: vsockCID(*vsockPath, *cid),
+			PCI: *transport == "pci"},
+		VsockPath: *vsockPath,
 	})
 	if err != nil {
 		log.Errorf("%v", withFlag(err))

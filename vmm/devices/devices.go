@@ -27,6 +27,7 @@ import (
 	"github.com/sfvmm/sfvmm/vmm/devices/rtc"
 	"github.com/sfvmm/sfvmm/vmm/devices/serial"
 	"github.com/sfvmm/sfvmm/vmm/devices/vmgenid"
+	"github.com/sfvmm/sfvmm/vmm/pci"
 )
 
 // Wiring is what the machine gives its devices.
@@ -59,10 +60,13 @@ type Wiring struct {
 	// (package vsock), with Options.VsockCID; the guest's connections to
 	// port N of the host go to VsockDial_N (VsockDial "": VsockPath_N).
 	VsockPath, VsockDial string
-	// IOEventFD makes the guest's 4-byte write of value to addr signal
-	// the eventfd fd without an exit to the VMM (KVM_IOEVENTFD); nil:
-	// every notification exits.
-	IOEventFD func(addr uint64, value uint32, fd int) error
+	// IOEventFD makes the guest's write of size bytes of value to addr
+	// signal the eventfd fd without an exit to the VMM (KVM_IOEVENTFD);
+	// nil: every notification exits.
+	IOEventFD func(addr uint64, size, value uint32, fd int) error
+	// SignalMSI sends an MSI message to the guest (virtio-pci's
+	// interrupts).
+	SignalMSI func(addr uint64, data uint32) error
 }
 
 // Memory is guest RAM as devices use it.
@@ -87,6 +91,12 @@ type Options struct {
 	// VsockCID, if not 0, is a virtio-vsock device's guest context ID
 	// at boot (a clone's or restored machine's is in its state).
 	VsockCID uint64
+	// PCI puts the virtio devices on a PCI bus (virtio-pci with MSI-X)
+	// instead of virtio-mmio: a Linux guest then takes their interrupts
+	// without an exit to the VMM, where virtio-mmio's driver reads and
+	// acknowledges the interrupt status on each. Tiny test kernels
+	// drive virtio-mmio.
+	PCI bool
 }
 
 // Disk is one disk of Options.
@@ -101,7 +111,13 @@ type Disk struct {
 // ACPI is what the DSDT announces of the devices o asks for: the guest
 // learns it before the devices exist.
 func ACPI(o Options) acpi.Devices {
-	return acpi.Devices{Virtio: virtioSlots(o), VMGenID: o.VMGenID}
+	d := acpi.Devices{VMGenID: o.VMGenID}
+	if o.PCI {
+		d.PCI = acpi.PCIHost{Base: PCIBase, Size: PCIWindow}
+	} else {
+		d.Virtio = virtioSlots(o)
+	}
+	return d
 }
 
 // Where virtio-mmio devices go: the first window at VirtioBase, each next
@@ -111,6 +127,15 @@ const (
 	VirtioBase   = 0xd000_0000
 	VirtioStride = 0x1000
 	VirtioGSI    = 16
+)
+
+// Where virtio-pci devices' BARs go (Options.PCI): the first at PCIBase,
+// each next one virtio.PCIBARSize above, in a window of PCIWindow bytes
+// of the 32-bit MMIO hole, above the virtio-mmio windows and below the
+// IOAPIC, which the DSDT gives the host bridge.
+const (
+	PCIBase   = 0xe000_0000
+	PCIWindow = 0x1000_0000
 )
 
 // virtioDev is a virtio device a machine may have.
@@ -181,6 +206,7 @@ type States struct {
 	Disks         []virtio.TransportState // virtio-blk's, one per disk
 	VirtioVsock   virtio.TransportState
 	Vsock         vsock.State
+	PCI           pci.BusState // the configuration address the guest last wrote; zero without PCI
 }
 
 // Range is a device's span on a bus.
@@ -221,7 +247,16 @@ type Set struct {
 	served    sync.WaitGroup
 	// transports are the virtio devices', served once more after a
 	// restore (Restore).
-	transports []*virtio.Transport
+	transports []transport
+}
+
+// transport is a virtio device's transport, virtio-mmio or virtio-pci.
+type transport interface {
+	bus.Device
+	Kick(q int)
+	ServeAvailable()
+	Save() (virtio.TransportState, error)
+	Restore(virtio.TransportState) error
 }
 
 // entry builds a table entry for a device whose state is the field of
@@ -264,9 +299,8 @@ func New(w Wiring) (*Set, error) {
 		s.VMGenID = vmgenid.New(w.Memory, func() { pm.RaiseGPE(acpi.VMGenIDGPE) })
 		s.table = append(s.table, entry("vm generation id", s.VMGenID, func(s *States) *vmgenid.State { return &s.VMGenID }))
 	}
-	slots := virtioSlots(w.Options)
+	var fns []pci.Device // the virtio-pci functions, in slot order
 	for i, d := range virtioDevs(w.Options) {
-		slot := slots[i]
 		dev, err := d.dev(w)
 		if err != nil {
 			s.Close()
@@ -276,16 +310,23 @@ func New(w Wiring) (*Set, error) {
 		if isVsock {
 			s.closers = append(s.closers, v)
 		}
-		t := virtio.NewTransport(d.name, dev, w.Memory, w.IRQ(slot.GSI), &s.gate, w.Log)
+		t, r, notify, err := s.transport(w, i, d.name, dev)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("%s: %w", d.name, err)
+		}
+		if p, ok := t.(*virtio.PCITransport); ok {
+			fns = append(fns, p)
+		}
 		s.transports = append(s.transports, t)
 		if w.IOEventFD != nil {
-			if err := s.notify(t, slot.Base, len(dev.QueueSizes()), w.IOEventFD); err != nil {
+			if err := s.notify(t, len(dev.QueueSizes()), notify, w.IOEventFD); err != nil {
 				s.Close()
 				return nil, fmt.Errorf("%s: %w", d.name, err)
 			}
 		}
 		e := entry(d.name, t, d.state)
-		e.MMIO = []Range{{slot.Base, slot.Size, t}}
+		e.MMIO = []Range{r}
 		s.table = append(s.table, e)
 		if isVsock {
 			// After its transport's entry: restoring the device sends
@@ -293,14 +334,57 @@ func New(w Wiring) (*Set, error) {
 			s.table = append(s.table, entry("vsock", v, func(s *States) *vsock.State { return &s.Vsock }))
 		}
 	}
+	if w.Options.PCI {
+		b, err := pci.NewBus(fns, w.Log)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.table = append(s.table, entry("pci", b, func(s *States) *pci.BusState { return &s.PCI }, Range{pci.ConfigPort, pci.ConfigPorts, b}))
+	}
 	return s, nil
+}
+
+// ioeventfd is where and how the driver notifies queue q: a write of
+// size bytes of value to addr.
+type ioeventfd func(q int) (addr uint64, size, value uint32)
+
+// transport puts dev, the nth virtio device, behind the transport
+// w.Options asks for, and says what it claims on the MMIO bus and where
+// its queues' notifications go.
+func (s *Set) transport(w Wiring, n int, name string, dev virtio.Device) (transport, Range, ioeventfd, error) {
+	if !w.Options.PCI {
+		slot := virtioSlots(w.Options)[n]
+		t := virtio.NewTransport(name, dev, w.Memory, w.IRQ(slot.GSI), &s.gate, w.Log)
+		return t, Range{slot.Base, slot.Size, t}, func(q int) (uint64, uint32, uint32) {
+			return slot.Base + virtio.NotifyAddress, 4, uint32(q)
+		}, nil
+	}
+	if uint64(n+1)*virtio.PCIBARSize > PCIWindow || n >= pci.MaxDevices {
+		return nil, Range{}, nil, fmt.Errorf("device %d: no room on the PCI bus", n)
+	}
+	bar := uint32(PCIBase + uint64(n)*virtio.PCIBARSize)
+	msi := func(addr uint64, data uint32) {
+		if err := w.SignalMSI(addr, data); err != nil {
+			w.Log.Error(fmt.Sprintf("%s: MSI %#x/%#x: %v", name, addr, data, err))
+		}
+	}
+	t, err := virtio.NewPCITransport(name, dev, w.Memory, bar, msi, &s.gate, w.Log)
+	if err != nil {
+		return nil, Range{}, nil, err
+	}
+	// Linux's driver writes the queue's index, 16 bits, to the queue's
+	// own address.
+	return t, Range{uint64(bar), virtio.PCIBARSize, t}, func(q int) (uint64, uint32, uint32) {
+		return uint64(bar) + virtio.PCINotifyAddress + uint64(q)*virtio.PCINotifyStride, 2, uint32(q)
+	}, nil
 }
 
 // notify has KVM signal an eventfd for each of t's n queues when the
 // driver notifies it, and serves the queue from a goroutine: the vCPU
 // goes back to the guest without an exit to the VMM, and the request is
 // served while it runs.
-func (s *Set) notify(t *virtio.Transport, base uint64, n int, ioeventfd func(addr uint64, value uint32, fd int) error) error {
+func (s *Set) notify(t transport, n int, where ioeventfd, kvmIOEventFD func(addr uint64, size, value uint32, fd int) error) error {
 	for q := range n {
 		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		if err != nil {
@@ -310,7 +394,8 @@ func (s *Set) notify(t *virtio.Transport, base uint64, n int, ioeventfd func(add
 		// Close ends them.
 		f := os.NewFile(uintptr(fd), "ioeventfd")
 		s.notifiers = append(s.notifiers, f)
-		if err := ioeventfd(base+virtio.NotifyAddress, uint32(q), fd); err != nil {
+		addr, size, value := where(q)
+		if err := kvmIOEventFD(addr, size, value, fd); err != nil {
 			return fmt.Errorf("queue %d: ioeventfd: %w", q, err)
 		}
 		s.served.Add(1)

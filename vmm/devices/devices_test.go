@@ -1,14 +1,19 @@
 package devices
 
 import (
+	"encoding/binary"
 	"io"
+	"reflect"
 	"testing"
 	"time"
 
+	"github.com/sfvmm/sfvmm/virtio"
 	"github.com/sfvmm/sfvmm/virtio/blk"
 	"github.com/sfvmm/sfvmm/virtio/virtiotest"
 	"github.com/sfvmm/sfvmm/vmm/boot/acpi"
+	"github.com/sfvmm/sfvmm/vmm/bus"
 	"github.com/sfvmm/sfvmm/vmm/devices/acpipm"
+	"github.com/sfvmm/sfvmm/vmm/pci"
 )
 
 // The FADT and DSDT (package acpi) and the PM device must agree on where
@@ -71,5 +76,79 @@ func TestVirtioSlotsMatchTheBus(t *testing.T) {
 		if sl.Base != got[i] || sl.GSI != VirtioGSI+uint32(i) {
 			t.Errorf("slot %d: announced at %#x (GSI %d), on the bus at %#x", i, sl.Base, sl.GSI, got[i])
 		}
+	}
+}
+
+// With Options.PCI the virtio devices are PCI functions at devices 1, 2,
+// ... of bus 0, each BAR in the window the DSDT gives the host bridge,
+// each queue notified at its own address; no virtio-mmio device is
+// announced. The set's state, the functions' included, round-trips.
+func TestVirtioPCI(t *testing.T) {
+	o := Options{Entropy: true, Disks: []Disk{{Path: "a"}}, PCI: true}
+	type notify struct {
+		addr        uint64
+		size, value uint32
+	}
+	var notifies []notify
+	s, err := New(Wiring{
+		IRQ: func(uint32) func(bool) { return func(bool) {} }, Console: io.Discard, Now: time.Now,
+		CPUs: 1, RAMSize: 1 << 20, DebugExit: func(int) {}, Reset: func() {}, PowerOff: func() {}, CloneExit: func(uint32) {},
+		Options: o, Memory: ram{make(virtiotest.RAM, 1<<20)}, Discard: func([]byte) {},
+		Disks: []blk.Backend{nullDisk{}},
+		IOEventFD: func(addr uint64, size, value uint32, fd int) error {
+			notifies = append(notifies, notify{addr, size, value})
+			return nil
+		},
+		SignalMSI: func(uint64, uint32) error { return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a := ACPI(o)
+	if len(a.Virtio) != 0 || a.PCI.Base != PCIBase || a.PCI.Size != PCIWindow {
+		t.Errorf("ACPI announces %d virtio-mmio devices and host bridge window %+v; want none and [%#x, +%#x)", len(a.Virtio), a.PCI, PCIBase, PCIWindow)
+	}
+	pio, mmio := bus.New("pio", nil), bus.New("mmio", nil)
+	if err := s.Register(pio, mmio); err != nil {
+		t.Fatal(err)
+	}
+	cfg := func(dev, reg uint32) uint32 {
+		pio.Write(pci.ConfigPort, binary.LittleEndian.AppendUint32(nil, 0x8000_0000|dev<<11|reg))
+		b := make([]byte, 4)
+		pio.Read(pci.ConfigPort+4, b)
+		return binary.LittleEndian.Uint32(b)
+	}
+	var bars []uint64
+	for _, e := range s.Entries() {
+		for _, r := range e.MMIO {
+			bars = append(bars, r.Base)
+		}
+	}
+	for i, want := range []uint32{0x1044_1af4, 0x1042_1af4} { // rng, blk
+		if id := cfg(uint32(pci.Slot(i)), 0); id != want {
+			t.Errorf("device %d: id %#x, want %#x", pci.Slot(i), id, want)
+		}
+		bar := uint64(PCIBase + i*virtio.PCIBARSize)
+		if got := cfg(uint32(pci.Slot(i)), 0x10); uint64(got) != bar || len(bars) != 2 || bars[i] != bar {
+			t.Errorf("device %d: BAR %#x, on the bus at %v; want %#x", pci.Slot(i), got, bars, bar)
+		}
+		if n := notifies[i]; n.addr != bar+virtio.PCINotifyAddress || n.size != 2 || n.value != 0 {
+			t.Errorf("device %d: ioeventfd %+v", pci.Slot(i), n)
+		}
+	}
+	if bars[len(bars)-1]+virtio.PCIBARSize > PCIBase+PCIWindow {
+		t.Error("a BAR outside the window")
+	}
+	st, err := s.Save()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := s.Save()
+	if !reflect.DeepEqual(st, again) {
+		t.Errorf("state changed across save/restore:\n%+v\n%+v", st, again)
 	}
 }

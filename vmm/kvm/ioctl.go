@@ -89,6 +89,7 @@ var (
 	reqIRQLine            = iow(0x61, 8)
 	reqCreatePIT2         = iow(0x77, 64)
 	reqIOEventFD          = iow(0x79, 64)
+	reqSignalMSI          = iow(0xa5, sizeof[msi]())
 	reqGetStatsFD         = io(0xce)
 	reqRun                = io(0x80)
 	reqGetRegs            = ior(0x81, sizeof[Regs]())

@@ -179,12 +179,28 @@ type ioeventfd struct {
 
 const ioeventfdDatamatch = 1 << 0 // KVM_IOEVENTFD_FLAG_DATAMATCH
 
-// IOEventFD makes a guest's 4-byte MMIO write of value to addr signal the
-// eventfd fd inside KVM, where the vCPU goes straight back to the guest,
-// instead of exiting to the VMM.
-func (vm *VM) IOEventFD(addr uint64, value uint32, fd int) error {
-	e := ioeventfd{datamatch: uint64(value), addr: addr, len: 4, fd: int32(fd), flags: ioeventfdDatamatch}
+// IOEventFD makes a guest's MMIO write of size bytes (1, 2, 4 or 8) of
+// value to addr signal the eventfd fd inside KVM, where the vCPU goes
+// straight back to the guest, instead of exiting to the VMM.
+func (vm *VM) IOEventFD(addr uint64, size, value uint32, fd int) error {
+	e := ioeventfd{datamatch: uint64(value), addr: addr, len: size, fd: int32(fd), flags: ioeventfdDatamatch}
 	_, err := call(vm.fd, "KVM_IOEVENTFD", reqIOEventFD, unsafe.Pointer(&e))
+	return err
+}
+
+// msi is struct kvm_msi.
+type msi struct {
+	addressLo, addressHi, data, flags, devid uint32
+	_                                        [12]byte
+}
+
+// SignalMSI sends an MSI message (address, data) to the guest's local
+// APICs, as a PCI function's write would.
+func (vm *VM) SignalMSI(addr uint64, data uint32) error {
+	m := msi{addressLo: uint32(addr), addressHi: uint32(addr >> 32), data: data}
+	// A positive result is the delivery; 0 says the guest's APIC
+	// blocked it, which is the guest's business.
+	_, err := call(vm.fd, "KVM_SIGNAL_MSI", reqSignalMSI, unsafe.Pointer(&m))
 	return err
 }
 

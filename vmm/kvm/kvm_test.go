@@ -58,6 +58,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_GET_CLOCK", reqGetClock, 0x8030ae7c},
 		{"KVM_GET_DEBUGREGS", reqGetDebugRegs, 0x8080aea1},
 		{"KVM_GET_MSRS", reqGetMSRs, 0xc008ae88},
+		{"KVM_SIGNAL_MSI", reqSignalMSI, 0x4020aea5},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %#x, want %#x", tc.name, tc.got, tc.want)

@@ -15,7 +15,7 @@ import (
 // misread rather than refused. The VMM pins the encoding of its state and
 // its Schema in golden files per version, so that a change made without a
 // bump fails its tests.
-const Version = 5
+const Version = 6
 
 // PageSize is the unit of the page bitmaps and of the memory file layout.
 const PageSize = 4096

@@ -1,8 +1,9 @@
 // Command blk is issue 12's benchmark: a Linux guest's disk throughput on
-// sfvmm's virtio-blk against QEMU's virtio-blk-pci (qemu-system-x86_64
-// -enable-kvm, the reference) and against QEMU's virtio-blk on
-// virtio-mmio (-M microvm, sfvmm's transport), on the same raw image. It prints Markdown
-// tables. Run it where /dev/kvm works, e.g.
+// sfvmm's virtio-blk, on each of its transports (--virtio pci and mmio),
+// against QEMU's virtio-blk-pci (qemu-system-x86_64 -enable-kvm, the
+// reference) and against QEMU's virtio-blk on virtio-mmio (-M microvm), on
+// the same raw image. It prints Markdown tables. Run it where /dev/kvm
+// works, e.g.
 //
 //	make bench-blk   (= tests/kvmbox/kvmbox.sh -- build/bench/blk)
 //
@@ -12,7 +13,7 @@
 // four modes: sequential writes and reads of 1 MiB, then random writes
 // and reads of 4 KiB, each with O_DIRECT (the guest's page cache stays
 // out of it) and one request in flight at a time. The boots take turns,
-// sfvmm then QEMU, -reps times; the table shows each mode's median.
+// each VMM in turn, -reps times; the table shows each mode's median.
 //
 // Both VMMs go through the sandbox's page cache: QEMU's default cache
 // mode (writeback) and sfvmm's plain reads and writes, on an image in the
@@ -40,9 +41,9 @@ import (
 )
 
 // modules are the guest kernel's drivers the guest loads (each after the
-// modules it depends on, from modules.dep): virtio-mmio for sfvmm's
-// devices, virtio-pci for QEMU's, and the block driver. Each VMM's guest
-// loads all of them; the bus it lacks finds no device.
+// modules it depends on, from modules.dep): virtio-mmio and virtio-pci
+// for the two transports, and the block driver. Each VMM's guest loads
+// all of them; the bus it lacks finds no device.
 var modules = []string{"drivers/virtio/virtio_mmio", "drivers/virtio/virtio_pci", "drivers/block/virtio_blk"}
 
 // A mode is one blkbench run in the guest script.
@@ -69,9 +70,13 @@ type vmm struct {
 const guestCmdline = "console=ttyS0 panic=-1 quiet"
 
 var vmms = []vmm{
-	{"sfvmm", func(kernel, initrd, img, script string) []string {
-		// sfvmm's machine has no PCI bus; its devices are virtio-mmio.
-		return []string{"sfvmm", "run", "--memory", "256M", "--disk", img, "--kernel", kernel, "--initrd", initrd,
+	{"sfvmm-pci", func(kernel, initrd, img, script string) []string {
+		return []string{"sfvmm", "run", "--virtio", "pci", "--memory", "256M", "--disk", img, "--kernel", kernel, "--initrd", initrd,
+			"--cmdline", guestCmdline + ` reboot=k sfvmm.run="` + script + `"`}
+	}},
+	{"sfvmm-mmio", func(kernel, initrd, img, script string) []string {
+		// Without a PCI bus.
+		return []string{"sfvmm", "run", "--virtio", "mmio", "--memory", "256M", "--disk", img, "--kernel", kernel, "--initrd", initrd,
 			"--cmdline", guestCmdline + ` reboot=k pci=off sfvmm.run="` + script + `"`}
 	}},
 	{"QEMU", func(kernel, initrd, img, script string) []string {
@@ -101,7 +106,11 @@ func main() {
 	seqCount := flag.Int("seq-count", 64, "1 MiB requests per sequential mode")
 	randCount := flag.Int("rand-count", 4000, "4 KiB requests per random mode")
 	timeout := flag.Duration("timeout", 5*time.Minute, "limit for one boot with its four modes")
+	only := flag.String("vmms", "", "the VMMs to run, comma-separated (sfvmm-pci,sfvmm-mmio,QEMU,QEMU-mmio; \"\": all)")
 	flag.Parse()
+	if *only != "" {
+		vmms = slices.DeleteFunc(vmms, func(v vmm) bool { return !slices.Contains(strings.Split(*only, ","), v.name) })
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
@@ -176,24 +185,35 @@ func run(root string, reps, imgMiB int, modes []mode, timeout time.Duration) err
 		"as sfvmm's reads and writes go). Guest: %s, 1 vCPU, 256 MiB; image: %d MiB raw on the sandbox's tmpfs. "+
 		"blkbench in the guest: O_DIRECT, one request at a time, writes end with fsync (timed). Boots of each VMM, taking turns: %d; the table shows medians.\n\n",
 		runtime.NumCPU(), firstLine(qemuVersion), filepath.Base(kernel), imgMiB, reps)
-	fmt.Println("QEMU is QEMU -M pc with virtio-blk-pci (MSI-X), QEMU-mmio is QEMU -M microvm with virtio-blk-device (virtio-mmio, sfvmm's transport).")
+	fmt.Println("sfvmm-pci is sfvmm --virtio pci (virtio-pci, MSI-X), sfvmm-mmio is sfvmm --virtio mmio; " +
+		"QEMU is QEMU -M pc with virtio-blk-pci (MSI-X), QEMU-mmio is QEMU -M microvm with virtio-blk-device (virtio-mmio).")
 	fmt.Println()
-	fmt.Println("| mode | sfvmm MB/s | sfvmm IOPS | QEMU MB/s | QEMU IOPS | sfvmm/QEMU | QEMU-mmio MB/s | QEMU-mmio IOPS | sfvmm/QEMU-mmio | target |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	vmmNames := make([]string, len(vmms))
+	for i, v := range vmms {
+		vmmNames[i] = v.name
+	}
+	fmt.Printf("| mode | %s | sfvmm-pci/QEMU | sfvmm-mmio/QEMU | sfvmm-mmio/QEMU-mmio | target |\n", strings.Join(vmmNames, " MB/s (IOPS) | ")+" MB/s (IOPS)")
+	fmt.Println("|---|" + strings.Repeat("---|", len(vmms)+4))
 	for _, m := range modes {
-		s, q, qm := samples["sfvmm"][m.name], samples["QEMU"][m.name], samples["QEMU-mmio"][m.name]
-		fmt.Printf("| %s, %s × %d | %.1f | %.0f | %.1f | %.0f | %.2f | %.1f | %.0f | %.2f | ≥ 1 |\n", m.name, size(m.bs), m.count,
-			median(s, sample.mbps), median(s, sample.iops), median(q, sample.mbps), median(q, sample.iops),
-			median(s, sample.mbps)/median(q, sample.mbps), median(qm, sample.mbps), median(qm, sample.iops),
-			median(s, sample.mbps)/median(qm, sample.mbps))
+		mb := func(name string) float64 { return median(samples[name][m.name], sample.mbps) }
+		fmt.Printf("| %s, %s × %d |", m.name, size(m.bs), m.count)
+		for _, n := range vmmNames {
+			fmt.Printf(" %.1f (%.0f) |", mb(n), median(samples[n][m.name], sample.iops))
+		}
+		fmt.Printf(" %s | %s | %s | ≥ 1 (sfvmm-pci/QEMU) |\n", ratio(mb("sfvmm-pci"), mb("QEMU")), ratio(mb("sfvmm-mmio"), mb("QEMU")),
+			ratio(mb("sfvmm-mmio"), mb("QEMU-mmio")))
 	}
 	fmt.Println()
 	fmt.Println("Each boot's MB/s, in the order they ran (the spread is the sandbox's noise):")
 	fmt.Println()
-	fmt.Println("| mode | sfvmm | QEMU | QEMU-mmio |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Printf("| mode | %s |\n", strings.Join(vmmNames, " | "))
+	fmt.Println("|---|" + strings.Repeat("---|", len(vmms)))
 	for _, m := range modes {
-		fmt.Printf("| %s | %s | %s | %s |\n", m.name, rates(samples["sfvmm"][m.name]), rates(samples["QEMU"][m.name]), rates(samples["QEMU-mmio"][m.name]))
+		fmt.Printf("| %s |", m.name)
+		for _, n := range vmmNames {
+			fmt.Printf(" %s |", rates(samples[n][m.name]))
+		}
+		fmt.Println()
 	}
 	fmt.Printf("\nTotal: %v for %d boots.\n", time.Since(start).Round(time.Second), reps*len(vmms))
 	return nil
@@ -324,8 +344,11 @@ func makeImage(path string, mib int) error {
 }
 
 // median is the median of f over ss (the mean of the middle two for an
-// even count).
+// even count; 0 for none).
 func median(ss []sample, f func(sample) float64) float64 {
+	if len(ss) == 0 {
+		return 0
+	}
 	vs := make([]float64, len(ss))
 	for i, s := range ss {
 		vs[i] = f(s)
@@ -336,6 +359,14 @@ func median(ss []sample, f func(sample) float64) float64 {
 		return vs[n/2]
 	}
 	return (vs[n/2-1] + vs[n/2]) / 2
+}
+
+// ratio is a/b, or "–" where either VMM did not run (-vmms).
+func ratio(a, b float64) string {
+	if a == 0 || b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", a/b)
 }
 
 func rates(ss []sample) string {

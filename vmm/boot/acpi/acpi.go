@@ -1,6 +1,6 @@
 // Package acpi builds the static ACPI tables that describe an sfvmm machine
 // to its guest: RSDP, XSDT, RSDT, FADT, FACS, a DSDT holding \_S5 and the
-// virtio-mmio devices, and the MADT. sfvmm runs no firmware, so these tables are the only place a
+// virtio-mmio devices or the PCI host bridge, and the MADT. sfvmm runs no firmware, so these tables are the only place a
 // guest learns its CPUs, its interrupt routing and how to power off.
 //
 // It produces bytes for one contiguous area of guest memory and knows
@@ -74,6 +74,17 @@ type Devices struct {
 	// 5.18+ reseeds its random number generator from when it changes):
 	// its 16 bytes are in the tables' area, at Tables.VMGenID.
 	VMGenID bool
+	// PCI, if its Size is not 0, adds a PCI host bridge.
+	PCI PCIHost
+}
+
+// PCIHost is a PCI host bridge (PNP0A03) with bus 0 behind it, reached
+// through configuration mechanism #1, whose functions' BARs lie in the
+// memory window [Base, Base+Size) below 4 GiB. Linux scans the PCI bus
+// only from the host bridges the DSDT announces when it uses ACPI (its
+// scan of bus 0 without one, pci_legacy_init, runs only without ACPI).
+type PCIHost struct {
+	Base, Size uint64
 }
 
 // VirtioMMIO is a virtio-mmio device as the DSDT announces it: Linux's
@@ -102,7 +113,7 @@ func Build(base uint64, cpus int, devs Devices) (*Tables, error) {
 		// The ID's address goes into the DSDT: it is laid out first.
 		genID = b.addr(b.alloc("VGID", 16, 16))
 	}
-	dsdt, err := buildDSDT(devs.Virtio, genID)
+	dsdt, err := buildDSDT(devs, genID)
 	if err != nil {
 		return nil, fmt.Errorf("acpi: dsdt: %w", err)
 	}
@@ -193,7 +204,7 @@ func checksum(t []byte, at int) {
 	t[at] = -s
 }
 
-func buildDSDT(virtio []VirtioMMIO, genID uint64) ([]byte, error) {
+func buildDSDT(d Devices, genID uint64) ([]byte, error) {
 	// Name(_S5, Package(){5, 5, 0, 0}): SLP_TYPa, SLP_TYPb, reserved.
 	pkg, err := amlIntPackage(SlpTypS5, SlpTypS5, 0, 0)
 	if err != nil {
@@ -204,12 +215,19 @@ func buildDSDT(virtio []VirtioMMIO, genID uint64) ([]byte, error) {
 		return nil, err
 	}
 	var devs []byte
-	for i, v := range virtio {
+	for i, v := range d.Virtio {
 		d, err := virtioDevice(i, v)
 		if err != nil {
 			return nil, fmt.Errorf("virtio device %d: %w", i, err)
 		}
 		devs = append(devs, d...)
+	}
+	if d.PCI.Size != 0 {
+		h, err := pciHostDevice(d.PCI)
+		if err != nil {
+			return nil, fmt.Errorf("pci host bridge: %w", err)
+		}
+		devs = append(devs, h...)
 	}
 	if genID != 0 {
 		d, err := vmgenidDevice(genID)
@@ -281,6 +299,40 @@ func virtioDevice(i int, v VirtioMMIO) ([]byte, error) {
 	}
 	return amlDevice(fmt.Sprintf("VR%02X", i), amlNamed{"_HID", amlStringObj("LNRO0005")}, amlNamed{"_UID", amlInteger(uint64(i))},
 		amlNamed{"_CRS", buf})
+}
+
+// pciHostDevice encodes Device(PCI0){_HID EISAID("PNP0A03"), _UID 0,
+// _CRS}: bus 0 only, the configuration ports 0xCF8-0xCFF, and the memory
+// window (ACPI 6.5, 6.4.3.5: Word, I/O and DWord address space
+// descriptors). There is no _PRT: the functions have no INTx line.
+func pciHostDevice(h PCIHost) ([]byte, error) {
+	if h.Base+h.Size > 1<<32 || h.Size == 0 {
+		return nil, fmt.Errorf("window [%#x, +%#x) not below 4 GiB", h.Base, h.Size)
+	}
+	// WordBusNumber: producer, fixed minimum and maximum; bus 0 to 0.
+	crs := []byte{0x88, 13, 0, 2, 0x0c, 0}
+	crs = le.AppendUint16(crs, 0) // granularity
+	crs = le.AppendUint16(crs, 0) // minimum
+	crs = le.AppendUint16(crs, 0) // maximum
+	crs = le.AppendUint16(crs, 0) // translation
+	crs = le.AppendUint16(crs, 1) // length
+	// IO: 16-bit decode, 0xCF8 to 0xCF8, alignment 1, 8 ports.
+	crs = append(crs, 0x47, 1, 0xf8, 0x0c, 0xf8, 0x0c, 1, 8)
+	// DWordMemory: producer, fixed minimum and maximum; read-write,
+	// not cacheable.
+	crs = append(crs, 0x87, 23, 0, 0, 0x0c, 1)
+	crs = le.AppendUint32(crs, 0) // granularity
+	crs = le.AppendUint32(crs, uint32(h.Base))
+	crs = le.AppendUint32(crs, uint32(h.Base+h.Size-1))
+	crs = le.AppendUint32(crs, 0) // translation
+	crs = le.AppendUint32(crs, uint32(h.Size))
+	crs = append(crs, 0x79, 0) // End Tag
+	buf, err := amlBufferObj(crs)
+	if err != nil {
+		return nil, err
+	}
+	const pnp0a03 = 0x030ad041 // EISAID("PNP0A03")
+	return amlDevice("PCI0", amlNamed{"_HID", amlInteger(pnp0a03)}, amlNamed{"_UID", amlInteger(0)}, amlNamed{"_CRS", buf})
 }
 
 func writeFACS(t []byte) {

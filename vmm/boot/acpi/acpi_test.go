@@ -64,6 +64,44 @@ func TestVirtioDevice(t *testing.T) {
 	}
 }
 
+// The PCI host bridge in the DSDT, byte for byte (what iasl compiles from
+// the ASL in the comments).
+func TestPCIHostDevice(t *testing.T) {
+	got, err := pciHostDevice(PCIHost{Base: 0xe000_0000, Size: 0x1000_0000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{
+		0x5b, 0x82, 0x43, 0x05, 'P', 'C', 'I', '0', // Device(PCI0), PkgLength 0x53
+		0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03, // Name(_HID, EisaId("PNP0A03"))
+		0x08, '_', 'U', 'I', 'D', 0x00, // Name(_UID, Zero)
+		0x08, '_', 'C', 'R', 'S', 0x11, 0x37, 0x0a, 0x34, // Name(_CRS, Buffer(52){
+		// WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, 0, 0, 0, 1)
+		0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+		0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08, // IO(Decode16, 0xcf8, 0xcf8, 1, 8)
+		// DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,
+		// 0, 0xe0000000, 0xefffffff, 0, 0x10000000)
+		0x87, 0x17, 0x00, 0x00, 0x0c, 0x01, 0, 0, 0, 0, 0x00, 0x00, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xef,
+		0, 0, 0, 0, 0x00, 0x00, 0x00, 0x10,
+		0x79, 0x00, // EndTag })
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("pci host bridge:\n got % x\nwant % x", got, want)
+	}
+	tb, err := Build(0xe0000, 1, Devices{PCI: PCIHost{Base: 0xe000_0000, Size: 0x1000_0000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsdt := tb.Data[tb.Offsets["DSDT"]:]
+	dsdt = dsdt[:le.Uint32(dsdt[4:])]
+	if sum(dsdt) != 0 || !bytes.HasSuffix(dsdt, want) {
+		t.Errorf("DSDT does not end with the host bridge, or its checksum is wrong:\n% x", dsdt)
+	}
+	if _, err := Build(0xe0000, 1, Devices{PCI: PCIHost{Base: 0xffff_0000, Size: 0x2_0000}}); err == nil {
+		t.Error("a window across 4 GiB was taken")
+	}
+}
+
 // The VM generation ID device and the GPE method that notifies it, byte
 // for byte (ACPI 6.5, 20.2); the ID's 16 bytes follow the RSDP.
 func TestVMGenIDDevice(t *testing.T) {
