@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -364,12 +365,7 @@ func (s *Set) transport(w Wiring, n int, name string, dev virtio.Device) (transp
 		return nil, Range{}, nil, fmt.Errorf("device %d: no room on the PCI bus", n)
 	}
 	bar := uint32(PCIBase + uint64(n)*virtio.PCIBARSize)
-	msi := func(addr uint64, data uint32) {
-		if err := w.SignalMSI(addr, data); err != nil {
-			w.Log.Error(fmt.Sprintf("%s: MSI %#x/%#x: %v", name, addr, data, err))
-		}
-	}
-	t, err := virtio.NewPCITransport(name, dev, w.Memory, bar, msi, &s.gate, w.Log)
+	t, err := virtio.NewPCITransport(name, dev, w.Memory, bar, msiSender(name, w.SignalMSI, w.Log), &s.gate, w.Log)
 	if err != nil {
 		return nil, Range{}, nil, err
 	}
@@ -500,4 +496,21 @@ func (s *Set) Restore(st States) error {
 		t.ServeAvailable()
 	}
 	return nil
+}
+
+// msiSender sends a device's MSI messages with signal. The guest programs
+// the messages: one that KVM refuses is logged once at error level, and
+// its repeats, which would come at every interrupt, at debug level.
+func msiSender(name string, signal func(addr uint64, data uint32) error, log *slog.Logger) func(addr uint64, data uint32) {
+	var refused atomic.Bool
+	return func(addr uint64, data uint32) {
+		err := signal(addr, data)
+		switch {
+		case err == nil:
+		case refused.CompareAndSwap(false, true):
+			log.Error(fmt.Sprintf("%s: MSI %#x/%#x: %v (later refusals are logged at debug level)", name, addr, data, err))
+		default:
+			log.Debug(fmt.Sprintf("%s: MSI %#x/%#x: %v", name, addr, data, err))
+		}
+	}
 }

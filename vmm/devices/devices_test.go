@@ -1,9 +1,13 @@
 package devices
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
+	"log/slog"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,5 +154,27 @@ func TestVirtioPCI(t *testing.T) {
 	again, _ := s.Save()
 	if !reflect.DeepEqual(st, again) {
 		t.Errorf("state changed across save/restore:\n%+v\n%+v", st, again)
+	}
+}
+
+// An MSI message that KVM refuses (the guest programmed it) is logged
+// once at error level; its repeats, one per interrupt, at debug level.
+func TestMSIRefusalLoggedOnce(t *testing.T) {
+	var out bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	refuse := true
+	send := msiSender("blk0", func(uint64, uint32) error {
+		if refuse {
+			return errors.New("invalid argument")
+		}
+		return nil
+	}, log)
+	for range 3 {
+		send(0x1234, 0x41)
+	}
+	refuse = false
+	send(0xfee00000, 0x41)
+	if e, d := strings.Count(out.String(), "level=ERROR"), strings.Count(out.String(), "level=DEBUG"); e != 1 || d != 2 {
+		t.Errorf("%d error and %d debug lines, want 1 and 2:\n%s", e, d, out.String())
 	}
 }
