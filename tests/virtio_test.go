@@ -82,14 +82,16 @@ func TestVirtioEntropy(t *testing.T) {
 // A hostile driver (the virtiobad kernel) puts each kind of malformed input
 // in virtio-rng's queue, or negotiates wrongly: the device refuses each
 // with DEVICE_NEEDS_RESET and one log line, sfvmm runs on, and after the
-// resets a good request is served.
+// resets good requests, direct and through an indirect table, are served.
 func TestVirtioHostileDriver(t *testing.T) {
 	out, code := run(t, 2*time.Minute, sfvmmPath(t), "run", "--rng", "--kernel", vmtest.Kernel(t, "virtiobad"))
-	if code != 1 || !strings.Contains(out, "virtiobad: good request after the resets: 32 bytes") {
-		t.Fatalf("exit %d, want 1 (debug-exit 0) and the good request served:\n%s", code, out)
+	if code != 1 || !strings.Contains(out, "virtiobad: good request after the resets: 32 bytes") || !strings.Contains(out, "virtiobad: good indirect request: 32 bytes") {
+		t.Fatalf("exit %d, want 1 (debug-exit 0) and both good requests served:\n%s", code, out)
 	}
 	for _, c := range []string{"buffer outside RAM", "oversized length", "descriptor loop", "chain longer than the queue",
-		"head index past the queue", "avail index past the queue's size", "features without VERSION_1", "DRIVER_OK without FEATURES_OK"} {
+		"head index past the queue", "avail index past the queue's size", "indirect descriptor not negotiated",
+		"indirect table outside RAM", "loop in an indirect table", "indirect table in an indirect table",
+		"features without VERSION_1", "DRIVER_OK without FEATURES_OK"} {
 		if !strings.Contains(out, "virtiobad: "+c+": refused") {
 			t.Errorf("%s: not refused", c)
 		}
@@ -99,8 +101,8 @@ func TestVirtioHostileDriver(t *testing.T) {
 	for _, l := range lines {
 		t.Log(l)
 	}
-	if len(lines) != 7 {
-		t.Errorf("%d log lines of a device needing reset, want 7 (one per failing case):\n%s", len(lines), out)
+	if len(lines) != 11 {
+		t.Errorf("%d log lines of a device needing reset, want 11 (one per failing case):\n%s", len(lines), out)
 	}
 }
 

@@ -23,6 +23,7 @@ const (
 
 // Feature bits the transport offers for every device (virtio 1.2, 6).
 const (
+	FeatureIndirect = 1 << 28 // VIRTIO_F_INDIRECT_DESC: descriptor tables in guest RAM
 	FeatureEventIdx = 1 << 29 // VIRTIO_F_EVENT_IDX: used_event / avail_event
 	FeatureVersion1 = 1 << 32 // VIRTIO_F_VERSION_1: a modern device
 )
@@ -49,7 +50,10 @@ type QueueState struct {
 // Queue is a split virtqueue (virtio 1.2, 2.7) in guest memory.
 type Queue struct {
 	QueueState
-	mem Memory
+	// Indirect says VIRTIO_F_INDIRECT_DESC was negotiated. It is not in
+	// QueueState because the transport's saved features already say it.
+	Indirect bool
+	mem      Memory
 }
 
 // Chain is one request: a descriptor chain's buffers, as slices of guest
@@ -122,24 +126,48 @@ func (q *Queue) Pop() (c Chain, ok bool, err error) {
 	return c, true, nil
 }
 
-// chain walks the descriptors from head.
+// chain walks the descriptors from head, and those of the indirect
+// table its last one may point to (virtio 1.2, 2.7.5.3). An indirect
+// table holds at most the queue's size of descriptors: no device here
+// asks for more (a block request's seg_max is below it), and it bounds
+// what a looping table costs, as the queue's size bounds a direct chain.
 func (q *Queue) chain(head uint16) (Chain, error) {
 	c := Chain{Head: head}
-	i := head
-	for n := 0; ; n++ {
-		if i >= q.Size {
-			return Chain{}, Malformed("descriptor index %d of a %d-entry queue", i, q.Size)
+	table, entries := q.Desc, uint32(q.Size)
+	indirect := false
+	i, n := head, 0 // n: descriptors taken from the current table
+	for {
+		if uint32(i) >= entries {
+			return Chain{}, Malformed("descriptor index %d of a %d-entry %s", i, entries, tableName(indirect))
 		}
-		if n == int(q.Size) {
-			return Chain{}, Malformed("chain from descriptor %d longer than the queue's %d entries (a loop)", head, q.Size)
+		if n == int(entries) {
+			return Chain{}, Malformed("chain from descriptor %d longer than its %d-entry %s (a loop)", head, entries, tableName(indirect))
 		}
-		d, _ := q.mem.Slice(q.Desc+16*uint64(i), 16)
+		// In RAM: Check saw the queue's table, and the branch below an
+		// indirect one, whole.
+		d, _ := q.mem.Slice(table+16*uint64(i), 16)
 		addr := binary.LittleEndian.Uint64(d)
 		length := binary.LittleEndian.Uint32(d[8:])
 		flags := binary.LittleEndian.Uint16(d[12:])
 		next := binary.LittleEndian.Uint16(d[14:])
 		if flags&descIndirect != 0 {
-			return Chain{}, Malformed("descriptor %d is indirect, which the device did not offer", i)
+			switch {
+			case !q.Indirect:
+				return Chain{}, Malformed("descriptor %d is indirect, which the driver did not negotiate", i)
+			case indirect:
+				return Chain{}, Malformed("descriptor %d of an indirect table is itself indirect", i)
+			case flags&descNext != 0:
+				return Chain{}, Malformed("descriptor %d is indirect and has a next one", i)
+			case length == 0 || length%16 != 0:
+				return Chain{}, Malformed("descriptor %d: indirect table of %d bytes, not a whole number of 16-byte descriptors", i, length)
+			case length/16 > uint32(q.Size):
+				return Chain{}, Malformed("descriptor %d: indirect table of %d descriptors, more than the queue's %d", i, length/16, q.Size)
+			}
+			if _, err := q.mem.Slice(addr, uint64(length)); err != nil {
+				return Chain{}, Malformed("descriptor %d: indirect table at %#x (%d bytes) outside guest RAM", i, addr, length)
+			}
+			table, entries, indirect, i, n = addr, length/16, true, 0, 0
+			continue
 		}
 		buf, err := q.mem.Slice(addr, uint64(length))
 		if err != nil {
@@ -156,7 +184,15 @@ func (q *Queue) chain(head uint16) (Chain, error) {
 			return c, nil
 		}
 		i = next
+		n++
 	}
+}
+
+func tableName(indirect bool) string {
+	if indirect {
+		return "indirect table"
+	}
+	return "queue"
 }
 
 // Push returns chain head to the driver with written bytes written.

@@ -15,7 +15,7 @@ type Device interface {
 	// Type is the virtio device ID (virtio 1.2, 5): 4 for entropy.
 	Type() uint32
 	// Features are the device's own feature bits; the transport adds
-	// VERSION_1 and EVENT_IDX.
+	// VERSION_1, EVENT_IDX and INDIRECT_DESC.
 	Features() uint64
 	// QueueSizes are the largest size of each of the device's queues.
 	QueueSizes() []uint16
@@ -155,7 +155,9 @@ func (t *core) Kick(q int) {
 	}
 }
 
-func (t *core) features() uint64 { return t.dev.Features() | FeatureVersion1 | FeatureEventIdx }
+func (t *core) features() uint64 {
+	return t.dev.Features() | FeatureVersion1 | FeatureEventIdx | FeatureIndirect
+}
 
 // reset puts the transport as a device reset leaves it; t.mu held.
 func (t *core) reset() {
@@ -219,6 +221,7 @@ func (t *core) setReady(ready bool) {
 	q := Queue{QueueState: *qs}
 	q.LastAvail, q.UsedIdx = 0, 0
 	q.EventIdx = t.st.DriverFeatures&FeatureEventIdx != 0
+	q.Indirect = t.st.DriverFeatures&FeatureIndirect != 0
 	if err := q.Check(t.mem, t.dev.QueueSizes()[sel]); err != nil {
 		t.fail(fmt.Errorf("queue %d: %w", sel, err))
 		return
@@ -338,7 +341,7 @@ func (t *core) restore(st TransportState) error {
 	}
 	qs := make([]Queue, len(sizes))
 	for i, s := range st.Queues {
-		qs[i] = Queue{QueueState: s}
+		qs[i] = Queue{QueueState: s, Indirect: st.DriverFeatures&FeatureIndirect != 0}
 		if !s.Ready {
 			continue
 		}

@@ -23,6 +23,7 @@ const (
 	availAt = 0x2000
 	usedAt  = 0x3000
 	bufAt   = 0x4000
+	tableAt = 0x6000 // an indirect descriptor table
 	ramSize = 0x10000
 )
 
@@ -94,14 +95,25 @@ func (d *driver) setup(mask uint64, size uint32) bool {
 	return true
 }
 
-// desc writes descriptor i.
+// desc writes descriptor i of the queue, and table descriptor i of the
+// indirect table at tableAt.
 func (d *driver) desc(i uint16, addr uint64, n uint32, flags, next uint16) {
-	b := d.mem[descAt+16*uint64(i):]
+	putDesc(d.mem[descAt+16*uint64(i):], addr, n, flags, next)
+}
+
+func (d *driver) table(i uint16, addr uint64, n uint32, flags, next uint16) {
+	putDesc(d.mem[tableAt+16*uint64(i):], addr, n, flags, next)
+}
+
+func putDesc(b []byte, addr uint64, n uint32, flags, next uint16) {
 	binary.LittleEndian.PutUint64(b, addr)
 	binary.LittleEndian.PutUint32(b[8:], n)
 	binary.LittleEndian.PutUint16(b[12:], flags)
 	binary.LittleEndian.PutUint16(b[14:], next)
 }
+
+// Descriptor flags, as a driver knows them (virtio 1.2, 2.7.5).
+const fNext, fWrite, fIndirect = 1, 2, 4
 
 // offer makes head available and notifies queue 0.
 func (d *driver) offer(head uint16) {
@@ -184,40 +196,102 @@ func TestEntropy(t *testing.T) {
 	}
 }
 
+// A chain whose last descriptor points to an indirect table is served
+// as one request: its direct buffer, then the table's, in order.
+func TestIndirect(t *testing.T) {
+	d := newDriver(t, rng.Device{})
+	if !d.setup(^uint64(0), qsize) {
+		t.Fatal("features refused")
+	}
+	if d.write(rDevFeatSel, 0); d.read(rDevFeat)&virtio.FeatureIndirect == 0 {
+		t.Fatal("INDIRECT_DESC not offered")
+	}
+	d.desc(0, bufAt, 8, fWrite|fNext, 1)
+	d.desc(1, tableAt, 32, fIndirect, 0)
+	d.table(0, bufAt+8, 16, fWrite|fNext, 1)
+	d.table(1, bufAt+24, 8, fWrite, 0)
+	d.offer(0)
+	if f := d.tr.Failure(); f != "" {
+		t.Fatalf("failed: %s", f)
+	}
+	if id, n, idx := d.used(0); id != 0 || n != 32 || idx != 1 {
+		t.Fatalf("used: id %d len %d idx %d, want 0 32 1", id, n, idx)
+	}
+	for _, r := range [][2]int{{0, 8}, {8, 24}, {24, 32}} {
+		if bytes.Equal(d.mem[bufAt+r[0]:bufAt+r[1]], make([]byte, r[1]-r[0])) {
+			t.Errorf("buffer bytes %d-%d still zero", r[0], r[1])
+		}
+	}
+	if !bytes.Equal(d.mem[bufAt+32:bufAt+64], make([]byte, 32)) {
+		t.Error("bytes past the chain written")
+	}
+}
+
 // What a hostile driver can put in a queue: each case fails the device
 // with one log line saying what is wrong; the transport survives, serves
 // nothing more, and works again after a reset.
 func TestMalformedQueues(t *testing.T) {
 	for _, c := range []struct {
-		name  string
-		size  uint32
-		build func(d *driver)
-		want  string
+		name   string
+		size   uint32
+		build  func(d *driver)
+		want   string
+		refuse uint64 // features the driver does not take
 	}{
-		{"buffer outside RAM", qsize, func(d *driver) { d.desc(0, ramSize-16, 64, 2, 0); d.offer(0) }, "outside guest RAM"},
-		{"address wraps", qsize, func(d *driver) { d.desc(0, ^uint64(0)-8, 64, 2, 0); d.offer(0) }, "outside guest RAM"},
-		{"oversized length", qsize, func(d *driver) { d.desc(0, bufAt, 0xffffffff, 2, 0); d.offer(0) }, "outside guest RAM"},
-		{"loop", qsize, func(d *driver) { d.desc(0, bufAt, 8, 3, 1); d.desc(1, bufAt, 8, 3, 0); d.offer(0) }, "a loop"},
+		{"buffer outside RAM", qsize, func(d *driver) { d.desc(0, ramSize-16, 64, 2, 0); d.offer(0) }, "outside guest RAM", 0},
+		{"address wraps", qsize, func(d *driver) { d.desc(0, ^uint64(0)-8, 64, 2, 0); d.offer(0) }, "outside guest RAM", 0},
+		{"oversized length", qsize, func(d *driver) { d.desc(0, bufAt, 0xffffffff, 2, 0); d.offer(0) }, "outside guest RAM", 0},
+		{"loop", qsize, func(d *driver) { d.desc(0, bufAt, 8, 3, 1); d.desc(1, bufAt, 8, 3, 0); d.offer(0) }, "a loop", 0},
 		{"chain longer than the queue", qsize, func(d *driver) {
 			for i := range uint16(qsize) {
 				d.desc(i, bufAt, 8, 3, i+1)
 			}
 			d.offer(0)
-		}, "descriptor index 8"},
-		{"head index past the queue", qsize, func(d *driver) { d.offer(qsize + 3) }, "descriptor index 11"},
+		}, "descriptor index 8", 0},
+		{"head index past the queue", qsize, func(d *driver) { d.offer(qsize + 3) }, "descriptor index 11", 0},
 		{"avail index jumps", qsize, func(d *driver) {
 			binary.LittleEndian.PutUint16(d.mem[availAt+2:], 100)
 			d.write(rQueueNotify, 0)
-		}, "avail index 100"},
-		{"indirect descriptor", qsize, func(d *driver) { d.desc(0, bufAt, 16, 4, 0); d.offer(0) }, "indirect"},
-		{"readable after writable", qsize, func(d *driver) { d.desc(0, bufAt, 8, 3, 1); d.desc(1, bufAt, 8, 0, 0); d.offer(0) }, "readable buffer after a writable"},
-		{"entropy request with a readable buffer", qsize, func(d *driver) { d.desc(0, bufAt, 8, 0, 0); d.offer(0) }, "device-readable"},
-		{"queue size not a power of 2", 6, func(*driver) {}, "queue size 6"},
-		{"queue larger than the device's", 128, func(*driver) {}, "queue size 128"},
+		}, "avail index 100", 0},
+		{"indirect descriptor not negotiated", qsize, func(d *driver) { d.desc(0, tableAt, 16, fIndirect, 0); d.offer(0) }, "did not negotiate", virtio.FeatureIndirect},
+		{"indirect table in an indirect table", qsize, func(d *driver) {
+			d.desc(0, tableAt, 32, fIndirect, 0)
+			d.table(0, tableAt, 16, fIndirect, 0)
+			d.offer(0)
+		}, "itself indirect", 0},
+		{"indirect descriptor with a next", qsize, func(d *driver) {
+			d.desc(0, tableAt, 16, fIndirect|fNext, 1)
+			d.desc(1, bufAt, 8, fWrite, 0)
+			d.offer(0)
+		}, "has a next", 0},
+		{"indirect table of a part descriptor", qsize, func(d *driver) { d.desc(0, tableAt, 24, fIndirect, 0); d.offer(0) }, "not a whole number", 0},
+		{"empty indirect table", qsize, func(d *driver) { d.desc(0, tableAt, 0, fIndirect, 0); d.offer(0) }, "not a whole number", 0},
+		{"indirect table larger than the queue", qsize, func(d *driver) { d.desc(0, tableAt, 16*(qsize+1), fIndirect, 0); d.offer(0) }, "more than the queue's", 0},
+		{"indirect table outside RAM", qsize, func(d *driver) { d.desc(0, ramSize-16, 32, fIndirect, 0); d.offer(0) }, "indirect table at", 0},
+		{"loop in an indirect table", qsize, func(d *driver) {
+			d.desc(0, tableAt, 32, fIndirect, 0)
+			d.table(0, bufAt, 8, fWrite|fNext, 1)
+			d.table(1, bufAt, 8, fWrite|fNext, 0)
+			d.offer(0)
+		}, "2-entry indirect table (a loop)", 0},
+		{"index past an indirect table", qsize, func(d *driver) {
+			d.desc(0, tableAt, 32, fIndirect, 0)
+			d.table(0, bufAt, 8, fWrite|fNext, 5)
+			d.offer(0)
+		}, "descriptor index 5 of a 2-entry indirect table", 0},
+		{"indirect buffer outside RAM", qsize, func(d *driver) {
+			d.desc(0, tableAt, 16, fIndirect, 0)
+			d.table(0, ramSize-8, 64, fWrite, 0)
+			d.offer(0)
+		}, "outside guest RAM", 0},
+		{"readable after writable", qsize, func(d *driver) { d.desc(0, bufAt, 8, 3, 1); d.desc(1, bufAt, 8, 0, 0); d.offer(0) }, "readable buffer after a writable", 0},
+		{"entropy request with a readable buffer", qsize, func(d *driver) { d.desc(0, bufAt, 8, 0, 0); d.offer(0) }, "device-readable", 0},
+		{"queue size not a power of 2", 6, func(*driver) {}, "queue size 6", 0},
+		{"queue larger than the device's", 128, func(*driver) {}, "queue size 128", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := newDriver(t, rng.Device{})
-			d.setup(^uint64(0), c.size)
+			d.setup(^c.refuse, c.size)
 			c.build(d)
 			f := d.tr.Failure()
 			if !strings.Contains(f, c.want) {
@@ -463,12 +537,20 @@ func FuzzQueue(f *testing.F) {
 	binary.LittleEndian.PutUint16(seed[12:], 2)
 	binary.LittleEndian.PutUint16(seed[16*qsize+2:], 1)
 	f.Add(seed)
+	// Descriptor 0 points to an indirect table of the next two, which
+	// chain two writable buffers.
+	indirect := make([]byte, 16*qsize+4+2*qsize)
+	putDesc(indirect, descAt+16, 32, fIndirect, 0)
+	putDesc(indirect[16:], bufAt, 64, fWrite|fNext, 1)
+	putDesc(indirect[32:], bufAt+64, 64, fWrite, 0)
+	binary.LittleEndian.PutUint16(indirect[16*qsize+2:], 1)
+	f.Add(indirect)
 	f.Add(make([]byte, 16*qsize+4+2*qsize))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		mem := make(virtiotest.RAM, ramSize)
 		n := copy(mem[descAt:descAt+16*qsize], in)
 		copy(mem[availAt:availAt+4+2*qsize], in[n:])
-		q := virtio.Queue{QueueState: virtio.QueueState{Size: qsize, Desc: descAt, Avail: availAt, Used: usedAt, EventIdx: len(in)%2 == 0}}
+		q := virtio.Queue{QueueState: virtio.QueueState{Size: qsize, Desc: descAt, Avail: availAt, Used: usedAt, EventIdx: len(in)%2 == 0}, Indirect: len(in)%3 != 0}
 		if err := q.Check(mem, qsize); err != nil {
 			t.Fatal(err)
 		}

@@ -5,11 +5,13 @@
  * that the device refuses it: DEVICE_NEEDS_RESET in its status and the
  * configuration-change bit in its interrupt status (or, for features it
  * does not offer, FEATURES_OK left clear). After each case it resets the
- * device, and at the end it makes one good request, which must be served.
+ * device, and at the end it makes two good requests, one through an
+ * indirect table, which must be served.
  * The VMM must survive all of it.
  *
- * Prints "virtiobad: CASE: refused" per case and "virtiobad: good request
- * after the resets: 32 bytes"; debug-exit 0 if every case went as it
+ * Prints "virtiobad: CASE: refused" per case, "virtiobad: good request
+ * after the resets: 32 bytes" and "virtiobad: good indirect request: 32
+ * bytes"; debug-exit 0 if every case went as it
  * should, 1 otherwise (with a line saying which).
  */
 #include "kernel.h"
@@ -47,6 +49,7 @@
 #define AVAIL_AT 0x201000u
 #define USED_AT 0x202000u
 #define BUF_AT 0x203000u
+#define TABLE_AT 0x204000u /* an indirect descriptor table */
 
 struct desc {
 	uint64_t addr;
@@ -56,8 +59,11 @@ struct desc {
 
 #define F_NEXT 1
 #define F_WRITE 2
+#define F_INDIRECT 4
+#define INDIRECT_DESC (1u << 28) /* VIRTIO_F_INDIRECT_DESC, in word 0 */
 
 static volatile struct desc *const desc = (volatile struct desc *)(uintptr_t)DESC_AT;
+static volatile struct desc *const table = (volatile struct desc *)(uintptr_t)TABLE_AT;
 static volatile uint16_t *const avail = (volatile uint16_t *)(uintptr_t)AVAIL_AT; /* flags, idx, ring[] */
 static volatile uint32_t *const used = (volatile uint32_t *)(uintptr_t)USED_AT;   /* flags|idx, {id, len}[] */
 static int failures;
@@ -68,7 +74,7 @@ static int failures;
 static bool setup(uint32_t lo, uint32_t hi)
 {
 	REG(STATUS) = 0;
-	for (uint32_t a = DESC_AT; a < BUF_AT + 0x1000; a += 4)
+	for (uint32_t a = DESC_AT; a < TABLE_AT + 0x1000; a += 4)
 		*(volatile uint32_t *)(uintptr_t)a = 0;
 	REG(STATUS) = ACK;
 	REG(STATUS) = ACK | DRIVER;
@@ -122,6 +128,20 @@ static void expect_refused(const char *name)
 	REG(INT_ACK) = is;
 }
 
+/* good waits for used index idx and checks that its entry says 32 bytes. */
+static void good(uint16_t idx, const char *name)
+{
+	for (int i = 0; i < POLLS && (used[0] >> 16) < idx; i++)
+		spin_loops(1000);
+	uint32_t n = used[1 + 2 * (idx - 1) + 1]; /* used ring entry idx-1: id, then len */
+	if ((used[0] >> 16) != idx || n != 32) {
+		kprintf("virtiobad: %s: used idx %u, len %u\n", name, used[0] >> 16, n);
+		failures++;
+	} else {
+		kprintf("virtiobad: %s: %u bytes\n", name, n);
+	}
+}
+
 void kmain(uint32_t magic, uint32_t mbi)
 {
 	(void)magic;
@@ -163,6 +183,30 @@ void kmain(uint32_t magic, uint32_t mbi)
 	offer(0, 100);
 	expect_refused("avail index past the queue's size");
 
+	setup(0, 1);
+	desc[0] = (struct desc){TABLE_AT, 16, F_INDIRECT, 0};
+	table[0] = (struct desc){BUF_AT, 8, F_WRITE, 0};
+	offer(0, 1);
+	expect_refused("indirect descriptor not negotiated");
+
+	setup(INDIRECT_DESC, 1);
+	desc[0] = (struct desc){0xf0000000u, 32, F_INDIRECT, 0};
+	offer(0, 1);
+	expect_refused("indirect table outside RAM");
+
+	setup(INDIRECT_DESC, 1);
+	desc[0] = (struct desc){TABLE_AT, 32, F_INDIRECT, 0};
+	table[0] = (struct desc){BUF_AT, 8, F_WRITE | F_NEXT, 1};
+	table[1] = (struct desc){BUF_AT, 8, F_WRITE | F_NEXT, 0};
+	offer(0, 1);
+	expect_refused("loop in an indirect table");
+
+	setup(INDIRECT_DESC, 1);
+	desc[0] = (struct desc){TABLE_AT, 16, F_INDIRECT, 0};
+	table[0] = (struct desc){TABLE_AT, 16, F_INDIRECT, 0};
+	offer(0, 1);
+	expect_refused("indirect table in an indirect table");
+
 	if (setup(0, 0)) {
 		kprintf("virtiobad: FEATURES_OK without VERSION_1\n");
 		failures++;
@@ -172,20 +216,18 @@ void kmain(uint32_t magic, uint32_t mbi)
 	REG(STATUS) = ACK | DRIVER | DRIVER_OK;
 	expect_refused("DRIVER_OK without FEATURES_OK");
 
-	if (!setup(0, 1)) {
+	if (!setup(INDIRECT_DESC, 1)) {
 		kprintf("virtiobad: features refused after the resets\n");
 		debug_exit(1);
 	}
 	desc[0] = (struct desc){BUF_AT, 32, F_WRITE, 0};
 	offer(0, 1);
-	for (int i = 0; i < POLLS && (used[0] >> 16) == 0; i++)
-		spin_loops(1000);
-	uint32_t n = used[2]; /* used ring entry 0: id, then len */
-	if ((used[0] >> 16) != 1 || n != 32) {
-		kprintf("virtiobad: good request: used idx %u, len %u\n", used[0] >> 16, n);
-		failures++;
-	} else {
-		kprintf("virtiobad: good request after the resets: %u bytes\n", n);
-	}
+	good(1, "good request after the resets");
+	/* The same through an indirect table of two buffers. */
+	desc[1] = (struct desc){TABLE_AT, 32, F_INDIRECT, 0};
+	table[0] = (struct desc){BUF_AT, 16, F_WRITE | F_NEXT, 1};
+	table[1] = (struct desc){BUF_AT + 16, 16, F_WRITE, 0};
+	offer(1, 2);
+	good(2, "good indirect request");
 	debug_exit(failures ? 1 : 0);
 }
