@@ -54,6 +54,10 @@ type Queue struct {
 	// QueueState because the transport's saved features already say it.
 	Indirect bool
 	mem      Memory
+	desc     []byte // the descriptor table, as Check found it in RAM
+	// bufs holds the buffers of the chain Pop returned last: a Chain is
+	// valid until the next Pop, which saves an allocation per request.
+	bufs [][]byte
 }
 
 // Chain is one request: a descriptor chain's buffers, as slices of guest
@@ -96,13 +100,12 @@ func (q *Queue) Check(mem Memory, max uint16) error {
 		}
 	}
 	q.mem = mem
+	q.desc, _ = mem.Slice(q.Desc, 16*n)
 	return nil
 }
 
-// Attach gives a restored queue its memory (Check did it for a live one).
-func (q *Queue) Attach(mem Memory) { q.mem = mem }
-
 // Pop takes the next available chain; ok is false when there is none.
+// The chain's buffer lists are the queue's own, reused by the next Pop.
 // A malformed chain, or an avail index that moved by more than the
 // queue's size, is ErrMalformed.
 func (q *Queue) Pop() (c Chain, ok bool, err error) {
@@ -132,20 +135,19 @@ func (q *Queue) Pop() (c Chain, ok bool, err error) {
 // asks for more (a block request's seg_max is below it), and it bounds
 // what a looping table costs, as the queue's size bounds a direct chain.
 func (q *Queue) chain(head uint16) (Chain, error) {
-	c := Chain{Head: head}
-	table, entries := q.Desc, uint32(q.Size)
-	indirect := false
+	table, indirect := q.desc, false
+	bufs := q.bufs[:0]
+	readable := -1  // how many of bufs the device reads, once one it writes comes
 	i, n := head, 0 // n: descriptors taken from the current table
 	for {
-		if uint32(i) >= entries {
+		entries := len(table) / 16
+		if int(i) >= entries {
 			return Chain{}, Malformed("descriptor index %d of a %d-entry %s", i, entries, tableName(indirect))
 		}
-		if n == int(entries) {
+		if n == entries {
 			return Chain{}, Malformed("chain from descriptor %d longer than its %d-entry %s (a loop)", head, entries, tableName(indirect))
 		}
-		// In RAM: Check saw the queue's table, and the branch below an
-		// indirect one, whole.
-		d, _ := q.mem.Slice(table+16*uint64(i), 16)
+		d := table[16*int(i):]
 		addr := binary.LittleEndian.Uint64(d)
 		length := binary.LittleEndian.Uint32(d[8:])
 		flags := binary.LittleEndian.Uint16(d[12:])
@@ -163,10 +165,11 @@ func (q *Queue) chain(head uint16) (Chain, error) {
 			case length/16 > uint32(q.Size):
 				return Chain{}, Malformed("descriptor %d: indirect table of %d descriptors, more than the queue's %d", i, length/16, q.Size)
 			}
-			if _, err := q.mem.Slice(addr, uint64(length)); err != nil {
+			t, err := q.mem.Slice(addr, uint64(length))
+			if err != nil {
 				return Chain{}, Malformed("descriptor %d: indirect table at %#x (%d bytes) outside guest RAM", i, addr, length)
 			}
-			table, entries, indirect, i, n = addr, length/16, true, 0, 0
+			table, indirect, i, n = t, true, 0, 0
 			continue
 		}
 		buf, err := q.mem.Slice(addr, uint64(length))
@@ -174,14 +177,19 @@ func (q *Queue) chain(head uint16) (Chain, error) {
 			return Chain{}, Malformed("descriptor %d: buffer at %#x (%d bytes) outside guest RAM", i, addr, length)
 		}
 		if flags&descWrite != 0 {
-			c.Writable = append(c.Writable, buf)
-		} else if len(c.Writable) > 0 {
+			if readable < 0 {
+				readable = len(bufs)
+			}
+		} else if readable >= 0 {
 			return Chain{}, Malformed("descriptor %d: a readable buffer after a writable one", i)
-		} else {
-			c.Readable = append(c.Readable, buf)
 		}
+		bufs = append(bufs, buf)
 		if flags&descNext == 0 {
-			return c, nil
+			q.bufs = bufs
+			if readable < 0 {
+				readable = len(bufs)
+			}
+			return Chain{Head: head, Readable: bufs[:readable:readable], Writable: bufs[readable:]}, nil
 		}
 		i = next
 		n++

@@ -42,8 +42,11 @@ const (
 	statusUnsupp = 2
 )
 
-// QueueSize is the request queue's largest size.
-const QueueSize = 256
+// QueueSize is the request queue's largest size. Its seg_max (two
+// fewer) lets Linux send a whole 1 MiB request, 257 pages where the
+// buffer does not start on a page, as one chain: with 256, seg_max 254
+// split each such request in two.
+const QueueSize = 1024
 
 const (
 	sector     = 512

@@ -230,7 +230,8 @@ var errClosed = errors.New("disk is closed")
 
 // ReadVec reads into bufs, one after the other, from off on: a read of
 // their concatenation, with one preadv(2) for each run of blocks that
-// one layer serves (a guest's request is a list of pages).
+// one layer serves (a guest's request is a list of pages). A disk that
+// has not forked has one layer, and needs no look at the others.
 func (d *Disk) ReadVec(bufs [][]byte, off int64) (int, error) {
 	n := total(bufs)
 	if err := d.check(n, off); err != nil {
@@ -240,6 +241,12 @@ func (d *Disk) ReadVec(bufs [][]byte, off int64) (int, error) {
 	defer d.mu.RUnlock()
 	if d.closed {
 		return 0, errClosed
+	}
+	if len(d.layers) == 1 {
+		if err := d.layers[0].readVec(bufs, off); err != nil {
+			return 0, fmt.Errorf("disk %s: read at %d: %w", d.layers[0].path, off, err)
+		}
+		return n, nil
 	}
 	done := 0
 	for done < n {
