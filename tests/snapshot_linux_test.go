@@ -220,7 +220,7 @@ func receiveFiles(ln net.Listener, dst string) error {
 func TestRestoreOnOtherHost(t *testing.T) {
 	hosts, addrs := sandboxHosts(t)
 	dir, before := snapshotAfter(t, vmtest.Options{
-		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=300 delay=0", Memory: 32 << 20,
+		Kernel: vmtest.Kernel(t, "counter"), Cmdline: fmt.Sprintf("max=%d delay=0", counterMax), Memory: 32 << 20,
 	}, "count 100\r\n")
 	copied := filepath.Join(t.TempDir(), "copied")
 	sendDir(t, dir, copied, hosts[0], hosts[1], addrs[1])
@@ -228,8 +228,8 @@ func TestRestoreOnOtherHost(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("restore on %s: exit %d, want 1\n%s", hosts[1], code, out)
 	}
-	if got := checkConsecutive(t, before+out); got != 300 {
-		t.Errorf("counted to %d across hosts, want 300", got)
+	if got := checkConsecutive(t, before+out); got != counterMax {
+		t.Errorf("counted to %d across hosts, want %d", got, counterMax)
 	}
 }
 

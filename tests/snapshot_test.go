@@ -28,13 +28,18 @@ func snapshotAfter(t *testing.T, o vmtest.Options, marker string) (dir, before s
 	dir = filepath.Join(t.TempDir(), "snap")
 	info, err := r.VM.Snapshot(context.Background(), dir, vmm.SnapshotOptions{StayPaused: true})
 	if err != nil {
-		t.Fatalf("snapshot: %v", err)
+		// The guest runs on between the marker and the pause: say how
+		// far it got, so that a guest that ended first is seen as such.
+		t.Fatalf("snapshot after %q: %v; the guest's last output: %q", marker, err, tail(r.Serial(), 80))
 	}
 	t.Logf("snapshot: descriptor %d bytes, %d pages, paused %v", info.DescriptorBytes, info.Pages, info.Paused)
 	before = r.Serial() // the guest is paused: nothing more is printed
 	r.Stop()
 	return dir, before
 }
+
+// tail is the last n bytes of s.
+func tail(s string, n int) string { return s[max(0, len(s)-n):] }
 
 var countRE = regexp.MustCompile(`count (\d+)\r?\n`)
 
@@ -53,18 +58,25 @@ func checkConsecutive(t *testing.T, out string) int {
 	return want - 1
 }
 
+// counterMax is where the counter kernel stops in the snapshot tests. The
+// guest counts on between the marker (count 100 or 150) and the pause, as
+// fast as the serial port goes: the margin must be wide enough for a test
+// goroutine that a loaded sandbox keeps waiting (in one CI run the
+// snapshot found the guest ended: it had had 200 lines to go).
+const counterMax = 1500
+
 // The counter and fpu kernels are paced by loop counts, not the TSC: under
 // the nested sandbox the guest TSC can jump back when a vCPU thread moves
 // between the outer VM's CPUs, which stalls a TSC-paced wait.
 func TestSnapshotCounterContinues(t *testing.T) {
 	dir, before := snapshotAfter(t, vmtest.Options{
-		Kernel: vmtest.Kernel(t, "counter"), Cmdline: "max=400 delay=0",
+		Kernel: vmtest.Kernel(t, "counter"), Cmdline: fmt.Sprintf("max=%d delay=0", counterMax),
 	}, "count 150\r\n")
 	last := checkConsecutive(t, before)
 	r := vmtest.Restore(t, dir, 2*time.Minute).Wait(t)
 	r.Status(t, 1)
-	if got := checkConsecutive(t, before+r.Serial); got != 400 {
-		t.Errorf("counted to %d across the restore, want 400 (snapshot after %d)", got, last)
+	if got := checkConsecutive(t, before+r.Serial); got != counterMax {
+		t.Errorf("counted to %d across the restore, want %d (snapshot after %d)", got, counterMax, last)
 	}
 	if r.Serial == "" || countRE.FindString(r.Serial) == "" {
 		t.Errorf("the restored guest printed no count: %q", r.Serial)
