@@ -13,7 +13,8 @@
 //     touch is one fault served through memtap's helper and the memory
 //     server (over loopback TCP, under TLS as between hosts, and over a
 //     Unix socket). The floor is the path's round trip (a request and a
-//     one-page reply between two goroutines, on the same transport) plus
+//     one-page reply between two goroutines, on the same transport; in a
+//     second table between this process and one of its own, -echo) plus
 //     an in-process userfaultfd handler (one LockOSThread'd goroutine,
 //     safe here because only one goroutine faults) that copies every page
 //     from a local buffer. Per-touch times, as the toucher sees them;
@@ -38,6 +39,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
@@ -48,9 +50,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -83,7 +87,15 @@ func main() {
 	flag.IntVar(&c.reps, "reps", 5, "freeze repetitions (median)")
 	flag.StringVar(&c.listenNetns, "listen-netns", "", "network namespace in which the servers listen (another host); \"\": this one")
 	flag.StringVar(&c.listenIP, "listen-ip", "127.0.0.1", "IP at which the servers listen")
+	echo := flag.String("echo", "", "serve one round-trip connection over this network (tcp, unix) and exit: the far end the bench starts for its two-process floor")
 	flag.Parse()
+	if *echo != "" {
+		if err := echoMain(c, *echo); err != nil {
+			fmt.Fprintf(os.Stderr, "bench memtap -echo: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	// The floor's in-process handler needs a P while the toucher holds
 	// one, blocked in a fault.
 	if runtime.GOMAXPROCS(0) < 2 {
@@ -183,9 +195,12 @@ func run(c config) error {
 	slices.Sort(floor)
 	// The path's own cost: a request and a one-page reply over the same
 	// transport (TLS over TCP, as between hosts; Unix in the clear).
-	trips := map[string][]time.Duration{}
+	trips, procTrips := map[string][]time.Duration{}, map[string][]time.Duration{}
 	for _, network := range []string{"tcp", "unix"} {
-		if trips[network], err = roundTrips(c, network, c.faults*c.rounds); err != nil {
+		if trips[network], err = roundTrips(c, network, c.faults*c.rounds, false); err != nil {
+			return err
+		}
+		if procTrips[network], err = roundTrips(c, network, c.faults*c.rounds, true); err != nil {
 			return err
 		}
 	}
@@ -204,6 +219,19 @@ func run(c config) error {
 		fp := pct(rt, 99) + pct(floor, 99)
 		fmt.Printf("| %s | %s | %s | %s | %s | %s | ≤ 2× | %s | %s | %s | %d / %d |\n", tr.name, us(m), us(rm), us(fm), us(rm+fm), ratio(m, rm+fm),
 			us(p), us(fp), ratio(p, fp), st[k].PagesFetched, st[k].Faults)
+	}
+
+	fmt.Printf("\nThe same, against a floor whose round trip runs between two processes (the far end a process of its own, in %s), as a fault's path between hosts must: its client and its memory server are different processes. Where hosts share a CPU (the sandbox's) each message between them then switches address space, which the two goroutines above never pay. The handler stays in-process: memtap's own helper process is the design's cost.\n\n", where(c))
+	fmt.Println("| transport | memtap median | round trip median, two processes | floor median | memtap / floor | target | memtap p99 | floor p99 | ratio |")
+	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	for k, tr := range transports {
+		if tr.parent != nil {
+			continue
+		}
+		rt := procTrips[tr.network]
+		m, p, rm, fm := pct(mt[k], 50), pct(mt[k], 99), pct(rt, 50), pct(floor, 50)
+		fp := pct(rt, 99) + pct(floor, 99)
+		fmt.Printf("| %s | %s | %s | %s | %s | ≤ 2× | %s | %s | %s |\n", tr.name, us(m), us(rm), us(rm+fm), ratio(m, rm+fm), us(p), us(fp), ratio(p, fp))
 	}
 
 	// (b) Sequential scan.
@@ -281,6 +309,14 @@ func sum(ts []time.Duration) time.Duration {
 		s += t
 	}
 	return s
+}
+
+// where says where the servers listen.
+func where(c config) string {
+	if c.listenNetns == "" {
+		return "this network namespace"
+	}
+	return "network namespace " + c.listenNetns
 }
 
 func loadavg() string {
@@ -401,70 +437,47 @@ func floorTouches(pages int, random bool) ([]time.Duration, error) {
 }
 
 // roundTrips times n round trips of a request and a one-page reply (the
-// sizes of memtap's) between two goroutines over network: "tcp" on
-// loopback under TLS 1.3, or "unix".
-func roundTrips(cfg config, network string, n int) ([]time.Duration, error) {
-	var l net.Listener
-	var err error
-	if network == "unix" {
-		dir, err := os.MkdirTemp("", "memtap-bench-rtt")
+// sizes of memtap's) over network: "tcp" under TLS 1.3 to the listen
+// address, or "unix". The far end is a goroutine of this process, or,
+// with proc, a process of its own, as a memory server is: between
+// sandbox hosts, which share one CPU, each message from one process to
+// another switches address space, which two goroutines of one process
+// never pay.
+func roundTrips(cfg config, network string, n int, proc bool) ([]time.Duration, error) {
+	var addr string
+	if proc {
+		cmd := exec.Command(os.Args[0], "-echo", network, "-listen-netns", cfg.listenNetns, "-listen-ip", cfg.listenIP)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return nil, err
 		}
-		defer os.RemoveAll(dir)
-		l, err = net.Listen(network, filepath.Join(dir, "rtt.sock"))
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		defer cmd.Wait() // it ends when the connection closes
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			cmd.Process.Kill()
+			return nil, fmt.Errorf("echo process: no address: %w", err)
+		}
+		addr = strings.TrimSpace(line)
 	} else {
-		l, err = cfg.listen()
+		l, cleanup, err := listenEcho(cfg, network)
+		if err != nil {
+			return nil, err
+		}
+		defer cleanup()
+		go serveEcho(l, network)
+		addr = l.Addr().String()
 	}
+	c, err := net.Dial(network, addr)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Close()
-	var cert tls.Certificate
 	if network == "tcp" {
-		_, priv, err := ed25519.GenerateKey(nil)
-		if err != nil {
-			return nil, err
-		}
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotAfter: time.Now().Add(time.Hour)}
-		der, err := x509.CreateCertificate(nil, tmpl, tmpl, priv.Public(), priv)
-		if err != nil {
-			return nil, err
-		}
-		cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+		c = tls.Client(c, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true})
 	}
-	secure := func(c net.Conn, server bool) net.Conn {
-		if network != "tcp" {
-			return c
-		}
-		cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}
-		if server {
-			return tls.Server(c, cfg)
-		}
-		return tls.Client(c, cfg)
-	}
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		c = secure(c, true)
-		defer c.Close()
-		req, reply := make([]byte, wire.RequestSize), make([]byte, wire.ResponseSize+1+page)
-		for {
-			if _, err := io.ReadFull(c, req); err != nil {
-				return
-			}
-			if _, err := c.Write(reply); err != nil {
-				return
-			}
-		}
-	}()
-	c, err := net.Dial(network, l.Addr().String())
-	if err != nil {
-		return nil, err
-	}
-	c = secure(c, false)
 	defer c.Close()
 	req, reply := make([]byte, wire.RequestSize), make([]byte, wire.ResponseSize+1+page)
 	ts := make([]time.Duration, 0, n)
@@ -482,6 +495,68 @@ func roundTrips(cfg config, network string, n int) ([]time.Duration, error) {
 	}
 	slices.Sort(ts)
 	return ts, nil
+}
+
+// listenEcho opens the round trip's listener: TCP at the listen address,
+// or a Unix socket in a new directory, which cleanup removes.
+func listenEcho(cfg config, network string) (l net.Listener, cleanup func(), err error) {
+	if network != "unix" {
+		l, err = cfg.listen()
+		return l, func() { l.Close() }, err
+	}
+	dir, err := os.MkdirTemp("", "memtap-bench-rtt")
+	if err != nil {
+		return nil, nil, err
+	}
+	if l, err = net.Listen(network, filepath.Join(dir, "rtt.sock")); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return l, func() { l.Close(); os.RemoveAll(dir) }, nil
+}
+
+// serveEcho answers one connection's requests, each with a one-page
+// reply, until it closes; over TCP under TLS 1.3 with a certificate of
+// its own.
+func serveEcho(l net.Listener, network string) error {
+	c, err := l.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if network == "tcp" {
+		_, priv, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			return err
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotAfter: time.Now().Add(time.Hour)}
+		der, err := x509.CreateCertificate(nil, tmpl, tmpl, priv.Public(), priv)
+		if err != nil {
+			return err
+		}
+		c = tls.Server(c, &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: priv}}})
+	}
+	req, reply := make([]byte, wire.RequestSize), make([]byte, wire.ResponseSize+1+page)
+	for {
+		if _, err := io.ReadFull(c, req); err != nil {
+			return nil
+		}
+		if _, err := c.Write(reply); err != nil {
+			return err
+		}
+	}
+}
+
+// echoMain is the round trip's far end as a process of its own (-echo):
+// it prints its address, serves one connection and exits.
+func echoMain(cfg config, network string) error {
+	l, cleanup, err := listenEcho(cfg, network)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	fmt.Println(l.Addr().String())
+	return serveEcho(l, network)
 }
 
 // listen opens a TCP listener at c.listenIP, any port, in network
