@@ -54,6 +54,7 @@ type Queue struct {
 	// QueueState because the transport's saved features already say it.
 	Indirect bool
 	mem      Memory
+	max      uint16 // the device's largest queue size
 	desc     []byte // the descriptor table, as Check found it in RAM
 	// bufs holds the buffers of the chain Pop returned last: a Chain is
 	// valid until the next Pop, which saves an allocation per request.
@@ -99,7 +100,7 @@ func (q *Queue) Check(mem Memory, max uint16) error {
 			return Malformed("%s at %#x (%d bytes) outside guest RAM", part.name, part.gpa, part.size)
 		}
 	}
-	q.mem = mem
+	q.mem, q.max = mem, max
 	q.desc, _ = mem.Slice(q.Desc, 16*n)
 	return nil
 }
@@ -131,9 +132,12 @@ func (q *Queue) Pop() (c Chain, ok bool, err error) {
 
 // chain walks the descriptors from head, and those of the indirect
 // table its last one may point to (virtio 1.2, 2.7.5.3). An indirect
-// table holds at most the queue's size of descriptors: no device here
-// asks for more (a block request's seg_max is below it), and it bounds
-// what a looping table costs, as the queue's size bounds a direct chain.
+// table holds at most the device's largest queue size of descriptors,
+// not the driver's: a driver that got less ring than it asked for
+// (Linux halves a ring it cannot allocate) still sends requests of the
+// device's seg_max, which is two below that size for a block device.
+// The bound also limits what a looping table costs, as the queue's size
+// does for a direct chain.
 func (q *Queue) chain(head uint16) (Chain, error) {
 	table, indirect := q.desc, false
 	bufs := q.bufs[:0]
@@ -162,8 +166,8 @@ func (q *Queue) chain(head uint16) (Chain, error) {
 				return Chain{}, Malformed("descriptor %d is indirect and has a next one", i)
 			case length == 0 || length%16 != 0:
 				return Chain{}, Malformed("descriptor %d: indirect table of %d bytes, not a whole number of 16-byte descriptors", i, length)
-			case length/16 > uint32(q.Size):
-				return Chain{}, Malformed("descriptor %d: indirect table of %d descriptors, more than the queue's %d", i, length/16, q.Size)
+			case length/16 > uint32(q.max):
+				return Chain{}, Malformed("descriptor %d: indirect table of %d descriptors, more than the device's %d", i, length/16, q.max)
 			}
 			t, err := q.mem.Slice(addr, uint64(length))
 			if err != nil {

@@ -225,6 +225,19 @@ func TestIndirect(t *testing.T) {
 	if !bytes.Equal(d.mem[bufAt+32:bufAt+64], make([]byte, 32)) {
 		t.Error("bytes past the chain written")
 	}
+	// A table longer than the driver's queue, within the device's
+	// largest: a driver whose ring came out smaller than it asked still
+	// sends requests of the device's size.
+	const n = qsize + 4
+	for i := range uint16(n) {
+		d.table(i, bufAt+64+4*uint64(i), 4, fWrite|fNext, i+1)
+	}
+	d.table(n-1, bufAt+64+4*(n-1), 4, fWrite, 0)
+	d.desc(2, tableAt, 16*n, fIndirect, 0)
+	d.offer(2)
+	if id, got, idx := d.used(1); id != 2 || got != 4*n || idx != 2 {
+		t.Fatalf("used: id %d len %d idx %d, want 2 %d 2 (failure %q)", id, got, idx, 4*n, d.tr.Failure())
+	}
 }
 
 // What a hostile driver can put in a queue: each case fails the device
@@ -266,7 +279,7 @@ func TestMalformedQueues(t *testing.T) {
 		}, "has a next", 0},
 		{"indirect table of a part descriptor", qsize, func(d *driver) { d.desc(0, tableAt, 24, fIndirect, 0); d.offer(0) }, "not a whole number", 0},
 		{"empty indirect table", qsize, func(d *driver) { d.desc(0, tableAt, 0, fIndirect, 0); d.offer(0) }, "not a whole number", 0},
-		{"indirect table larger than the queue", qsize, func(d *driver) { d.desc(0, tableAt, 16*(qsize+1), fIndirect, 0); d.offer(0) }, "more than the queue's", 0},
+		{"indirect table larger than the device's queues", qsize, func(d *driver) { d.desc(0, tableAt, 16*(rng.QueueSize+1), fIndirect, 0); d.offer(0) }, "more than the device's 64", 0},
 		{"indirect table outside RAM", qsize, func(d *driver) { d.desc(0, ramSize-16, 32, fIndirect, 0); d.offer(0) }, "indirect table at", 0},
 		{"loop in an indirect table", qsize, func(d *driver) {
 			d.desc(0, tableAt, 32, fIndirect, 0)

@@ -242,6 +242,9 @@ func (d *Disk) ReadVec(bufs [][]byte, off int64) (int, error) {
 	if d.closed {
 		return 0, errClosed
 	}
+	if n == 0 {
+		return 0, nil
+	}
 	if len(d.layers) == 1 {
 		if err := d.layers[0].readVec(bufs, off); err != nil {
 			return 0, fmt.Errorf("disk %s: read at %d: %w", d.layers[0].path, off, err)

@@ -286,6 +286,11 @@ func TestBadInput(t *testing.T) {
 	if _, err := d.WriteVec([][]byte{make([]byte, 1)}, -1); err == nil {
 		t.Error("a write before the start succeeded")
 	}
+	// A guest's read with no data room (only its status byte) reads
+	// nothing, and is no error.
+	if n, err := d.ReadVec([][]byte{{}}, 0); n != 0 || err != nil {
+		t.Errorf("an empty read: %d, %v; want 0, nil", n, err)
+	}
 }
 
 // A restored machine's disk (its base another's, read-only) folds its

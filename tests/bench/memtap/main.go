@@ -443,23 +443,25 @@ func floorTouches(pages int, random bool) ([]time.Duration, error) {
 // sandbox hosts, which share one CPU, each message from one process to
 // another switches address space, which two goroutines of one process
 // never pay.
-func roundTrips(cfg config, network string, n int, proc bool) ([]time.Duration, error) {
+func roundTrips(cfg config, network string, n int, proc bool) (ts []time.Duration, err error) {
 	var addr string
 	if proc {
-		cmd := exec.Command(os.Args[0], "-echo", network, "-listen-netns", cfg.listenNetns, "-listen-ip", cfg.listenIP)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			return nil, err
+		cmd, out, serr := startEcho(cfg, network)
+		if serr != nil {
+			return nil, serr
 		}
-		if err := cmd.Start(); err != nil {
-			return nil, err
-		}
-		defer cmd.Wait() // it ends when the connection closes
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil {
-			cmd.Process.Kill()
-			return nil, fmt.Errorf("echo process: no address: %w", err)
+		// It ends by itself, and cleans up, once the connection closes
+		// (deferred below, so done before this); after a failure (err,
+		// the result) it may never have been connected to.
+		defer func() {
+			if err != nil {
+				cmd.Process.Kill()
+			}
+			cmd.Wait()
+		}()
+		line, rerr := bufio.NewReader(out).ReadString('\n')
+		if rerr != nil {
+			return nil, fmt.Errorf("echo process: no address: %w", rerr)
 		}
 		addr = strings.TrimSpace(line)
 	} else {
@@ -480,7 +482,7 @@ func roundTrips(cfg config, network string, n int, proc bool) ([]time.Duration, 
 	}
 	defer c.Close()
 	req, reply := make([]byte, wire.RequestSize), make([]byte, wire.ResponseSize+1+page)
-	ts := make([]time.Duration, 0, n)
+	ts = make([]time.Duration, 0, n)
 	for i := range n + n/10 {
 		start := time.Now()
 		if _, err := c.Write(req); err != nil {
@@ -495,6 +497,22 @@ func roundTrips(cfg config, network string, n int, proc bool) ([]time.Duration, 
 	}
 	slices.Sort(ts)
 	return ts, nil
+}
+
+// startEcho starts this program as the round trip's far end (-echo) and
+// returns its standard output, where it prints its address.
+func startEcho(cfg config, network string) (*exec.Cmd, io.Reader, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(self, "-echo", network, "-listen-netns", cfg.listenNetns, "-listen-ip", cfg.listenIP)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	return cmd, out, cmd.Start()
 }
 
 // listenEcho opens the round trip's listener: TCP at the listen address,
