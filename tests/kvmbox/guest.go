@@ -30,7 +30,9 @@ const (
 	fileRC      = "rc"
 	fileBeat    = "heartbeat"
 	fileConsole = "console.log"
-	fileQEMULog = "qemu.log" // QEMU's -d log: the CPU state at a reset
+	fileMonitor = "monitor.sock" // QEMU's monitor (see qemuArgs)
+	fileStall   = "stall.txt"    // the CPU's state when a stall was seen
+	fileQEMULog = "qemu.log"     // QEMU's -d log: the CPU state at a reset
 )
 
 // kernelCmdline is fixed apart from where the run directory and checkout
@@ -81,7 +83,7 @@ func (b *box) qemuArgs(vmlinux, initrd, run string) []string {
 	}
 	// The QEMU monitor, for a person looking into a stalled sandbox ("info
 	// registers", "info lapic"), where a Unix socket's path fits.
-	if mon := filepath.Join(run, "monitor.sock"); len(mon) < 100 {
+	if mon := filepath.Join(run, fileMonitor); len(mon) < 100 {
 		args = append(args, "-monitor", "unix:"+mon+",server=on,wait=off")
 	}
 	return args
@@ -234,13 +236,16 @@ loop:
 		case <-tick.C:
 			poll()
 			if !upAt.IsZero() && doneAt.IsZero() && stall.stalled(time.Now()) {
+				state := filepath.Join(run, fileStall)
+				os.WriteFile(state, []byte(stallState(filepath.Join(run, fileMonitor), 5*time.Second)), 0o644)
 				qemu.Process.Kill()
 				<-exited
 				poll()
 				keep = true
 				return exitGuestDied, fmt.Errorf("the sandbox's heartbeat stopped for %v while CMD ran: its CPU no longer "+
 					"takes interrupts (seen under QEMU 7.2 and 10.0 TCG with one vCPU, halted or spinning with its timer interrupt pending); "+
-					"killed QEMU (--stall-timeout 0 waits instead). Guest console: %s", o.stallTimeout, filepath.Join(run, fileConsole))
+					"killed QEMU (--stall-timeout 0 waits instead). Guest console: %s; its CPU's state before the kill: %s",
+					o.stallTimeout, filepath.Join(run, fileConsole), state)
 			}
 		case <-ctx.Done():
 			qemu.Process.Kill()
