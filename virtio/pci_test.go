@@ -52,24 +52,16 @@ func newPCIDriver(t *testing.T, dev virtio.Device) *pciDriver {
 func (d *pciDriver) cfg(off uint64, n int) uint64 {
 	b := make([]byte, n)
 	d.tr.ConfigRead(off, b)
-	return value(b)
+	return devtest.Value(b)
 }
 
 func (d *pciDriver) setCfg(off uint64, n int, v uint64) { d.tr.ConfigWrite(off, devtest.Bytes(v, n)) }
-
-func value(b []byte) uint64 {
-	var v uint64
-	for i, c := range b {
-		v |= uint64(c) << (8 * i)
-	}
-	return v
-}
 
 // rd and wr access the BAR at off with n bytes.
 func (d *pciDriver) rd(off uint64, n int) uint64 {
 	b := make([]byte, n)
 	d.tr.Read(off, b)
-	return value(b)
+	return devtest.Value(b)
 }
 
 func (d *pciDriver) wr(off uint64, n int, v uint64) { d.tr.Write(off, devtest.Bytes(v, n)) }
@@ -319,7 +311,7 @@ func FuzzPCITransport(f *testing.F) {
 		for ; len(in) >= 8; in = in[8:] {
 			n := widths[in[0]>>1&7]
 			off := uint64(binary.LittleEndian.Uint16(in[1:]))
-			v := value(in[3:8])
+			v := devtest.Value(in[3:8])
 			switch {
 			case in[0]&0x10 != 0 && in[0]&1 != 0:
 				d.setCfg(off%0x110, n, v)

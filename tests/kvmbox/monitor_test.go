@@ -12,18 +12,7 @@ import (
 // A fake monitor that answers as QEMU's does: a banner and a prompt, then
 // for each command its echo, the answer with carriage returns, a prompt.
 func TestStallState(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "m.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	sock := fakeMonitor(t, func(c net.Conn) {
 		c.Write([]byte("QEMU 10.0.13 monitor - type 'help' for more information\r\n(qemu) "))
 		r := bufio.NewReader(c)
 		rip := 0x1000
@@ -40,7 +29,7 @@ func TestStallState(t *testing.T) {
 			}
 			c.Write([]byte(cmd + "\r\n" + strings.ReplaceAll(answer, "\n", "\r\n") + "\r\n(qemu) "))
 		}
-	}()
+	})
 	got := stallState(sock, 5*time.Second)
 	for _, want := range []string{"=== info registers (0)\nRAX=0 RIP=ffff6 HLT=1\n", "=== info registers (2)", "RIP=ffff7", "=== info lapic (3)", "LVT0"} {
 		if !strings.Contains(got, want) {
@@ -59,22 +48,30 @@ func TestStallStateNoMonitor(t *testing.T) {
 	if got := stallState(filepath.Join(dir, "none.sock"), time.Second); !strings.Contains(got, "monitor:") {
 		t.Errorf("no monitor: %q", got)
 	}
-	sock := filepath.Join(dir, "mute.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		c, err := l.Accept()
-		if err == nil {
-			defer c.Close()
-			time.Sleep(3 * time.Second)
-		}
-	}()
+	sock := fakeMonitor(t, func(net.Conn) { time.Sleep(3 * time.Second) })
 	start := time.Now()
 	got := stallState(sock, time.Second)
 	if d := time.Since(start); d > 2*time.Second || !strings.Contains(got, "no prompt") {
 		t.Errorf("a mute monitor: %q after %v", got, d)
 	}
+}
+
+// fakeMonitor listens on a Unix socket of its own and hands the first
+// connection to serve, closing it after.
+func fakeMonitor(t *testing.T, serve func(net.Conn)) string {
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		serve(c)
+	}()
+	return sock
 }
