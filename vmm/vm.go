@@ -387,6 +387,11 @@ func (m *VM) createVM() (err error) {
 }
 
 func (m *VM) addDevices() error {
+	if m.keepsP() {
+		for _, d := range m.disks {
+			d.KeepP()
+		}
+	}
 	m.pio = bus.New("pio", m.log)
 	m.mmio = bus.New("mmio", m.log)
 	w := devices.Wiring{

@@ -170,14 +170,20 @@ func consume(bufs [][]byte, dst []byte) [][]byte {
 	return bufs
 }
 
-// splitLast splits off the last byte of bufs, which must hold one.
+// splitLast splits off the last byte of bufs, which must hold one. It
+// reuses bufs' array (a chain's buffer list is its request's alone), so
+// that serving a request allocates nothing.
 func splitLast(bufs [][]byte) (rest [][]byte, last []byte) {
 	for len(bufs[len(bufs)-1]) == 0 {
 		bufs = bufs[:len(bufs)-1]
 	}
 	l := bufs[len(bufs)-1]
-	rest = append(bufs[:len(bufs)-1:len(bufs)-1], l[:len(l)-1])
-	return rest, l[len(l)-1:]
+	if len(l) == 1 {
+		// Linux gives the status a descriptor of its own.
+		return bufs[:len(bufs)-1], l
+	}
+	bufs[len(bufs)-1] = l[:len(l)-1]
+	return bufs, l[len(l)-1:]
 }
 
 func total(bufs [][]byte) int {

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -67,6 +68,9 @@ type Disk struct {
 	mu     sync.RWMutex
 	layers []*layer // the base first; only the top one is ever written
 	closed bool
+	// keepP: reads and writes of layers on local filesystems keep the
+	// serving goroutine's P (KeepP).
+	keepP atomic.Bool
 }
 
 type layer struct {
@@ -75,6 +79,7 @@ type layer struct {
 	r      io.ReaderAt
 	f      *os.File
 	path   string
+	local  bool             // f is on a local filesystem (localFS)
 	blocks *snapshot.Bitmap // nil for the base: it holds every block
 	own    bool             // made by this disk, removed at Close
 	// dirty: written since the last Flush synced it (guarded by
@@ -104,7 +109,7 @@ func Open(path string, readOnly bool, dir string) (*Disk, error) {
 		return nil, fmt.Errorf("disk %s: %w", path, err)
 	}
 	return &Disk{size: size, readOnly: readOnly, commit: !readOnly, dir: dir,
-		layers: []*layer{{r: f, f: f, path: abs}}}, nil
+		layers: []*layer{{r: f, f: f, path: abs, local: localFS(f)}}}, nil
 }
 
 // imageSize is the size of an image, which must be whole sectors.
@@ -170,7 +175,7 @@ func OpenStateFrom(st State, base, dir string, src Source) (_ *Disk, err error) 
 			if err != nil {
 				return nil, fmt.Errorf("disk layer %d: %w", i, err)
 			}
-			nl.r, nl.f = f, f
+			nl.r, nl.f, nl.local = f, f, localFS(f)
 			d.layers = append(d.layers, nl)
 			size, err := imageSize(f)
 			if err != nil {
@@ -221,7 +226,7 @@ func (d *Disk) pushOverlay() error {
 		os.Remove(f.Name())
 		return fmt.Errorf("disk overlay: %w", err)
 	}
-	d.layers = append(d.layers, &layer{r: f, f: f, path: f.Name(), blocks: snapshot.NewBitmap(d.blocks()), own: true})
+	d.layers = append(d.layers, &layer{r: f, f: f, path: f.Name(), local: localFS(f), blocks: snapshot.NewBitmap(d.blocks()), own: true})
 	return nil
 }
 
@@ -246,7 +251,7 @@ func (d *Disk) ReadVec(bufs [][]byte, off int64) (int, error) {
 		return 0, nil
 	}
 	if len(d.layers) == 1 {
-		if err := d.layers[0].readVec(bufs, off); err != nil {
+		if err := d.layers[0].readVec(bufs, off, d.keepP.Load()); err != nil {
 			return 0, fmt.Errorf("disk %s: read at %d: %w", d.layers[0].path, off, err)
 		}
 		return n, nil
@@ -260,7 +265,7 @@ func (d *Disk) ReadVec(bufs [][]byte, off int64) (int, error) {
 			end += BlockSize
 		}
 		k := int(min(end, uint64(off)+uint64(n)) - pos)
-		if err := l.readVec(slice(bufs, done, k), int64(pos)); err != nil {
+		if err := l.readVec(slice(bufs, done, k), int64(pos), d.keepP.Load()); err != nil {
 			return done, fmt.Errorf("disk %s: read at %d: %w", l.path, pos, err)
 		}
 		done += k
@@ -269,7 +274,7 @@ func (d *Disk) ReadVec(bufs [][]byte, off int64) (int, error) {
 }
 
 // readVec fills bufs from off: with preadv(2) where the layer is a file.
-func (l *layer) readVec(bufs [][]byte, off int64) error {
+func (l *layer) readVec(bufs [][]byte, off int64, keepP bool) error {
 	if l.f == nil {
 		for _, b := range bufs {
 			if _, err := l.r.ReadAt(b, off); err != nil {
@@ -279,26 +284,7 @@ func (l *layer) readVec(bufs [][]byte, off int64) error {
 		}
 		return nil
 	}
-	return vecFull(unix.Preadv, int(l.f.Fd()), bufs, off)
-}
-
-// vecFull does a preadv or pwritev of bufs at off until all of bufs is
-// done, in batches the kernel takes (IOV_MAX).
-func vecFull(op func(fd int, iovs [][]byte, off int64) (int, error), fd int, bufs [][]byte, off int64) error {
-	const iovMax = 1024
-	for len(bufs) > 0 {
-		batch := bufs[:min(len(bufs), iovMax)]
-		n, err := op(fd, batch, off)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return io.ErrUnexpectedEOF
-		}
-		off += int64(n)
-		bufs = slice(bufs, n, total(bufs)-n)
-	}
-	return nil
+	return vecFull(l.op(unix.SYS_PREADV, keepP), int(l.f.Fd()), bufs, off)
 }
 
 // slice is the bytes [from, from+n) of the concatenation of bufs, as
@@ -371,7 +357,7 @@ func (d *Disk) WriteVec(bufs [][]byte, off int64) (int, error) {
 		return 0, err
 	}
 	top.dirty = true
-	if err := vecFull(unix.Pwritev, int(top.f.Fd()), bufs, off); err != nil {
+	if err := vecFull(top.op(unix.SYS_PWRITEV, d.keepP.Load()), int(top.f.Fd()), bufs, off); err != nil {
 		return 0, fmt.Errorf("disk %s: write at %d: %w", top.path, off, err)
 	}
 	d.written(top, uint64(off), uint64(off)+uint64(n))

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -89,6 +90,15 @@ func readVec(t *testing.T, r *rand.Rand, d *Disk) []byte {
 // from it writes to its own overlay only, and closing the parent puts
 // every write into its image.
 func TestForkLayers(t *testing.T) {
+	// Both ways a layer's file is read and written: through the runtime's
+	// system-call entry, and keeping the P (KeepP), whose calls merge
+	// adjacent buffers.
+	for _, keepP := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keepP=%v", keepP), func(t *testing.T) { testForkLayers(t, keepP) })
+	}
+}
+
+func testForkLayers(t *testing.T, keepP bool) {
 	// A size that is not whole blocks exercises the short last block.
 	const size = 64*BlockSize + 3*SectorSize
 	path, want := image(t, size)
@@ -96,6 +106,9 @@ func TestForkLayers(t *testing.T) {
 	d, err := Open(path, false, dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if keepP {
+		d.KeepP()
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	type frozen struct {
@@ -130,6 +143,9 @@ func TestForkLayers(t *testing.T) {
 		c, err := OpenState(st, "", dir)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if keepP {
+			c.KeepP()
 		}
 		cwant := bytes.Clone(want)
 		for range 30 {

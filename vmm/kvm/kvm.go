@@ -163,7 +163,7 @@ func (vm *VM) IRQLine(irq uint32, level bool) error {
 	if level {
 		l[1] = 1
 	}
-	_, err := call(vm.fd, "KVM_IRQ_LINE", reqIRQLine, unsafe.Pointer(&l[0]))
+	_, err := callRaw(vm.fd, "KVM_IRQ_LINE", reqIRQLine, unsafe.Pointer(&l[0]))
 	return err
 }
 
@@ -200,7 +200,7 @@ func (vm *VM) SignalMSI(addr uint64, data uint32) error {
 	m := msi{addressLo: uint32(addr), addressHi: uint32(addr >> 32), data: data}
 	// A positive result is the delivery; 0 says the guest's APIC
 	// blocked it, which is the guest's business.
-	_, err := call(vm.fd, "KVM_SIGNAL_MSI", reqSignalMSI, unsafe.Pointer(&m))
+	_, err := callRaw(vm.fd, "KVM_SIGNAL_MSI", reqSignalMSI, unsafe.Pointer(&m))
 	return err
 }
 
