@@ -129,8 +129,9 @@ func asyncPreemptOff(godebug string) bool {
 // KVM_RUN, and those waits do not all end at a signal (a stage-2 fault
 // before Linux 6.2, KVM's own accesses to guest RAM), so a stop of the
 // world would wait on the memory server, and with it the goroutine that
-// reports a lost server.
-func (m *VM) keepsP() bool { return keepPOK && m.source == nil }
+// reports a lost server. Nor in one whose RAM maps a snapshot's memory
+// file off local storage: a first touch waits on that file's server.
+func (m *VM) keepsP() bool { return keepPOK && m.source == nil && !m.mem.RemoteFile() }
 
 // procs counts the Ps that running vCPUs keep (kvm.VCPU.Run), which are
 // added to GOMAXPROCS so that the rest of the process (devices, the

@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sfvmm/sfvmm/vmm/localfs"
 	"github.com/sfvmm/sfvmm/vmm/snapshot"
 )
 
@@ -79,7 +80,7 @@ type layer struct {
 	r      io.ReaderAt
 	f      *os.File
 	path   string
-	local  bool             // f is on a local filesystem (localFS)
+	local  bool             // f is on local storage (localfs.Is)
 	blocks *snapshot.Bitmap // nil for the base: it holds every block
 	own    bool             // made by this disk, removed at Close
 	// dirty: written since the last Flush synced it (guarded by
@@ -109,7 +110,7 @@ func Open(path string, readOnly bool, dir string) (*Disk, error) {
 		return nil, fmt.Errorf("disk %s: %w", path, err)
 	}
 	return &Disk{size: size, readOnly: readOnly, commit: !readOnly, dir: dir,
-		layers: []*layer{{r: f, f: f, path: abs, local: localFS(f)}}}, nil
+		layers: []*layer{{r: f, f: f, path: abs, local: localfs.Is(f)}}}, nil
 }
 
 // imageSize is the size of an image, which must be whole sectors.
@@ -175,7 +176,7 @@ func OpenStateFrom(st State, base, dir string, src Source) (_ *Disk, err error) 
 			if err != nil {
 				return nil, fmt.Errorf("disk layer %d: %w", i, err)
 			}
-			nl.r, nl.f, nl.local = f, f, localFS(f)
+			nl.r, nl.f, nl.local = f, f, localfs.Is(f)
 			d.layers = append(d.layers, nl)
 			size, err := imageSize(f)
 			if err != nil {
@@ -226,7 +227,7 @@ func (d *Disk) pushOverlay() error {
 		os.Remove(f.Name())
 		return fmt.Errorf("disk overlay: %w", err)
 	}
-	d.layers = append(d.layers, &layer{r: f, f: f, path: f.Name(), local: localFS(f), blocks: snapshot.NewBitmap(d.blocks()), own: true})
+	d.layers = append(d.layers, &layer{r: f, f: f, path: f.Name(), local: localfs.Is(f), blocks: snapshot.NewBitmap(d.blocks()), own: true})
 	return nil
 }
 

@@ -109,6 +109,9 @@ func testForkLayers(t *testing.T, keepP bool) {
 	}
 	if keepP {
 		d.KeepP()
+		if !d.layers[0].local {
+			t.Fatalf("the test's image is not on local storage (TMPDIR %s): the calls that keep the P would go untested", os.TempDir())
+		}
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	type frozen struct {

@@ -2,34 +2,34 @@ package disk
 
 import (
 	"io"
-	"os"
 	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// KeepP has the disk's reads and writes of layers on local filesystems
-// keep the serving goroutine's P, as a vCPU's KVM_RUN does
-// (kvm.VCPU.Run), rather than go through the Go runtime's system-call
-// entry. That entry costs a busy VMM more than the call: while every P is
-// taken (a vCPU keeps one), sysmon takes the P of a thread that has been
-// in a system call for one of its ticks, hands it on, and then looks again
-// every 20 µs; a 1 MiB request's copy in the nested sandbox woke it about
-// 20 times, each a switch away from the copy and back.
+// KeepP has the disk's reads and writes of layers on local storage
+// (localfs.Is) keep the serving goroutine's P, as a vCPU's KVM_RUN does
+// and for the same reason (kvm.VCPU.Run): through the runtime's
+// system-call entry, each request's copy, milliseconds long in the nested
+// sandbox, set sysmon polling.
 //
-// Only for a machine whose vCPUs keep their P: the copy into guest RAM
-// must never wait for a memory server (a clone's RAM), since a stop of the
-// world waits for the call. One call moves at most keepPMax bytes, which
-// bounds that wait; and a layer on a network filesystem, whose calls a
-// lost server can block for good, always goes through the runtime.
+// A stop of the world waits for such a call. What bounds the wait is the
+// size of a call (keepPMax) and the storage being local; a layer
+// elsewhere (NFS, 9p, FUSE, a network or loop block device), whose calls
+// a lost server could block for good, goes through the runtime. The copy
+// must also not wait for a memory server: KeepP is for machines whose
+// vCPUs keep their P, which leaves out clones. (A fork parent's RAM is
+// write-protected until its clones are gone, and a write into it waits
+// for the memory server's helper process, as the vCPUs' own writes do.)
 func (d *Disk) KeepP() { d.keepP.Store(true) }
 
 const (
 	// iovMax is the kernel's IOV_MAX: the buffers one call takes.
 	iovMax = 1024
-	// keepPMax bounds the bytes of one call that keeps its P: a 1 MiB
-	// request, Linux's usual largest, in one call.
+	// keepPMax bounds the bytes of one call that keeps its P: Linux's
+	// largest request by default (1280 KiB) in one call, and a copy of
+	// at most a millisecond or so on a host without nesting.
 	keepPMax = 2 << 20
 )
 
@@ -54,6 +54,10 @@ func (l *layer) op(nr uintptr, keepP bool) vecOp {
 // the kernel and op take.
 func vecFull(op vecOp, fd int, bufs [][]byte, off int64) error {
 	for total(bufs) > 0 {
+		// Empty buffers first would make a batch of nothing.
+		for len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+		}
 		n, err := op.call(fd, batch(bufs, op.maxBytes), off)
 		if err != nil {
 			return err
@@ -104,7 +108,7 @@ func rawVec(nr uintptr, fd int, bufs [][]byte, off int64) (int, error) {
 			continue
 		}
 		if k := len(iov) - 1; k >= 0 && uintptr(unsafe.Pointer(iov[k].Base))+uintptr(iov[k].Len) == uintptr(unsafe.Pointer(&b[0])) {
-			iov[k].Len += uint64(len(b))
+			iov[k].SetLen(int(iov[k].Len) + len(b))
 			continue
 		}
 		v := unix.Iovec{Base: &b[0]}
@@ -123,21 +127,4 @@ func rawVec(nr uintptr, fd int, bufs [][]byte, off int64) (int, error) {
 		return 0, e
 	}
 	return int(n), nil
-}
-
-// localFS says whether f is on a filesystem of local storage, whose reads
-// and writes end without a server: those KeepP may make while keeping the
-// P. Any other (NFS, SMB, 9p, FUSE, ...) or one fstatfs cannot tell is
-// not.
-func localFS(f *os.File) bool {
-	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
-		return false
-	}
-	switch uint32(st.Type) {
-	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.F2FS_SUPER_MAGIC,
-		unix.BCACHEFS_SUPER_MAGIC, unix.TMPFS_MAGIC, unix.OVERLAYFS_SUPER_MAGIC:
-		return true
-	}
-	return false
 }

@@ -62,13 +62,11 @@ func call(fd int, name string, req uintptr, arg unsafe.Pointer) (uintptr, error)
 }
 
 // callRaw is call for an ioctl that never blocks, made with RawSyscall so
-// that the goroutine keeps its P: raising an interrupt (KVM_IRQ_LINE,
-// KVM_SIGNAL_MSI) sets it pending and wakes the vCPU, and where the vCPU's
-// thread then takes the CPU at once (a host with fewer CPUs than busy
-// threads), the caller stays preempted inside the call for as long as
-// the guest runs. Through the runtime's entry its P would count as one in
-// a system call all that time: sysmon takes such a P, hands it to another
-// thread and then looks again every 20 µs.
+// that the goroutine keeps its P (why that matters: VCPU.Run). Raising an
+// interrupt (KVM_IRQ_LINE, KVM_SIGNAL_MSI) wakes the vCPU, and where the
+// vCPU's thread takes the CPU at once, the caller stays preempted inside
+// the call while the guest runs: through the runtime's entry, its P would
+// count as one in a system call all that time.
 func callRaw(fd int, name string, req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	for {
 		r, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))

@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sfvmm/sfvmm/vmm/localfs"
 )
 
 // Layout of guest physical memory.
@@ -55,6 +57,8 @@ type Memory struct {
 	// drops pages.
 	mu   sync.RWMutex
 	keep bool // Discard zeroes pages rather than dropping them (KeepPages)
+	// remote: MapFile mapped a file off local storage (RemoteFile).
+	remote bool
 }
 
 // ErrRange reports a guest-physical access outside RAM.
@@ -252,5 +256,10 @@ func (m *Memory) MapFile(f *os.File, offs []int64) error {
 			return fmt.Errorf("map file over guest RAM at %#x: mapped at %#x instead", r.GPA, got)
 		}
 	}
+	m.remote = !localfs.Is(f)
 	return nil
 }
+
+// RemoteFile says whether RAM is a mapping of a file off local storage
+// (MapFile): a first touch of a page may then wait on a server.
+func (m *Memory) RemoteFile() bool { return m.remote }

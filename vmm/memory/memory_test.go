@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/sfvmm/sfvmm/vmm/localfs"
 )
 
 func TestLayout(t *testing.T) {
@@ -98,6 +100,12 @@ func TestMapFile(t *testing.T) {
 	}
 	if err := m.MapFile(f, []int64{2 * PageSize}); err != nil {
 		t.Fatal(err)
+	}
+	if !localfs.Is(f) {
+		t.Fatalf("the test's file is not on local storage (TMPDIR %s)", os.TempDir())
+	}
+	if m.RemoteFile() {
+		t.Error("RAM mapped from a file on local storage counts as remote")
 	}
 	b := make([]byte, 13)
 	if _, err := m.ReadAt(b, PageSize+7); err != nil || string(b) != "from the file" {
