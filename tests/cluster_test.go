@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sfvmm/sfvmm/cluster"
 	"github.com/sfvmm/sfvmm/cluster/agentapi"
 	"github.com/sfvmm/sfvmm/vmm/api"
 	"github.com/sfvmm/sfvmm/vmm/vmtest"
@@ -79,6 +80,15 @@ func startCluster(t *testing.T, n, slots int) *sandboxCluster {
 	}
 	return c
 }
+
+// leaseGone bounds how long a dead or cut-off host's lease, and what it
+// held, stays in the cluster; clusterLost how long an agent whose
+// cluster is gone takes to find out and exit (a keepalive that fails,
+// then its lease's end).
+const (
+	leaseGone   = time.Duration(cluster.LeaseTTL)*time.Second + 10*time.Second
+	clusterLost = 2*time.Duration(cluster.LeaseTTL)*time.Second + 15*time.Second
+)
 
 // statusGone waits up to within for the cluster's status lines (sfvmm agent
 // --status) that start with prefix to be gone, and returns those left.
@@ -422,10 +432,10 @@ func TestClusterKills(t *testing.T) {
 		noClonesWithin(t, 10*time.Second, "after the join")
 		// The dead agent's host leaves the cluster once its lease runs
 		// out, and the family's reservations went with the join.
-		if left := c.statusGone(t, "reserved ", 15*time.Second); len(left) != 0 {
+		if left := c.statusGone(t, "reserved ", leaseGone); len(left) != 0 {
 			t.Errorf("slot reservations left after the join: %v", left)
 		}
-		if hosts := c.statusGone(t, "host host2 ", 15*time.Second); len(hosts) != 0 {
+		if hosts := c.statusGone(t, "host host2 ", leaseGone); len(hosts) != 0 {
 			t.Errorf("host2 still in the cluster after its agent died: %v", hosts)
 		}
 	})
@@ -476,14 +486,14 @@ func TestClusterKills(t *testing.T) {
 		// On host3 itself: the clone ends (its memory server is silent)
 		// and the agent, without etcd, ends too.
 		noClonesWithin(t, 20*time.Second, "on the cut-off host")
-		if code := c.agents[3].wait(t, 30*time.Second); code == 0 || !strings.Contains(c.agents[3].Output(), "lost the cluster") {
+		if code := c.agents[3].wait(t, clusterLost); code == 0 || !strings.Contains(c.agents[3].Output(), "lost the cluster") {
 			t.Errorf("host3's agent: exit status %d, want it to have lost the cluster:\n%s", code, c.agents[3].Output())
 		}
 		heal()
-		if left := c.statusGone(t, "reserved ", 15*time.Second); len(left) != 0 {
+		if left := c.statusGone(t, "reserved ", leaseGone); len(left) != 0 {
 			t.Errorf("slot reservations left after the join: %v", left)
 		}
-		if hosts := c.statusGone(t, "host host3 ", 15*time.Second); len(hosts) != 0 {
+		if hosts := c.statusGone(t, "host host3 ", leaseGone); len(hosts) != 0 {
 			t.Errorf("host3 still in the cluster after it was cut off: %v", hosts)
 		}
 	})
@@ -639,7 +649,7 @@ func TestEtcdHostLost(t *testing.T) {
 	killed := time.Now()
 	c.agents[0].cmd.Process.Kill()
 	for i := 1; i < len(c.agents); i++ {
-		if code := c.agents[i].wait(t, 30*time.Second); code == 0 {
+		if code := c.agents[i].wait(t, clusterLost); code == 0 {
 			t.Errorf("agent %s exited 0 after losing the cluster", c.names[i])
 		}
 		if !strings.Contains(c.agents[i].Output(), "lost the cluster") {
