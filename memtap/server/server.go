@@ -106,7 +106,7 @@ type Stats struct {
 	PagesSent    uint64 // pages sent with data
 	PagesEmpty   uint64 // pages answered as zero or absent, with no data
 	BytesSent    uint64 // bytes written to clients
-	WriteFaults  uint64 // write-protect faults of the parent
+	WriteFaults  uint64 // write-protect faults of the parent (one a signal interrupted counts again)
 	PagesSaved   uint64 // pages copied before the parent's first write
 	// PagesMulticast and BytesMulticast: pages and bytes sent to the
 	// family's multicast group (mcdist), counted once however many clones

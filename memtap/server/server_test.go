@@ -277,7 +277,35 @@ func (r runs) Runs(fn func(start, n uint64)) { fn(0, r.n) }
 // untouched RAM maps) are split only where the parent writes, and every
 // other page of them stays protected (kernels that lost the protection on
 // a split served the parent's new bytes to clones).
+//
+// A signal to a thread waiting in a write-protect fault makes the kernel
+// deliver that fault again once the handler returns (the Go runtime's
+// preemption and garbage collector signal running threads): the page is
+// still saved once. With signals sent all through the writes, about one
+// run in twenty sees such a repeat.
 func TestFreezeHugePages(t *testing.T) {
+	t.Run("quiet", freezeHugePages)
+	t.Run("signalled", func(t *testing.T) {
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				syscall.Kill(os.Getpid(), syscall.SIGURG)
+				time.Sleep(50 * time.Microsecond)
+			}
+		}()
+		defer func() { close(stop); <-done }()
+		freezeHugePages(t)
+	})
+}
+
+func freezeHugePages(t *testing.T) {
 	const huge = 2 << 20
 	if thp, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err != nil || bytes.Contains(thp, []byte("[never]")) {
 		t.Skipf("transparent huge pages are off here (%q, %v)", thp, err)
@@ -321,8 +349,8 @@ func TestFreezeHugePages(t *testing.T) {
 	for _, p := range []int{0, 1, 512, 513, 2, 514} {
 		ram[p*page] = 0xEE
 	}
-	if st := s.Stats(); st.WriteFaults != 6 || st.PagesSaved != 6 {
-		t.Errorf("%d write faults, %d pages saved; want 6 and 6", st.WriteFaults, st.PagesSaved)
+	if st := s.Stats(); st.WriteFaults < 6 || st.PagesSaved != 6 {
+		t.Errorf("%d write faults, %d pages saved; want 6 or more, and 6", st.WriteFaults, st.PagesSaved)
 	}
 	flags, data := fetch(t, l.Addr().String(), key, 0, 3)
 	for k, d := range data {
