@@ -25,7 +25,7 @@ func connect(t *testing.T, e *cluster.Embedded, dir, name string) *cluster.Store
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := cluster.Connect([]string{e.Endpoint}, id)
+	s, err := cluster.Connect([]string{e.Endpoint}, id, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestEtcdRefusesStrangers(t *testing.T) {
 	if _, err := c.Get(ctx, "/sfvmm/hosts/"); err == nil {
 		t.Fatal("etcd answered a client with another CA's certificate")
 	}
-	if _, err := cluster.Connect([]string{e.Endpoint}, other); err == nil {
+	if _, err := cluster.Connect([]string{e.Endpoint}, other, 3*time.Second); err == nil {
 		t.Fatal("Connect with another CA's certificate succeeded")
 	}
 }

@@ -58,8 +58,10 @@ type Store struct {
 }
 
 // Connect reaches the etcd cluster at endpoints ("https://host:port"),
-// as member id.
-func Connect(endpoints []string, id *pki.Identity) (*Store, error) {
+// as member id, waiting up to wait for its first answer: a wrong address
+// or certificate is an error after that long, since etcd's client retries
+// every failed connection until then.
+func Connect(endpoints []string, id *pki.Identity, wait time.Duration) (*Store, error) {
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: dialTimeout,
@@ -71,7 +73,7 @@ func Connect(endpoints []string, id *pki.Identity) (*Store, error) {
 	}
 	// clientv3.New does not wait for a connection: ask once, so that a
 	// wrong address or certificate is an error here, not later.
-	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	if _, err := c.Get(ctx, hostsKey, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
 		c.Close()

@@ -93,7 +93,7 @@ func newTestCluster(t *testing.T, slots int, names ...string) *testCluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		store, err := cluster.Connect([]string{e.Endpoint}, id)
+		store, err := cluster.Connect([]string{e.Endpoint}, id, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

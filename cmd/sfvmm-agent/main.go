@@ -28,6 +28,14 @@ const (
 	statusUsage = 2
 )
 
+// How long an agent waits for etcd's first answer, and after how long it
+// says it is waiting; how long --status waits for each answer.
+const (
+	etcdWait   = time.Minute
+	etcdSlow   = 5 * time.Second
+	statusWait = 10 * time.Second
+)
+
 func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
@@ -98,7 +106,14 @@ func run(args []string) int {
 		endpoints, embErr = emb.Endpoint, emb.Err()
 		log.Info("etcd serving at " + emb.Endpoint)
 	}
-	store, err := cluster.Connect(strings.Split(endpoints, ","), id)
+	// An agent may start with its cluster's etcd, or on a host too busy
+	// for etcd to answer at once (a nested sandbox's embedded etcd took
+	// over 5 s once): it waits, and says so.
+	slow := time.AfterFunc(etcdSlow, func() {
+		log.Warn(fmt.Sprintf("no answer from etcd at %s yet; waiting up to %v", endpoints, etcdWait))
+	})
+	store, err := cluster.Connect(strings.Split(endpoints, ","), id, etcdWait)
+	slow.Stop()
 	if err != nil {
 		return fail(statusError, "%v", err)
 	}
@@ -152,13 +167,13 @@ func printStatus(name, tlsDir, etcd string, log *slog.Logger) int {
 		log.Error(fmt.Sprintf("--cluster-tls: %v", err))
 		return statusError
 	}
-	store, err := cluster.Connect(strings.Split(etcd, ","), id)
+	store, err := cluster.Connect(strings.Split(etcd, ","), id, statusWait)
 	if err != nil {
 		log.Error(err.Error())
 		return statusError
 	}
 	defer store.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), statusWait)
 	defer cancel()
 	hosts, err := store.Hosts(ctx)
 	if err != nil {
