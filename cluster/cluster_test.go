@@ -122,6 +122,54 @@ func TestReserveAcrossHosts(t *testing.T) {
 	}
 }
 
+// A store's leases, its agent's and its families', have the TTL it was
+// given; one outside what etcd can keep is refused.
+func TestLeaseTTL(t *testing.T) {
+	e, dir := testCluster(t, "h0")
+	s := connect(t, e, dir, "h0")
+	for _, bad := range []int{-1, 0, 1, 3601} {
+		if err := s.SetLeaseTTL(bad); err == nil {
+			t.Errorf("lease TTL %d s taken", bad)
+		}
+	}
+	if err := s.SetLeaseTTL(7); err != nil {
+		t.Fatal(err)
+	}
+	join(t, s, cluster.Host{Name: "h0", Agent: "127.0.0.1:1", Slots: 1})
+	fam, err := s.NewFamily("f", "h0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fam.Close()
+	id, err := pki.LoadIdentity(dir, "h0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, TLS: id.ClientTLS(""), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	leases, err := c.Leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases.Leases) != 2 {
+		t.Fatalf("%d leases, want the agent's and the family's", len(leases.Leases))
+	}
+	for _, l := range leases.Leases {
+		r, err := c.TimeToLive(ctx, l.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GrantedTTL != 7 {
+			t.Errorf("lease %x granted %d s, want 7", l.ID, r.GrantedTTL)
+		}
+	}
+}
+
 // A client without a certificate of the cluster's CA is refused by etcd.
 func TestEtcdRefusesStrangers(t *testing.T) {
 	e, _ := testCluster(t)

@@ -42,19 +42,29 @@ const (
 )
 
 // LeaseTTL is how long, in seconds, a member that stopped answering still
-// counts as alive: an agent's host leaves and a parent's clones are
-// killed within this long of their last renewal. It is also how long a
-// busy host may go without renewing before it loses its clones for
-// nothing: with 5 s, a nested sandbox running a parent, eight clones and
-// four agents on one CPU lost every agent's lease in most runs.
+// counts as alive unless its store is told otherwise (SetLeaseTTL): an
+// agent's host leaves and a parent's clones are killed within this long
+// of their last renewal. It is also how long a busy host may go without
+// renewing before it loses its clones for nothing: with 5 s, a nested
+// sandbox running a parent, eight clones and four agents on one CPU lost
+// every agent's lease in most runs.
 const LeaseTTL = 15
+
+// The lease TTLs SetLeaseTTL takes: below 2 s etcd's own minimum (1.5 s
+// with its default timing) would lengthen it unasked; above an hour a
+// lost host's clones would run on unnoticed for too long to be useful.
+const (
+	minLeaseTTL = 2
+	maxLeaseTTL = 3600
+)
 
 // Host is an agent as the cluster knows it.
 type Host = agentapi.Host
 
 // Store is a connection to the cluster's etcd.
 type Store struct {
-	c *clientv3.Client
+	c   *clientv3.Client
+	ttl int // of the leases it starts, in seconds
 }
 
 // Connect reaches the etcd cluster at endpoints ("https://host:port"),
@@ -79,7 +89,18 @@ func Connect(endpoints []string, id *pki.Identity, wait time.Duration) (*Store, 
 		c.Close()
 		return nil, fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
 	}
-	return &Store{c: c}, nil
+	return &Store{c: c, ttl: LeaseTTL}, nil
+}
+
+// SetLeaseTTL sets the TTL, in seconds, of the leases s starts from now
+// on: its agent's and the families it registers. A shorter one finds a
+// lost host sooner; a longer one keeps a busy host's clones.
+func (s *Store) SetLeaseTTL(sec int) error {
+	if sec < minLeaseTTL || sec > maxLeaseTTL {
+		return fmt.Errorf("lease TTL %d s: must be %d to %d", sec, minLeaseTTL, maxLeaseTTL)
+	}
+	s.ttl = sec
+	return nil
 }
 
 // Close ends the connection; leases it holds run out.
@@ -88,9 +109,9 @@ func (s *Store) Close() error { return s.c.Close() }
 // Session is a lease kept alive while its holder lives.
 type Session struct{ s *concurrency.Session }
 
-// NewSession starts a lease of LeaseTTL seconds.
+// NewSession starts a lease of s's TTL.
 func (s *Store) NewSession() (*Session, error) {
-	cs, err := concurrency.NewSession(s.c, concurrency.WithTTL(LeaseTTL))
+	cs, err := concurrency.NewSession(s.c, concurrency.WithTTL(s.ttl))
 	if err != nil {
 		return nil, fmt.Errorf("etcd lease: %w", err)
 	}

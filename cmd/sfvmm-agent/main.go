@@ -47,6 +47,7 @@ func run(args []string) int {
 	etcd := fs.String("etcd", "", "etcd endpoints of the cluster (https://host:port,...)")
 	embedded := fs.String("etcd-embedded", "", "run the cluster's etcd inside this agent, with its data in this folder")
 	etcdPort := fs.Int("etcd-port", cluster.EmbeddedPort, "with --etcd-embedded: its client port on the --listen IP (the peer port is the next)")
+	leaseTTL := fs.Int("lease-ttl", cluster.LeaseTTL, "seconds a silent host stays in the cluster: its clones, and those of its forking VMs, are killed this long after its last renewal")
 	workDir := fs.String("work-dir", "", "folder for running clones' descriptors (default: a temporary one)")
 	status := fs.Bool("status", false, "print the cluster's hosts and slot reservations (with --etcd) and exit")
 	level := fs.String("log-level", "info", "least severe of the agent's and its clones' messages to print: debug, info, warn or error")
@@ -118,6 +119,9 @@ func run(args []string) int {
 		return fail(statusError, "%v", err)
 	}
 	defer store.Close()
+	if err := store.SetLeaseTTL(*leaseTTL); err != nil {
+		return fail(statusUsage, "--lease-ttl: %v", err)
+	}
 	session, err := store.NewSession()
 	if err != nil {
 		return fail(statusError, "%v", err)
