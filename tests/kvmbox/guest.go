@@ -157,8 +157,10 @@ func (b *box) runNested(q *outerQEMU, sk, k *kernel, vmlinux, initrd string) (in
 	env = append(env, "GOCACHE="+filepath.Join(b.cache, "gocache"), "XDG_CACHE_HOME="+filepath.Join(b.cache, "xdg-cache"))
 	mods := o.modules
 	if o.hosts > 0 {
-		// sch_netem: tests that lose packets on purpose (tc qdisc ... netem).
-		mods = append(append([]string(nil), mods...), "veth", "bridge", "sch_netem")
+		// sch_netem: tests that lose packets on purpose (tc qdisc ... netem);
+		// sch_prio and cls_u32 let them lose only some packets (a band of
+		// its own, and a filter that sends packets there).
+		mods = append(append([]string(nil), mods...), "veth", "bridge", "sch_netem", "sch_prio", "cls_u32")
 	}
 	var modList strings.Builder
 	if len(mods) > 0 {
