@@ -66,18 +66,14 @@ func call(fd int, name string, req uintptr, arg unsafe.Pointer) (uintptr, error)
 // interrupt (KVM_IRQ_LINE, KVM_SIGNAL_MSI) wakes the vCPU, and where the
 // vCPU's thread takes the CPU at once, the caller stays preempted inside
 // the call while the guest runs: through the runtime's entry, its P would
-// count as one in a system call all that time.
+// count as one in a system call all that time. Neither ioctl sleeps, so
+// neither returns EINTR.
 func callRaw(fd int, name string, req uintptr, arg unsafe.Pointer) (uintptr, error) {
-	for {
-		r, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return r, errno(name, e)
-		}
-		return r, nil
+	r, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+	if e != 0 {
+		return r, errno(name, e)
 	}
+	return r, nil
 }
 
 // callValue runs ioctlValue and names it in the error.
