@@ -9,6 +9,9 @@
 //
 // A test reported more than once (the same test in two files) counts as
 // failed if any of its runs failed: a failure is never hidden by a pass.
+// A test that started and has no result in any file counts as failed too:
+// its test binary ended while it ran (go test's -timeout panics without
+// a result line for the tests it stops).
 package main
 
 import (
@@ -31,7 +34,7 @@ type event struct {
 }
 
 type counts struct {
-	result   map[string]string   // test name -> its result (pass, fail, skip); fail sticks
+	result   map[string]string   // test name -> its result (pass, fail, skip, or run: no result yet); fail sticks
 	order    []string            // test names in first-seen order
 	badPkgs  map[string]bool     // packages whose last result was a failure
 	output   map[string][]string // test name -> its output lines
@@ -53,7 +56,7 @@ func (c *counts) tally() (passed, failed, skipped []string) {
 		switch c.result[n] {
 		case "pass":
 			passed = append(passed, n)
-		case "fail":
+		case "fail", "run":
 			failed = append(failed, n)
 		case "skip":
 			skipped = append(skipped, n)
@@ -85,6 +88,10 @@ func (c *counts) read(r io.Reader) error {
 		case e.Test == "":
 		case e.Action == "pass" || e.Action == "fail" || e.Action == "skip":
 			c.record(name, e.Action)
+		case e.Action == "run":
+			if _, seen := c.result[name]; !seen {
+				c.record(name, e.Action)
+			}
 		}
 	}
 	return sc.Err()
@@ -93,10 +100,13 @@ func (c *counts) read(r io.Reader) error {
 // excerpt is what a reader of a CI log's tail needs of a failed test: its
 // failure messages (the first line of each) and the last lines of its
 // output, which for a guest are the end of its serial console.
-func excerpt(name string, out []string) string {
+func excerpt(name string, out []string, unfinished bool) string {
 	const tail = 8
 	var b strings.Builder
 	fmt.Fprintf(&b, "=== why %s failed:\n", name)
+	if unfinished {
+		b.WriteString("    it did not finish: its test binary ended while it ran (timed out or crashed)\n")
+	}
 	for _, l := range out {
 		if failureLine.MatchString(l) && !strings.Contains(l, "bus.go:") {
 			b.WriteString(clip(l))
@@ -170,7 +180,7 @@ func main() {
 		if i+1 < len(failed) && strings.HasPrefix(failed[i+1], n+"/") {
 			continue
 		}
-		fmt.Print(excerpt(n, c.output[n]))
+		fmt.Print(excerpt(n, c.output[n], c.result[n] == "run"))
 	}
 	for _, l := range []struct {
 		what  string

@@ -7,6 +7,17 @@ import (
 	"testing"
 )
 
+// readAll reads each event stream in turn, as main does its files.
+func readAll(t *testing.T, streams ...string) *counts {
+	c := &counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}}
+	for _, in := range streams {
+		if err := c.read(strings.NewReader(in)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
 func TestFailureSticks(t *testing.T) {
 	const run1 = `{"Action":"pass","Package":"p","Test":"TestA"}
 {"Action":"fail","Package":"p","Test":"TestB"}
@@ -17,13 +28,7 @@ func TestFailureSticks(t *testing.T) {
 not json: build output
 {"Action":"pass","Package":"p","Test":"TestD"}
 `
-	c := counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}}
-	for _, in := range []string{run1, run2} {
-		if err := c.read(strings.NewReader(in)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	passed, failed, skipped := c.tally()
+	passed, failed, skipped := readAll(t, run1, run2).tally()
 	for _, x := range []struct {
 		what      string
 		got, want []string
@@ -35,6 +40,31 @@ not json: build output
 		if !reflect.DeepEqual(x.got, x.want) {
 			t.Errorf("%s: %v, want %v", x.what, x.got, x.want)
 		}
+	}
+}
+
+// A test that started and never ended (a -timeout panic, a crash) is
+// failed, unless another run of it ended (a stalled sandbox's tests run
+// again in a new one).
+func TestUnfinished(t *testing.T) {
+	const stalled = `{"Action":"run","Package":"p","Test":"TestA"}
+{"Action":"run","Package":"p","Test":"TestB"}
+{"Action":"pass","Package":"p","Test":"TestB"}
+{"Action":"run","Package":"p","Test":"TestC"}
+{"Action":"output","Package":"p","Output":"panic: test timed out after 19m0s\n"}
+`
+	const again = `{"Action":"run","Package":"p","Test":"TestA"}
+{"Action":"pass","Package":"p","Test":"TestA"}
+`
+	passed, failed, _ := readAll(t, stalled, again).tally()
+	if want := []string{"p.TestA", "p.TestB"}; !reflect.DeepEqual(passed, want) {
+		t.Errorf("passed: %v, want %v", passed, want)
+	}
+	if want := []string{"p.TestC"}; !reflect.DeepEqual(failed, want) {
+		t.Errorf("failed: %v, want %v", failed, want)
+	}
+	if e := excerpt("p.TestC", nil, true); !strings.Contains(e, "did not finish") {
+		t.Errorf("excerpt of an unfinished test: %q", e)
 	}
 }
 
