@@ -13,7 +13,9 @@
 # sixteen Linux guests on one emulated CPU, has stalled three sandboxes in
 # a row and more); each stall is listed
 # in OUT-DIR/stalls, which testsummary counts. A test that failed is never
-# run again, and a sandbox that died any other way is not replaced.
+# run again, and a sandbox that died any other way is not replaced. Each
+# sandbox's tests get 22 minutes, so that make test stays under CI's 30;
+# a test still running then counts as failed (testsummary).
 set -u
 kvmbox=$1 bin=$2 out=$3 n=$4
 cd "$(dirname "$0")"
@@ -23,7 +25,7 @@ sandbox() {
 	local i=$1 todo=$2 try=1 status log finished
 	while :; do
 		log=$out/kvm$i-$try.log
-		"$kvmbox" --hosts 4 --timeout 20m -- "$bin" -test.run "^($todo)\$" -test.v=test2json -test.timeout 19m >"$log" 2>&1
+		"$kvmbox" --hosts 4 --timeout 23m -- "$bin" -test.run "^($todo)\$" -test.v=test2json -test.timeout 22m >"$log" 2>&1
 		status=$?
 		go tool test2json -p github.com/sfvmm/sfvmm/tests <"$log" >"${log%.log}.json"
 		if [ $status != 123 ] || ! grep -q "heartbeat stopped" "$log" || [ $try -ge 8 ]; then
