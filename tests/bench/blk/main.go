@@ -13,7 +13,8 @@
 // four modes: sequential writes and reads of 1 MiB, then random writes
 // and reads of 4 KiB, each with O_DIRECT (the guest's page cache stays
 // out of it) and one request in flight at a time. The boots take turns,
-// each VMM in turn, -reps times; the table shows each mode's median.
+// each VMM in turn, -reps rounds; the table shows each mode's median
+// rate, and each ratio as the median of the rounds' ratios.
 //
 // Both VMMs go through the sandbox's page cache: QEMU's default cache
 // mode (writeback) and sfvmm's plain reads and writes, on an image in the
@@ -183,7 +184,8 @@ func run(root string, reps, imgMiB int, modes []mode, timeout time.Duration) err
 	fmt.Printf("Sandbox: nested KVM inside a QEMU TCG guest (CPUs: %d): absolute figures are slow and noisy, read the ratios. "+
 		"Reference: %s -enable-kvm -cpu host -M pc, virtio-blk-pci, default cache mode (writeback, through the sandbox's page cache, "+
 		"as sfvmm's reads and writes go). Guest: %s, 1 vCPU, 256 MiB; image: %d MiB raw on the sandbox's tmpfs. "+
-		"blkbench in the guest: O_DIRECT, one request at a time, writes end with fsync (timed). Boots of each VMM, taking turns: %d; the table shows medians.\n\n",
+		"blkbench in the guest: O_DIRECT, one request at a time, writes end with fsync (timed). Rounds, each a boot of each VMM in turn: %d; "+
+		"the table shows each VMM's median rate, and for each ratio the median of the rounds' ratios.\n\n",
 		runtime.NumCPU(), firstLine(qemuVersion), filepath.Base(kernel), imgMiB, reps)
 	fmt.Println("sfvmm-pci is sfvmm --virtio pci (virtio-pci, MSI-X), sfvmm-mmio is sfvmm --virtio mmio; " +
 		"QEMU is QEMU -M pc with virtio-blk-pci (MSI-X), QEMU-mmio is QEMU -M microvm with virtio-blk-device (virtio-mmio).")
@@ -195,13 +197,13 @@ func run(root string, reps, imgMiB int, modes []mode, timeout time.Duration) err
 	fmt.Printf("| mode | %s | sfvmm-pci/QEMU | sfvmm-mmio/QEMU | sfvmm-mmio/QEMU-mmio | target |\n", strings.Join(vmmNames, " MB/s (IOPS) | ")+" MB/s (IOPS)")
 	fmt.Println("|---|" + strings.Repeat("---|", len(vmms)+4))
 	for _, m := range modes {
-		mb := func(name string) float64 { return median(samples[name][m.name], sample.mbps) }
+		of := func(name string) []sample { return samples[name][m.name] }
 		fmt.Printf("| %s, %s × %d |", m.name, size(m.bs), m.count)
 		for _, n := range vmmNames {
-			fmt.Printf(" %.1f (%.0f) |", mb(n), median(samples[n][m.name], sample.iops))
+			fmt.Printf(" %.1f (%.0f) |", median(of(n), sample.mbps), median(of(n), sample.iops))
 		}
-		fmt.Printf(" %s | %s | %s | ≥ 1 (sfvmm-pci/QEMU) |\n", ratio(mb("sfvmm-pci"), mb("QEMU")), ratio(mb("sfvmm-mmio"), mb("QEMU")),
-			ratio(mb("sfvmm-mmio"), mb("QEMU-mmio")))
+		fmt.Printf(" %s | %s | %s | ≥ 1 (sfvmm-pci/QEMU) |\n", pairedRatio(of("sfvmm-pci"), of("QEMU")), pairedRatio(of("sfvmm-mmio"), of("QEMU")),
+			pairedRatio(of("sfvmm-mmio"), of("QEMU-mmio")))
 	}
 	fmt.Println()
 	fmt.Println("Each boot's MB/s, in the order they ran (the spread is the sandbox's noise):")
@@ -343,17 +345,22 @@ func makeImage(path string, mib int) error {
 	return f.Close()
 }
 
-// median is the median of f over ss (the mean of the middle two for an
-// even count; 0 for none).
+// median is the median of f over ss.
 func median(ss []sample, f func(sample) float64) float64 {
-	if len(ss) == 0 {
-		return 0
-	}
 	vs := make([]float64, len(ss))
 	for i, s := range ss {
 		vs[i] = f(s)
 	}
-	slices.Sort(vs)
+	return medianOf(vs)
+}
+
+// medianOf is the median of vs (the mean of the middle two for an even
+// count; 0 for none).
+func medianOf(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	vs = slices.Sorted(slices.Values(vs))
 	n := len(vs)
 	if n%2 == 1 {
 		return vs[n/2]
@@ -361,12 +368,21 @@ func median(ss []sample, f func(sample) float64) float64 {
 	return (vs[n/2-1] + vs[n/2]) / 2
 }
 
-// ratio is a/b, or "–" where either VMM did not run (-vmms).
-func ratio(a, b float64) string {
-	if a == 0 || b == 0 {
+// pairedRatio is the median, over the rounds, of a's rate over b's in the
+// same round, or "–" where either VMM did not run (-vmms). A round's
+// boots run back to back, so the sandbox's drift cancels out of each
+// round's ratio: in a two-CPU sandbox whole rounds ran at half or twice
+// the speed of others, and the medians of the two columns, taken apart,
+// could come from different rounds.
+func pairedRatio(a, b []sample) string {
+	if len(a) == 0 || len(b) == 0 {
 		return "–"
 	}
-	return fmt.Sprintf("%.2f", a/b)
+	rs := make([]float64, len(a))
+	for i := range a {
+		rs[i] = a[i].mbps() / b[i].mbps()
+	}
+	return fmt.Sprintf("%.2f", medianOf(rs))
 }
 
 func rates(ss []sample) string {
