@@ -11,7 +11,10 @@
 // failed if any of its runs failed: a failure is never hidden by a pass.
 // A test that started and has no result in any file counts as failed too:
 // its test binary ended while it ran (go test's -timeout panics without
-// a result line for the tests it stops).
+// a result line for the tests it stops). test2json holds a subtest's
+// result back until the next test starts, and never sends it if the
+// binary ends first; the result line is still in the test's output, and
+// counts.
 package main
 
 import (
@@ -38,6 +41,7 @@ type counts struct {
 	order    []string            // test names in first-seen order
 	badPkgs  map[string]bool     // packages whose last result was a failure
 	output   map[string][]string // test name -> its output lines
+	short    map[string]string   // test name -> the test's name without its package
 	pkgLines []string            // each package's closing line
 }
 
@@ -53,6 +57,9 @@ func (c *counts) record(name, action string) {
 
 func (c *counts) tally() (passed, failed, skipped []string) {
 	for _, n := range c.order {
+		if c.result[n] == "run" {
+			c.result[n] = resultInOutput(c.short[n], c.output[n])
+		}
 		switch c.result[n] {
 		case "pass":
 			passed = append(passed, n)
@@ -91,10 +98,23 @@ func (c *counts) read(r io.Reader) error {
 		case e.Action == "run":
 			if _, seen := c.result[name]; !seen {
 				c.record(name, e.Action)
+				c.short[name] = e.Test
 			}
 		}
 	}
 	return sc.Err()
+}
+
+// resultInOutput is the result that test printed in its output ("---
+// PASS: Test/sub (1.00s)"), or "run" where there is none.
+func resultInOutput(test string, out []string) string {
+	re := regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): ` + regexp.QuoteMeta(test) + ` \(`)
+	for _, l := range out {
+		if m := re.FindStringSubmatch(l); m != nil {
+			return strings.ToLower(m[1])
+		}
+	}
+	return "run"
 }
 
 // excerpt is what a reader of a CI log's tail needs of a failed test: its
@@ -139,7 +159,7 @@ func main() {
 	brief := flag.Bool("brief", false, "print each package's result line and the failed tests' output, without the closing count")
 	stallsFile := flag.String("stalls", "", "a file listing the nested sandbox's stalls, a line each (tests/kvmtest.sh writes it), to count in the summary")
 	flag.Parse()
-	c := counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}}
+	c := counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}, short: map[string]string{}}
 	if flag.NArg() < 1 {
 		fmt.Fprintln(os.Stderr, "usage: testsummary [-brief] FILE.json...")
 		os.Exit(2)

@@ -9,7 +9,7 @@ import (
 
 // readAll reads each event stream in turn, as main does its files.
 func readAll(t *testing.T, streams ...string) *counts {
-	c := &counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}}
+	c := &counts{output: map[string][]string{}, result: map[string]string{}, badPkgs: map[string]bool{}, short: map[string]string{}}
 	for _, in := range streams {
 		if err := c.read(strings.NewReader(in)); err != nil {
 			t.Fatal(err)
@@ -45,7 +45,8 @@ not json: build output
 
 // A test that started and never ended (a -timeout panic, a crash) is
 // failed, unless another run of it ended (a stalled sandbox's tests run
-// again in a new one).
+// again in a new one) or its output has its result (test2json held it
+// back).
 func TestUnfinished(t *testing.T) {
 	const stalled = `{"Action":"run","Package":"p","Test":"TestA"}
 {"Action":"run","Package":"p","Test":"TestB"}
@@ -53,14 +54,21 @@ func TestUnfinished(t *testing.T) {
 {"Action":"run","Package":"p","Test":"TestC"}
 {"Action":"output","Package":"p","Output":"panic: test timed out after 19m0s\n"}
 `
+	// test2json held TestD/sub's result back (no test started after it)
+	// when the binary ended in TestD's cleanup; its output has the line.
+	const heldBack = `{"Action":"run","Package":"a.b/p","Test":"TestD"}
+{"Action":"run","Package":"a.b/p","Test":"TestD/sub"}
+{"Action":"output","Package":"a.b/p","Test":"TestD/sub","Output":"    --- PASS: TestD/sub (0.50s)\n"}
+{"Action":"output","Package":"a.b/p","Output":"panic: test timed out after 22m0s\n"}
+`
 	const again = `{"Action":"run","Package":"p","Test":"TestA"}
 {"Action":"pass","Package":"p","Test":"TestA"}
 `
-	passed, failed, _ := readAll(t, stalled, again).tally()
-	if want := []string{"p.TestA", "p.TestB"}; !reflect.DeepEqual(passed, want) {
+	passed, failed, _ := readAll(t, stalled, heldBack, again).tally()
+	if want := []string{"p.TestA", "p.TestB", "a.b/p.TestD/sub"}; !reflect.DeepEqual(passed, want) {
 		t.Errorf("passed: %v, want %v", passed, want)
 	}
-	if want := []string{"p.TestC"}; !reflect.DeepEqual(failed, want) {
+	if want := []string{"p.TestC", "a.b/p.TestD"}; !reflect.DeepEqual(failed, want) {
 		t.Errorf("failed: %v, want %v", failed, want)
 	}
 	if e := excerpt("p.TestC", nil, true); !strings.Contains(e, "did not finish") {
