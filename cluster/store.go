@@ -92,12 +92,21 @@ func Connect(endpoints []string, id *pki.Identity, wait time.Duration) (*Store, 
 	return &Store{c: c, ttl: LeaseTTL}, nil
 }
 
-// SetLeaseTTL sets the TTL, in seconds, of the leases s starts from now
-// on: its agent's and the families it registers. A shorter one finds a
-// lost host sooner; a longer one keeps a busy host's clones.
-func (s *Store) SetLeaseTTL(sec int) error {
+// CheckLeaseTTL says whether a lease of sec seconds can be asked for.
+func CheckLeaseTTL(sec int) error {
 	if sec < minLeaseTTL || sec > maxLeaseTTL {
 		return fmt.Errorf("lease TTL %d s: must be %d to %d", sec, minLeaseTTL, maxLeaseTTL)
+	}
+	return nil
+}
+
+// SetLeaseTTL sets the TTL, in seconds, of the leases s starts: its
+// agent's and the families it registers. A shorter one finds a lost host
+// sooner; a longer one keeps a busy host's clones. Call it before s is
+// shared.
+func (s *Store) SetLeaseTTL(sec int) error {
+	if err := CheckLeaseTTL(sec); err != nil {
+		return err
 	}
 	s.ttl = sec
 	return nil

@@ -513,6 +513,9 @@ func TestClusterKills(t *testing.T) {
 func TestMulticastLoss(t *testing.T) {
 	c := startCluster(t, 4, 2)
 	for _, h := range c.names {
+		// The hosts outlive the test: the next one gets a clean network,
+		// even where a command below failed.
+		t.Cleanup(func() { run(t, time.Minute, "ip", "netns", "exec", h, "tc", "qdisc", "del", "dev", "eth0", "root") })
 		// A fourth band, which no packet priority maps to, holds the
 		// loss; the filter sends multicast there.
 		for _, cmd := range [][]string{
@@ -524,8 +527,6 @@ func TestMulticastLoss(t *testing.T) {
 				t.Fatalf("tc %s on %s: %s", strings.Join(cmd, " "), h, out)
 			}
 		}
-		// The hosts outlive the test: the next one gets a clean network.
-		t.Cleanup(func() { run(t, time.Minute, "ip", "netns", "exec", h, "tc", "qdisc", "del", "dev", "eth0", "root") })
 	}
 	out := forkAcross(t, c, "multicast")
 	retried := 0

@@ -14,8 +14,9 @@
 # a row and more); each stall is listed
 # in OUT-DIR/stalls, which testsummary counts. A test that failed is never
 # run again, and a sandbox that died any other way is not replaced. Each
-# sandbox's tests get 22 minutes, so that make test stays under CI's 30;
-# a test still running then counts as failed (testsummary).
+# sandbox's tests get 22 minutes, so that make test stays under CI's 30
+# (a sandbox that stalls starts its retry with 22 more); a test still
+# running then counts as failed (testsummary).
 set -u
 kvmbox=$1 bin=$2 out=$3 n=$4
 cd "$(dirname "$0")"

@@ -79,6 +79,9 @@ func run(args []string) int {
 	if *slots < 0 {
 		return fail(statusUsage, "--slots %d: must be 0 or more", *slots)
 	}
+	if err := cluster.CheckLeaseTTL(*leaseTTL); err != nil {
+		return fail(statusUsage, "--lease-ttl: %v", err)
+	}
 	id, err := pki.LoadIdentity(*tlsDir, *name)
 	if err != nil {
 		return fail(statusError, "--cluster-tls: %v", err)
@@ -111,7 +114,7 @@ func run(args []string) int {
 	// for etcd to answer at once (a nested sandbox's embedded etcd took
 	// over 5 s once): it waits, and says so.
 	slow := time.AfterFunc(etcdSlow, func() {
-		log.Warn(fmt.Sprintf("no answer from etcd at %s yet; waiting up to %v", endpoints, etcdWait))
+		log.Warn(fmt.Sprintf("no answer from etcd at %s yet; waiting up to %v in all", endpoints, etcdWait))
 	})
 	store, err := cluster.Connect(strings.Split(endpoints, ","), id, etcdWait)
 	slow.Stop()
@@ -120,7 +123,7 @@ func run(args []string) int {
 	}
 	defer store.Close()
 	if err := store.SetLeaseTTL(*leaseTTL); err != nil {
-		return fail(statusUsage, "--lease-ttl: %v", err)
+		return fail(statusError, "--lease-ttl: %v", err)
 	}
 	session, err := store.NewSession()
 	if err != nil {

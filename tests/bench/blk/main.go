@@ -378,8 +378,8 @@ func pairedRatio(a, b []sample) string {
 	if len(a) == 0 || len(b) == 0 {
 		return "–"
 	}
-	rs := make([]float64, len(a))
-	for i := range a {
+	rs := make([]float64, min(len(a), len(b)))
+	for i := range rs {
 		rs[i] = a[i].mbps() / b[i].mbps()
 	}
 	return fmt.Sprintf("%.2f", medianOf(rs))
