@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -244,7 +243,7 @@ type Set struct {
 	quiesced bool
 	// notifiers are the ioeventfds of the virtio queues; each has a
 	// goroutine that serves its queue, which ends when it is closed.
-	notifiers []*os.File
+	notifiers []*notifier
 	served    sync.WaitGroup
 	// transports are the virtio devices', served once more after a
 	// restore (Restore).
@@ -377,19 +376,20 @@ func (s *Set) transport(w Wiring, n int, name string, dev virtio.Device) (transp
 }
 
 // notify has KVM signal an eventfd for each of t's n queues when the
-// driver notifies it, and serves the queue from a goroutine: the vCPU
-// goes back to the guest without an exit to the VMM, and the request is
-// served while it runs.
+// driver notifies it, and serves the queue from a goroutine of its own
+// blocked in the eventfd's read: the vCPU goes back to the guest without
+// an exit to the VMM, and the request is served while it runs. The read
+// blocks its thread rather than waiting in the runtime's poller, so that
+// the guest's notification wakes the thread that serves it, and nothing
+// else.
 func (s *Set) notify(t transport, n int, where ioeventfd, kvmIOEventFD func(addr uint64, size, value uint32, fd int) error) error {
 	for q := range n {
-		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 		if err != nil {
 			return fmt.Errorf("queue %d: eventfd: %w", q, err)
 		}
-		// Non-blocking, so that reads wait in the runtime's poller and
-		// Close ends them.
-		f := os.NewFile(uintptr(fd), "ioeventfd")
-		s.notifiers = append(s.notifiers, f)
+		nf := &notifier{fd: fd}
+		s.notifiers = append(s.notifiers, nf)
 		addr, size, value := where(q)
 		if err := kvmIOEventFD(addr, size, value, fd); err != nil {
 			return fmt.Errorf("queue %d: ioeventfd: %w", q, err)
@@ -399,7 +399,8 @@ func (s *Set) notify(t transport, n int, where ioeventfd, kvmIOEventFD func(addr
 			defer s.served.Done()
 			var b [8]byte
 			for {
-				if _, err := f.Read(b[:]); err != nil {
+				_, err := unix.Read(fd, b[:])
+				if nf.closed.Load() || err != nil {
 					return
 				}
 				t.Kick(q)
@@ -407,6 +408,20 @@ func (s *Set) notify(t transport, n int, where ioeventfd, kvmIOEventFD func(addr
 		}()
 	}
 	return nil
+}
+
+// A notifier is a queue's ioeventfd, which its goroutine reads.
+type notifier struct {
+	fd     int
+	closed atomic.Bool // the goroutine returns at its next wakeup
+}
+
+// stop ends the notifier's goroutine: a blocked read does not end when
+// its descriptor is closed, so the goroutine is woken with a write.
+func (nf *notifier) stop() error {
+	nf.closed.Store(true)
+	_, err := unix.Write(nf.fd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	return err
 }
 
 // Quiesce waits for the virtio devices' work outside the vCPUs' exits to
@@ -439,11 +454,14 @@ func (s *Set) Close() error {
 	// queue's goroutine may wait on it.
 	s.Resume()
 	var errs []error
-	for _, f := range s.notifiers {
-		errs = append(errs, f.Close())
+	for _, nf := range s.notifiers {
+		errs = append(errs, nf.stop())
+	}
+	s.served.Wait()
+	for _, nf := range s.notifiers {
+		errs = append(errs, unix.Close(nf.fd))
 	}
 	s.notifiers = nil
-	s.served.Wait()
 	for _, c := range s.closers {
 		errs = append(errs, c.Close())
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sfvmm/sfvmm/virtio"
 	"github.com/sfvmm/sfvmm/virtio/blk"
 	"github.com/sfvmm/sfvmm/virtio/virtiotest"
@@ -176,5 +178,48 @@ func TestMSIRefusalLoggedOnce(t *testing.T) {
 	send(0xfee00000, 0x41)
 	if e, d := strings.Count(out.String(), "level=ERROR"), strings.Count(out.String(), "level=DEBUG"); e != 1 || d != 2 {
 		t.Errorf("%d error and %d debug lines, want 1 and 2:\n%s", e, d, out.String())
+	}
+}
+
+// Each queue's ioeventfd has a goroutine blocked in its read. Close ends
+// them all, also one that a notification woke while the machine was held
+// (waiting on the gate), and closes the eventfds.
+func TestNotifiersClose(t *testing.T) {
+	var fds []int
+	s, err := New(Wiring{
+		IRQ: func(uint32) func(bool) { return func(bool) {} }, Console: io.Discard, Now: time.Now,
+		CPUs: 1, RAMSize: 1 << 20, DebugExit: func(int) {}, Reset: func() {}, PowerOff: func() {}, CloneExit: func(uint32) {},
+		Options: Options{Entropy: true, Disks: []Disk{{Path: "a"}}}, Memory: ram{make(virtiotest.RAM, 1<<20)}, Discard: func([]byte) {},
+		Disks: []blk.Backend{nullDisk{}},
+		IOEventFD: func(_ uint64, _, _ uint32, fd int) error {
+			fds = append(fds, fd)
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fds) != 2 {
+		t.Fatalf("%d ioeventfds for rng and blk, want 2", len(fds))
+	}
+	s.Quiesce()
+	if _, err := unix.Write(fds[0], []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // the goroutine reaches the gate
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still waiting for the notifiers after 10 s")
+	}
+	for _, fd := range fds {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
+			t.Errorf("eventfd %d still open after Close (%v)", fd, err)
+		}
 	}
 }
