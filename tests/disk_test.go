@@ -110,8 +110,9 @@ func overlaysLeft(t *testing.T, dir string) {
 // the disk; a snapshot taken then and restored in a new sfvmm still has
 // it, and what the restored guest writes changes neither the snapshot's
 // copy of the disk nor the image. The image holds the file the guest
-// wrote. On each transport; on virtio-pci, the disk's queue interrupts
-// are MSI-X (PCI-MSI in /proc/interrupts), in the restored guest too.
+// wrote. On each transport, with its --notify (transports), which the
+// statistics confirm; on virtio-pci, the disk's queue interrupts are
+// MSI-X (PCI-MSI in /proc/interrupts), in the restored guest too.
 func TestVirtioDisk(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) { testVirtioDisk(t, tr) })
@@ -126,7 +127,7 @@ func testVirtioDisk(t *testing.T, tr transport) {
 	t.Setenv("TMPDIR", dir)
 	sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 
-	p := start(t, bin, "run", tr.flag, "--api-sock", sock, "--memory", "256M", "--disk", img,
+	p := start(t, bin, "run", tr.flag, "--notify", tr.notify, "--stats", "--api-sock", sock, "--memory", "256M", "--disk", img,
 		"--kernel", kernel, "--initrd", initrd, "--cmdline", tr.cmdline)
 	p.waitFor(t, "sfvmm-init: 1 cpus", 3*time.Minute)
 	p.typeLine(t, mount+` && echo host=$(cat /mnt/hello.txt) && echo written-in-guest > /mnt/new.txt && sync && `+
@@ -149,12 +150,15 @@ func testVirtioDisk(t *testing.T, tr transport) {
 	}
 	p.cmd.Process.Signal(unix.SIGTERM)
 	p.wait(t, time.Minute)
+	if want := "(virtio notifications: " + tr.notify + ")"; !strings.Contains(p.Output(), want) {
+		t.Errorf("no %q in sfvmm's statistics:\n%s", want, p.Output())
+	}
 	if got := imageFile(t, img, "/new.txt"); got != "written-in-guest\n" {
 		t.Errorf("the image holds %q as new.txt, want the guest's write", got)
 	}
 	imgSum, snapSum := fileSum(t, img), fileSum(t, filepath.Join(snap, "disk0.img"))
 
-	r := start(t, bin, "restore", snap)
+	r := start(t, bin, "restore", "--notify", tr.notify, snap)
 	r.typeLine(t, `echo 3 > /proc/sys/vm/drop_caches; echo restored=$(cat /mnt/new.txt); `+
 		`echo after > /mnt/after.txt && sync && umount /mnt && echo unmounted=$((6*7))`)
 	r.waitFor(t, "unmounted=42", 2*time.Minute)
@@ -177,7 +181,9 @@ func testVirtioDisk(t *testing.T, tr transport) {
 // its sibling nor the parent sees; the parent's rewrite goes back into the
 // image when sfvmm ends, the clones' writes do not, and no overlay is
 // left; --keep-clone-disks keeps each clone's disk as it saw it. On each
-// transport: a clone's virtio-pci functions, MSI-X table included, are
+// transport, with its --notify (transports: requests in flight at the
+// fork are under way on a vCPU's thread with exit, on a device's with
+// ioeventfd): a clone's virtio-pci functions, MSI-X table included, are
 // its parent's.
 func TestForkDisk(t *testing.T) {
 	for _, tr := range transports {
@@ -209,7 +215,7 @@ func testForkDisk(t *testing.T, tr transport) {
 		`if [ $id != 0 ]; then echo 3 > /proc/sys/vm/drop_caches; echo clone round r$r read $(cat /mnt/round); sfctl exit; fi; sfctl join $t; done; ` +
 		`rm /mnt/round && umount /mnt && echo unmounted=$((6*7))`
 	kept := t.TempDir()
-	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", tr.flag, "--memory", "256M", "--disk", img, "--keep-clone-disks", kept,
+	out, code := run(t, 5*time.Minute, sfvmmPath(t), "run", tr.flag, "--notify", tr.notify, "--memory", "256M", "--disk", img, "--keep-clone-disks", kept,
 		"--kernel", kernel, "--initrd", initrd, "--cmdline", tr.cmdline+` sfvmm.run="`+script+`"`)
 	if code != 0 || !strings.Contains(out, "unmounted=42") {
 		t.Fatalf("exit %d, want 0 and the parent's disk unmounted:\n%s", code, out)

@@ -30,6 +30,8 @@ type RestoreConfig struct {
 	// disk as it saw it when it closes (diskN.img): a clone's or restored
 	// machine's writes are otherwise dropped with its overlay.
 	KeepDisks string
+	// Notify is Config's: the restored machine's host decides it.
+	Notify Notify
 }
 
 // Restore rebuilds a machine from saved state. fill loads guest memory into
@@ -45,6 +47,7 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 		KernelPath: s.Config.Kernel, Cmdline: s.Config.Cmdline,
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,
 		Console: rc.Console, Log: rc.Log, Fork: rc.Fork, Devices: s.Config.Devices, VsockPath: rc.VsockPath, VsockDial: rc.VsockDial,
+		Notify: rc.Notify,
 	})
 	m.keepDisks = rc.KeepDisks
 	defer func() {

@@ -24,7 +24,8 @@ func (m *VM) ResidentGuestBytes() (uint64, error) {
 }
 
 // ExitStats summarises the vCPUs' exits to the VMM: the cost a guest's
-// device accesses put on it. Call it after Run has returned.
+// device accesses put on it, and how virtio notifications came (Notify:
+// with NotifyExit each is an exit). Call it after Run has returned.
 func (m *VM) ExitStats() string {
 	reasons := map[uint32]uint64{}
 	ports := map[uint16]uint64{}
@@ -48,9 +49,9 @@ func (m *VM) ExitStats() string {
 	}
 	sort.Slice(top, func(i, j int) bool { return top[i].n > top[j].n })
 	var b strings.Builder
-	fmt.Fprintf(&b, "exits: io=%d mmio=%d hlt=%d interrupted=%d other=%d; busiest ports:",
+	fmt.Fprintf(&b, "exits: io=%d mmio=%d hlt=%d interrupted=%d other=%d (virtio notifications: %s); busiest ports:",
 		reasons[kvm.ExitIO], reasons[kvm.ExitMMIO], reasons[kvm.ExitHLT], eintr,
-		sum(reasons)-reasons[kvm.ExitIO]-reasons[kvm.ExitMMIO]-reasons[kvm.ExitHLT])
+		sum(reasons)-reasons[kvm.ExitIO]-reasons[kvm.ExitMMIO]-reasons[kvm.ExitHLT], m.Notify())
 	for i, t := range top {
 		if i == 8 {
 			break

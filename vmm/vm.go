@@ -66,6 +66,9 @@ type Config struct {
 	// connections to port N of the host go to VsockDial_N ("":
 	// VsockPath_N); a clone's go to its parent's.
 	VsockPath, VsockDial string
+	// Notify is how the guest's virtio queue notifications reach the
+	// devices (NotifyAuto: as suits the host).
+	Notify Notify
 }
 
 // MemorySource fills a clone's guest RAM from elsewhere (package memtap
@@ -414,6 +417,11 @@ func (m *VM) addDevices() error {
 	if m.cfg.Fork != nil {
 		w.ForkHost = m.cfg.Fork(m)
 	}
+	notify := m.Notify()
+	if notify == NotifyExit {
+		w.IOEventFD = nil
+	}
+	m.log.Debug(fmt.Sprintf("virtio notifications: %s (--notify %s)", notify, m.cfg.Notify))
 	if m.cfg.Devices.VsockCID != 0 {
 		w.VsockDial = m.cfg.VsockDial
 		if w.VsockPath = m.cfg.VsockPath; w.VsockPath == "" {

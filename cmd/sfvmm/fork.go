@@ -29,15 +29,15 @@ type launcher struct {
 	vsock   func() string // the parent's vsock socket, once it has one; a clone's is derived from it
 	keep    string        // --keep-clone-disks: where clones leave their disks
 	console *console      // the parent's, which clones' lines join
-	logArgs []string      // the parent's logging flags, which clones follow
+	args    []string      // the parent's flags that clones follow (logging, --notify)
 }
 
-func newLauncher(apiSock string, vsock func() string, keep string, c *console, logArgs []string) (*launcher, error) {
+func newLauncher(apiSock string, vsock func() string, keep string, c *console, args []string) (*launcher, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sfvmm binary to start clones with: %w", err)
 	}
-	return &launcher{exe: exe, apiSock: apiSock, vsock: vsock, keep: keep, console: c, logArgs: logArgs}, nil
+	return &launcher{exe: exe, apiSock: apiSock, vsock: vsock, keep: keep, console: c, args: args}, nil
 }
 
 // cloneSocket is clone id of ticket's control socket, next to the parent's.
@@ -51,7 +51,7 @@ func cloneSocket(parent string, ticket, id uint32) string {
 func (l *launcher) Launch(descriptor string, ticket, id uint32) (fork.Clone, error) {
 	args := []string{"clone", "--descriptor", descriptor, "--ticket", strconv.FormatUint(uint64(ticket), 10),
 		"--id", strconv.FormatUint(uint64(id), 10), "--local-disks"}
-	args = append(args, l.logArgs...)
+	args = append(args, l.args...)
 	if s := cloneSocket(l.apiSock, ticket, id); s != "" {
 		args = append(args, "--api-sock", s)
 	}
@@ -112,6 +112,7 @@ func cloneCmd(args []string) int {
 	keepDisks := fs.String("keep-disks", "", "when the clone ends, write each of its disks as it saw it to DIR/diskN.img (by default a clone's disk writes are dropped with it)")
 	vsockDial := fs.String("vsock-dial", "", "where the clone's guest connections to port N of the host go: DIAL_N (default: the --vsock path's; sfvmm's launcher gives the parent's)")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
+	notify := addNotifyFlag(fs)
 	lf := addLogFlags(fs)
 	localDisks := fs.Bool("local-disks", false, "the clone is on its parent's host: it opens the disks' layer files (sfvmm's own launcher sets it); otherwise it reads them through the memory server")
 	direct := fs.Bool("direct-reads", true, "read pages the parent has not written since the fork from its memory directly, when the clone is its child process (=false: every page through the memory server)")
@@ -131,10 +132,11 @@ func cloneCmd(args []string) int {
 	defer console.Flush()
 	start := time.Now()
 	vm, mt, err := fork.RestoreClone(*desc, fork.CloneConfig{
-		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger, VsockPath: *vsockPath, VsockDial: *vsockDial, KeepDisks: *keepDisks},
-		ID:            uint32(*id),
-		DirectReads:   *direct,
-		LocalDisks:    *localDisks,
+		RestoreConfig: vmm.RestoreConfig{Console: console, Log: log.Logger, VsockPath: *vsockPath, VsockDial: *vsockDial, KeepDisks: *keepDisks,
+			Notify: notify.n},
+		ID:          uint32(*id),
+		DirectReads: *direct,
+		LocalDisks:  *localDisks,
 	})
 	if err != nil {
 		log.Errorf("%v", err)
@@ -238,8 +240,9 @@ func addForkFlags(fs *flag.FlagSet) forkFlags {
 }
 
 // forker returns the machine's fork core, nil when fork is disabled, and
-// what to call once it is closed.
-func (f forkFlags) forker(apiSock string, vsock func() string, c *console, log logger, lf logFlags) (*fork.Forker, func(), error) {
+// what to call once it is closed. cloneArgs are the machine's flags that
+// its clones on this host take too.
+func (f forkFlags) forker(apiSock string, vsock func() string, c *console, log logger, cloneArgs []string) (*fork.Forker, func(), error) {
 	if *f.capacity < 0 {
 		return nil, nil, fmt.Errorf("--fork-capacity %d: must be 0 or more", *f.capacity)
 	}
@@ -254,7 +257,7 @@ func (f forkFlags) forker(apiSock string, vsock func() string, c *console, log l
 		return fork.New(fork.Config{Capacity: *f.capacity, Launcher: cl, ServeAddress: serve,
 			Multicast: *f.cluster.pages == "multicast", Log: log.Logger}), cl.Close, nil
 	}
-	l, err := newLauncher(apiSock, vsock, *f.keepDisks, c, lf.args())
+	l, err := newLauncher(apiSock, vsock, *f.keepDisks, c, cloneArgs)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -49,6 +49,7 @@ func runCmd(args []string) int {
 		"(needs the virtio_mmio or virtio_pci driver, and virtio_blk)")
 	transport := fs.String("virtio", "mmio", "the virtio devices' transport: mmio (virtio-mmio, announced in ACPI; needs the virtio_mmio driver) "+
 		"or pci (virtio-pci with MSI-X on a PCI bus, whose interrupts cost the guest no exit to sfvmm; needs the virtio_pci driver, and no pci=off on --cmdline)")
+	notify := addNotifyFlag(fs)
 	ff := addForkFlags(fs)
 	lf := addLogFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -79,7 +80,7 @@ func runCmd(args []string) int {
 	// The launcher asks the machine for its vsock socket when it starts
 	// a clone: a restored machine makes one of its own.
 	var vm *vmm.VM
-	fk, leave, err := ff.forker(*apiSock, func() string { return vm.VsockPath() }, console, log, lf)
+	fk, leave, err := ff.forker(*apiSock, func() string { return vm.VsockPath() }, console, log, append(lf.args(), notify.args()...))
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
@@ -99,6 +100,7 @@ func runCmd(args []string) int {
 		Devices: devices.Options{Entropy: *entropy, Balloon: *balloonDev, VMGenID: *genID, Disks: disks, VsockCID: vsockCID(*vsockPath, *cid),
 			PCI: *transport == "pci"},
 		VsockPath: *vsockPath,
+		Notify:    notify.n,
 	})
 	if err != nil {
 		log.Errorf("%v", withFlag(err))
@@ -308,3 +310,26 @@ func vsockCID(path string, cid uint64) uint64 {
 	}
 	return cid
 }
+
+// notifyFlag is --notify, which run, restore and clone take.
+type notifyFlag struct{ n vmm.Notify }
+
+func addNotifyFlag(fs *flag.FlagSet) *notifyFlag {
+	f := &notifyFlag{}
+	fs.Var(f, "notify", "how the guest's virtio queue notifications reach sfvmm: "+
+		"ioeventfd (KVM wakes a device thread, and the vCPU goes straight back to the guest, whose other work goes on while requests are copied), "+
+		"exit (the vCPU's own thread serves each request before it goes back: no thread switches, the fastest where the device thread would have no CPU of its own), "+
+		"or auto (ioeventfd where the host has more CPUs than the VM has vCPUs, exit where it has not)")
+	return f
+}
+
+func (f *notifyFlag) String() string { return f.n.String() }
+
+func (f *notifyFlag) Set(s string) (err error) {
+	f.n, err = vmm.ParseNotify(s)
+	return err
+}
+
+// args is the flag as a clone of this machine takes it: a clone on the
+// same host follows its parent's choice.
+func (f *notifyFlag) args() []string { return []string{"--notify", f.n.String()} }

@@ -50,6 +50,7 @@ func restoreCmd(args []string) int {
 	keepDisks := fs.String("keep-disks", "", "when the VM ends, write each of its disks as it saw it to DIR/diskN.img (by default a restored VM's disk writes are dropped, so that the snapshot can be restored again)")
 	paused := fs.Bool("paused", false, "restore paused; resume through the control API")
 	quiet := fs.Bool("quiet", false, "do not print how the guest ended")
+	notify := addNotifyFlag(fs)
 	ff := addForkFlags(fs)
 	lf := addLogFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -72,14 +73,15 @@ func restoreCmd(args []string) int {
 	// The launcher asks the machine for its vsock socket when it starts
 	// a clone: a restored machine makes one of its own.
 	var vm *vmm.VM
-	fk, leave, err := ff.forker(*apiSock, func() string { return vm.VsockPath() }, console, log, lf)
+	fk, leave, err := ff.forker(*apiSock, func() string { return vm.VsockPath() }, console, log, append(lf.args(), notify.args()...))
 	if err != nil {
 		log.Errorf("%v", err)
 		return vmm.StatusError
 	}
 	defer leave()
 	start := time.Now()
-	vm, err = vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk), VsockPath: *vsockPath, KeepDisks: *keepDisks})
+	vm, err = vmm.RestoreDir(fs.Arg(0), vmm.RestoreConfig{Console: console, Log: log.Logger, Fork: forkDevice(fk), VsockPath: *vsockPath, KeepDisks: *keepDisks,
+		Notify: notify.n})
 	if err != nil {
 		log.Errorf("restore %s: %v", fs.Arg(0), err)
 		return vmm.StatusError
