@@ -2,7 +2,7 @@
  * blkbench: block device throughput from inside a Linux guest, for
  * tests/bench/blk (sfvmm's virtio-blk against QEMU's).
  *
- *   blkbench DEV MODE BS COUNT
+ *   blkbench DEV MODE BS COUNT [spin]
  *
  * MODE is seqread, seqwrite, randread or randwrite. blkbench does COUNT
  * reads or writes of BS bytes on DEV, one at a time, and prints
@@ -18,6 +18,12 @@
  * offsets. Writes end with fsync, inside the timed span: a VMM that only
  * caches the data pays for it there. Errors go to stderr with exit
  * status 2. Linked statically, like sfctl, for the busybox initramfs.
+ *
+ * With "spin", a child process counts in a loop while the operations
+ * run, and the line ends with spins=N, its count over the timed span:
+ * how much of the guest's CPU the I/O leaves to other work (a VMM that
+ * serves requests on the vCPU's thread takes the copies from it; one
+ * that serves them on a thread of its own may not).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,7 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,7 +52,7 @@ static void fail(const char *what)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: blkbench DEV seqread|seqwrite|randread|randwrite BS COUNT\n");
+	fprintf(stderr, "usage: blkbench DEV seqread|seqwrite|randread|randwrite BS COUNT [spin]\n");
 	exit(2);
 }
 
@@ -77,7 +86,7 @@ static uint64_t xorshift64(uint64_t *s)
 
 int main(int argc, char **argv)
 {
-	if (argc != 5)
+	if (argc != 5 && !(argc == 6 && strcmp(argv[5], "spin") == 0))
 		usage();
 	const char *dev = argv[1], *mode = argv[2];
 	uint64_t bs = number(argv[3]), count = number(argv[4]);
@@ -119,7 +128,23 @@ int main(int argc, char **argv)
 	for (uint64_t i = 0; i < bs; i++)
 		((unsigned char *)buf)[i] = (unsigned char)(i * 131 + 7);
 
+	volatile uint64_t *spins = NULL;
+	pid_t spinner = -1;
+	if (argc == 6) {
+		spins = mmap(NULL, sizeof *spins, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		if (spins == MAP_FAILED)
+			fail("mmap");
+		if ((spinner = fork()) < 0)
+			fail("fork");
+		if (spinner == 0)
+			for (;;)
+				(*spins)++;
+		while (*spins == 0)
+			usleep(1000);
+	}
+
 	uint64_t seed = 0x9e3779b97f4a7c15u;
+	uint64_t spins0 = spins ? *spins : 0;
 	uint64_t start = now_ns();
 	for (uint64_t i = 0; i < count; i++) {
 		uint64_t block = random ? xorshift64(&seed) % blocks : i % blocks;
@@ -136,8 +161,16 @@ int main(int argc, char **argv)
 	if (write && fsync(fd) != 0)
 		fail("fsync");
 	uint64_t elapsed = now_ns() - start;
+	uint64_t spun = spins ? *spins - spins0 : 0;
+	if (spinner > 0) {
+		kill(spinner, SIGKILL);
+		waitpid(spinner, NULL, 0);
+	}
 	close(fd);
-	printf("blkbench %s bs=%" PRIu64 " ops=%" PRIu64 " bytes=%" PRIu64 " ns=%" PRIu64 "\n",
+	printf("blkbench %s bs=%" PRIu64 " ops=%" PRIu64 " bytes=%" PRIu64 " ns=%" PRIu64,
 	       mode, bs, count, bs * count, elapsed);
+	if (spins)
+		printf(" spins=%" PRIu64, spun);
+	printf("\n");
 	return 0;
 }

@@ -16,6 +16,12 @@
 // each VMM in turn, -reps rounds; the table shows each mode's median
 // rate, and each ratio as the median of the rounds' ratios.
 //
+// sfvmm serves the requests as -notify says (its --notify: auto, which
+// with the guest's one vCPU is exit on a one-CPU host and ioeventfd on a
+// larger one, or either forced). With -spin a process in the guest spins
+// beside the I/O, and a last table shows how much of the guest's CPU the
+// I/O left it: what a device thread of its own buys.
+//
 // Both VMMs go through the sandbox's page cache: QEMU's default cache
 // mode (writeback) and sfvmm's plain reads and writes, on an image in the
 // sandbox's tmpfs. So the figures are the cost of each VMM's request path
@@ -39,6 +45,7 @@ import (
 
 	"github.com/sfvmm/sfvmm/tests/bench/internal/benchproc"
 	"github.com/sfvmm/sfvmm/tests/guestmod"
+	sfvmm "github.com/sfvmm/sfvmm/vmm"
 )
 
 // modules are the guest kernel's drivers the guest loads (each after the
@@ -53,13 +60,18 @@ type mode struct {
 	bs, count int
 }
 
-// A sample is what one blkbench line reported.
+// A sample is what one blkbench line reported; spins is the guest's
+// spinning process's count (-spin).
 type sample struct {
-	ops, bytes, ns int64
+	ops, bytes, ns, spins int64
 }
 
 func (s sample) mbps() float64 { return float64(s.bytes) / 1e6 / (float64(s.ns) / 1e9) }
 func (s sample) iops() float64 { return float64(s.ops) / (float64(s.ns) / 1e9) }
+
+// spinRate is the guest's spinning process's count per µs while the
+// operations ran.
+func (s sample) spinRate() float64 { return float64(s.spins) / (float64(s.ns) / 1e3) }
 
 // A vmm is one of the two VMMs under test: how to boot the guest with the
 // image as its disk.
@@ -98,7 +110,10 @@ var vmms = []vmm{
 	}},
 }
 
-var lineRE = regexp.MustCompile(`blkbench (\w+) bs=(\d+) ops=(\d+) bytes=(\d+) ns=(\d+)`)
+// sfvmmNotify is sfvmm's --notify (-notify).
+var sfvmmNotify string
+
+var lineRE = regexp.MustCompile(`blkbench (\w+) bs=(\d+) ops=(\d+) bytes=(\d+) ns=(\d+)(?: spins=(\d+))?`)
 
 func main() {
 	root := flag.String("root", ".", "repository root")
@@ -108,6 +123,8 @@ func main() {
 	randCount := flag.Int("rand-count", 4000, "4 KiB requests per random mode")
 	timeout := flag.Duration("timeout", 5*time.Minute, "limit for one boot with its four modes")
 	only := flag.String("vmms", "", "the VMMs to run, comma-separated (sfvmm-pci,sfvmm-mmio,QEMU,QEMU-mmio; \"\": all)")
+	notify := flag.String("notify", "auto", "sfvmm's --notify: auto, ioeventfd or exit")
+	spin := flag.Bool("spin", false, "run a spinning process in the guest beside each mode, and show its rate: the guest CPU the I/O leaves to other work")
 	flag.Parse()
 	if *only != "" {
 		vmms = slices.DeleteFunc(vmms, func(v vmm) bool { return !slices.Contains(strings.Split(*only, ","), v.name) })
@@ -125,14 +142,15 @@ func main() {
 		{"randwrite", 4096, *randCount},
 		{"randread", 4096, *randCount},
 	}
-	if err := run(*root, *reps, *imgMiB, modes, *timeout); err != nil {
+	sfvmmNotify = *notify
+	if err := run(*root, *reps, *imgMiB, modes, *spin, *timeout); err != nil {
 		benchproc.KillAll()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(root string, reps, imgMiB int, modes []mode, timeout time.Duration) error {
+func run(root string, reps, imgMiB int, modes []mode, spin bool, timeout time.Duration) error {
 	kernel := os.Getenv("SFVMM_LINUX_KERNEL")
 	if kernel == "" {
 		return fmt.Errorf("SFVMM_LINUX_KERNEL is not set (run through tests/kvmbox)")
@@ -155,7 +173,11 @@ func run(root string, reps, imgMiB int, modes []mode, timeout time.Duration) err
 		script = append(script, "insmod /m/"+n+".ko")
 	}
 	for _, m := range modes {
-		script = append(script, fmt.Sprintf("blkbench /dev/vda %s %d %d", m.name, m.bs, m.count))
+		cmd := fmt.Sprintf("blkbench /dev/vda %s %d %d", m.name, m.bs, m.count)
+		if spin {
+			cmd += " spin"
+		}
+		script = append(script, cmd)
 	}
 
 	// samples[vmm][mode] holds one sample per boot.
@@ -187,8 +209,13 @@ func run(root string, reps, imgMiB int, modes []mode, timeout time.Duration) err
 		"blkbench in the guest: O_DIRECT, one request at a time, writes end with fsync (timed). Rounds, each a boot of each VMM in turn: %d; "+
 		"the table shows each VMM's median rate, and for each ratio the median of the rounds' ratios.\n\n",
 		runtime.NumCPU(), firstLine(qemuVersion), filepath.Base(kernel), imgMiB, reps)
-	fmt.Println("sfvmm-pci is sfvmm --virtio pci (virtio-pci, MSI-X), sfvmm-mmio is sfvmm --virtio mmio; " +
-		"QEMU is QEMU -M pc with virtio-blk-pci (MSI-X), QEMU-mmio is QEMU -M microvm with virtio-blk-device (virtio-mmio).")
+	n, err := sfvmm.ParseNotify(sfvmmNotify)
+	if err != nil {
+		return fmt.Errorf("-notify %w", err)
+	}
+	fmt.Printf("sfvmm-pci is sfvmm --virtio pci (virtio-pci, MSI-X), sfvmm-mmio is sfvmm --virtio mmio, both --notify %s "+
+		"(here: %s); QEMU is QEMU -M pc with virtio-blk-pci (MSI-X), QEMU-mmio is QEMU -M microvm with virtio-blk-device (virtio-mmio).\n",
+		n, n.Settle(runtime.NumCPU(), 1))
 	fmt.Println()
 	vmmNames := make([]string, len(vmms))
 	for i, v := range vmms {
@@ -206,25 +233,40 @@ func run(root string, reps, imgMiB int, modes []mode, timeout time.Duration) err
 			pairedRatio(of("sfvmm-mmio"), of("QEMU-mmio")))
 	}
 	fmt.Println()
-	fmt.Println("Each boot's MB/s, in the order they ran (the spread is the sandbox's noise):")
-	fmt.Println()
-	fmt.Printf("| mode | %s |\n", strings.Join(vmmNames, " | "))
-	fmt.Println("|---|" + strings.Repeat("---|", len(vmms)))
-	for _, m := range modes {
-		fmt.Printf("| %s |", m.name)
-		for _, n := range vmmNames {
-			fmt.Printf(" %s |", rates(samples[n][m.name]))
-		}
+	table("Each boot's MB/s, in the order they ran (the spread is the sandbox's noise):", vmmNames, modes,
+		rates, samples)
+	if spin {
 		fmt.Println()
+		table("The guest's spinning process beside each mode, counts per µs (median over the boots; the higher, the more of the guest's CPU the I/O left it):",
+			vmmNames, modes, func(ss []sample) string { return fmt.Sprintf("%.1f", median(ss, sample.spinRate)) }, samples)
 	}
 	fmt.Printf("\nTotal: %v for %d boots.\n", time.Since(start).Round(time.Second), reps*len(vmms))
 	return nil
+}
+
+// table prints a table of each mode (rows) and VMM (columns), each cell
+// cell of that VMM's samples of that mode, under the title.
+func table(title string, vmmNames []string, modes []mode, cell func([]sample) string, samples map[string]map[string][]sample) {
+	fmt.Println(title)
+	fmt.Println()
+	fmt.Printf("| mode | %s |\n", strings.Join(vmmNames, " | "))
+	fmt.Println("|---|" + strings.Repeat("---|", len(vmmNames)))
+	for _, m := range modes {
+		fmt.Printf("| %s |", m.name)
+		for _, n := range vmmNames {
+			fmt.Printf(" %s |", cell(samples[n][m.name]))
+		}
+		fmt.Println()
+	}
 }
 
 // boot runs the guest once under v and returns its blkbench samples by
 // mode.
 func boot(v vmm, kernel, initrd, img, script string, modes []mode, timeout time.Duration) (map[string]sample, error) {
 	args := v.cmd(kernel, initrd, img, script)
+	if args[0] == "sfvmm" {
+		args = slices.Insert(args, 2, "--notify", sfvmmNotify)
+	}
 	p, err := benchproc.Start(args[0], args[1:]...)
 	if err != nil {
 		return nil, err
@@ -243,11 +285,11 @@ func boot(v vmm, kernel, initrd, img, script string, modes []mode, timeout time.
 		if m == nil {
 			continue
 		}
-		var n [4]int64
+		var n [5]int64
 		for i := range n {
-			n[i], _ = strconv.ParseInt(m[i+2], 10, 64)
+			n[i], _ = strconv.ParseInt(m[i+2], 10, 64) // spins: 0 without -spin
 		}
-		got[m[1]] = sample{ops: n[1], bytes: n[2], ns: n[3]}
+		got[m[1]] = sample{ops: n[1], bytes: n[2], ns: n[3], spins: n[4]}
 	}
 	for _, m := range modes {
 		if s, ok := got[m.name]; !ok || s.ns <= 0 {
