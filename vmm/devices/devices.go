@@ -62,7 +62,7 @@ type Wiring struct {
 	VsockPath, VsockDial string
 	// IOEventFD makes the guest's write of size bytes of value to addr
 	// signal the eventfd fd without an exit to the VMM (KVM_IOEVENTFD);
-	// nil: every notification exits.
+	// nil: every notification exits, and the vCPU's thread serves it.
 	IOEventFD func(addr uint64, size, value uint32, fd int) error
 	// SignalMSI sends an MSI message to the guest (virtio-pci's
 	// interrupts).
@@ -242,7 +242,7 @@ type Set struct {
 	gateMu   sync.Mutex // guards quiesced
 	quiesced bool
 	// notifiers are the ioeventfds of the virtio queues; each has a
-	// goroutine that serves its queue, which ends when it is closed.
+	// goroutine that serves its queue until Close.
 	notifiers []*notifier
 	served    sync.WaitGroup
 	// transports are the virtio devices', served once more after a
