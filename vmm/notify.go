@@ -1,9 +1,6 @@
 package vmm
 
-import (
-	"fmt"
-	"runtime"
-)
+import "fmt"
 
 // Notify is how the guest's virtio queue notifications reach the devices
 // (Config.Notify). It is the host's choice, not the guest's: a snapshot
@@ -12,8 +9,11 @@ import (
 type Notify int
 
 const (
-	// NotifyAuto is NotifyIOEventFD where the host has more CPUs than
-	// the machine has vCPUs, and NotifyExit where it has not.
+	// NotifyAuto is NotifyIOEventFD where the process may run more
+	// threads at once than the machine has vCPUs (GOMAXPROCS as the
+	// runtime sets it: the CPUs it may run on, within its CPU quota), and
+	// NotifyExit where it may not. It looks at one machine: a host
+	// running many may want NotifyExit for all.
 	NotifyAuto Notify = iota
 	// NotifyIOEventFD: KVM signals an eventfd and the vCPU goes straight
 	// back to the guest, while a thread of the device's serves the
@@ -31,7 +31,7 @@ const (
 var notifyNames = []string{NotifyAuto: "auto", NotifyIOEventFD: "ioeventfd", NotifyExit: "exit"}
 
 func (n Notify) String() string {
-	if n >= 0 && int(n) < len(notifyNames) {
+	if n.valid() {
 		return notifyNames[n]
 	}
 	return fmt.Sprintf("Notify(%d)", int(n))
@@ -47,8 +47,10 @@ func ParseNotify(s string) (Notify, error) {
 	return 0, fmt.Errorf("%q: want auto, ioeventfd or exit", s)
 }
 
-// Settle is n with NotifyAuto decided for a machine of vcpus on a host
-// whose process may run on hostCPUs.
+func (n Notify) valid() bool { return n >= NotifyAuto && n <= NotifyExit }
+
+// Settle is n with NotifyAuto decided for a machine of vcpus in a
+// process that may run hostCPUs threads at once.
 func (n Notify) Settle(hostCPUs, vcpus int) Notify {
 	if n != NotifyAuto {
 		return n
@@ -60,10 +62,6 @@ func (n Notify) Settle(hostCPUs, vcpus int) Notify {
 }
 
 // Notify is how the machine's virtio notifications reach its devices:
-// Config.Notify, settled for this host.
-func (m *VM) Notify() Notify {
-	// NumCPU is the CPUs the process may run on (its affinity mask at
-	// start), not the host's count: a VMM pinned to one CPU has none to
-	// spare.
-	return m.cfg.Notify.Settle(runtime.NumCPU(), m.cfg.CPUs)
-}
+// Config.Notify, settled for this host (NotifyAuto before the devices
+// are built).
+func (m *VM) Notify() Notify { return m.notify }

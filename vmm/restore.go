@@ -43,6 +43,9 @@ func Restore(s *MachineState, fill func(*memory.Memory) (MemorySource, error), r
 	if err := s.check(); err != nil {
 		return nil, err
 	}
+	if !rc.Notify.valid() {
+		return nil, fmt.Errorf("unknown notification mode %v", rc.Notify)
+	}
 	m := newVM(Config{
 		KernelPath: s.Config.Kernel, Cmdline: s.Config.Cmdline,
 		CPUs: int(s.Config.CPUs), MemBytes: s.Config.MemBytes,

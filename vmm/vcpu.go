@@ -144,6 +144,17 @@ var procs struct {
 	base, held int
 }
 
+// procsBase is GOMAXPROCS without the Ps running vCPUs keep: the
+// parallelism the process has for everything else.
+func procsBase() int {
+	procs.Lock()
+	defer procs.Unlock()
+	if procs.held == 0 {
+		return runtime.GOMAXPROCS(0)
+	}
+	return procs.base
+}
+
 // holdProcs adds n vCPUs' Ps to GOMAXPROCS; releaseProcs takes them back.
 func holdProcs(n int) {
 	procs.Lock()

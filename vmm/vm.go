@@ -108,6 +108,9 @@ const MaxCPUs = 254
 type VM struct {
 	cfg Config
 	log *slog.Logger
+	// notify is cfg.Notify settled for this host when the devices were
+	// built.
+	notify Notify
 
 	mem   *memory.Memory
 	kind  boot.Kind
@@ -195,7 +198,7 @@ func newVM(cfg Config) *VM {
 // a caller can tell its user which of its own inputs (cmd/sfvmm: a flag)
 // to change.
 type ConfigError struct {
-	Field string // the Config field's name: "KernelPath", "InitrdPath", "CPUs", "MemBytes" or "Disks"
+	Field string // the Config field's name: "KernelPath", "InitrdPath", "CPUs", "MemBytes", "Disks" or "Notify"
 	Err   error
 }
 
@@ -220,6 +223,9 @@ func validate(cfg Config) error {
 	}
 	if cfg.KernelPath == "" {
 		return &ConfigError{"KernelPath", errors.New("no kernel given")}
+	}
+	if !cfg.Notify.valid() {
+		return &ConfigError{"Notify", fmt.Errorf("unknown notification mode %v", cfg.Notify)}
 	}
 	return nil
 }
@@ -417,11 +423,11 @@ func (m *VM) addDevices() error {
 	if m.cfg.Fork != nil {
 		w.ForkHost = m.cfg.Fork(m)
 	}
-	notify := m.Notify()
-	if notify == NotifyExit {
+	m.notify = m.cfg.Notify.Settle(procsBase(), m.cfg.CPUs)
+	if m.notify == NotifyExit {
 		w.IOEventFD = nil
 	}
-	m.log.Debug(fmt.Sprintf("virtio notifications: %s (--notify %s)", notify, m.cfg.Notify))
+	m.log.Debug(fmt.Sprintf("virtio notifications: %s (--notify %s)", m.notify, m.cfg.Notify))
 	if m.cfg.Devices.VsockCID != 0 {
 		w.VsockDial = m.cfg.VsockDial
 		if w.VsockPath = m.cfg.VsockPath; w.VsockPath == "" {

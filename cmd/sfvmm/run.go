@@ -319,15 +319,20 @@ func addNotifyFlag(fs *flag.FlagSet) *notifyFlag {
 	fs.Var(f, "notify", "how the guest's virtio queue notifications reach sfvmm: "+
 		"ioeventfd (KVM wakes a device thread, and the vCPU goes straight back to the guest, whose other work goes on while requests are copied), "+
 		"exit (the vCPU's own thread serves each request before it goes back: no thread switches, the fastest where the device thread would have no CPU of its own), "+
-		"or auto (ioeventfd where the host has more CPUs than the VM has vCPUs, exit where it has not)")
+		"or auto, the default (ioeventfd where sfvmm may run more threads at once than the VM has vCPUs, exit where it may not)")
 	return f
 }
 
 func (f *notifyFlag) String() string { return f.n.String() }
 
-func (f *notifyFlag) Set(s string) (err error) {
-	f.n, err = vmm.ParseNotify(s)
-	return err
+func (f *notifyFlag) Set(s string) error {
+	n, err := vmm.ParseNotify(s)
+	if err != nil {
+		// The flag package names the value already.
+		return errors.New("want auto, ioeventfd or exit")
+	}
+	f.n = n
+	return nil
 }
 
 // args is the flag as a clone of this machine takes it: a clone on the

@@ -36,6 +36,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -136,9 +137,15 @@ int main(int argc, char **argv)
 			fail("mmap");
 		if ((spinner = fork()) < 0)
 			fail("fork");
-		if (spinner == 0)
+		if (spinner == 0) {
+			/* Ends with blkbench, whatever way blkbench ends
+			 * (PR_SET_PDEATHSIG cannot fail for a valid signal). */
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() == 1)
+				_exit(0);
 			for (;;)
 				(*spins)++;
+		}
 		while (*spins == 0)
 			usleep(1000);
 	}

@@ -2,10 +2,11 @@
 // writes, flushes and discards through one request queue. What holds the
 // data, and how a fork freezes it, is the Backend's (package vmm/disk).
 //
-// A request is served whole, by the goroutine that took its queue's
-// notification, before the chain goes back; a hold of the machine (a fork,
-// a snapshot) waits for it through the transport's gate. So none is half
-// done in a saved state: each is either done (its chain returned, its data
+// A request is served whole, by the thread that took its queue's
+// notification (a vCPU's, in its exit, or the queue's ioeventfd
+// goroutine), before the chain goes back; a hold of the machine (a fork,
+// a snapshot) waits for it, as it waits for the vCPUs to stop or through
+// the transport's gate. So none is half done in a saved state: each is either done (its chain returned, its data
 // written) or still in the available ring for the restored device to
 // take.
 package blk

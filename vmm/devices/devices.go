@@ -320,7 +320,7 @@ func New(w Wiring) (*Set, error) {
 		}
 		s.transports = append(s.transports, t)
 		if w.IOEventFD != nil {
-			if err := s.notify(t, len(dev.QueueSizes()), notify, w.IOEventFD); err != nil {
+			if err := s.notify(t, d.name, len(dev.QueueSizes()), notify, w.IOEventFD, w.Log); err != nil {
 				s.Close()
 				return nil, fmt.Errorf("%s: %w", d.name, err)
 			}
@@ -375,14 +375,14 @@ func (s *Set) transport(w Wiring, n int, name string, dev virtio.Device) (transp
 	}, nil
 }
 
-// notify has KVM signal an eventfd for each of t's n queues when the
-// driver notifies it, and serves the queue from a goroutine of its own
-// blocked in the eventfd's read: the vCPU goes back to the guest without
-// an exit to the VMM, and the request is served while it runs. The read
-// blocks its thread rather than waiting in the runtime's poller, so that
-// the guest's notification wakes the thread that serves it, and nothing
-// else.
-func (s *Set) notify(t transport, n int, where ioeventfd, kvmIOEventFD func(addr uint64, size, value uint32, fd int) error) error {
+// notify has KVM signal an eventfd for each of t's n queues (device
+// name's) when the driver notifies it, and serves the queue from a
+// goroutine of its own blocked in the eventfd's read: the vCPU goes back
+// to the guest without an exit to the VMM, and the request is served
+// while it runs. The read blocks its thread rather than waiting in the
+// runtime's poller, so that the guest's notification wakes the thread
+// that serves it, and nothing else.
+func (s *Set) notify(t transport, name string, n int, where ioeventfd, kvmIOEventFD func(addr uint64, size, value uint32, fd int) error, log *slog.Logger) error {
 	for q := range n {
 		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 		if err != nil {
@@ -400,10 +400,20 @@ func (s *Set) notify(t transport, n int, where ioeventfd, kvmIOEventFD func(addr
 			var b [8]byte
 			for {
 				_, err := unix.Read(fd, b[:])
-				if nf.closed.Load() || err != nil {
+				if nf.closed.Load() {
 					return
 				}
-				t.Kick(q)
+				switch {
+				case err == nil:
+					t.Kick(q)
+				case err != unix.EINTR:
+					// Not seen; an eventfd read fails only for a
+					// bad buffer. The queue is served no more.
+					if log != nil {
+						log.Error(fmt.Sprintf("%s: queue %d: ioeventfd read: %v; the queue is no longer served", name, q, err))
+					}
+					return
+				}
 			}
 		}()
 	}

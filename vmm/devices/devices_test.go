@@ -206,7 +206,18 @@ func TestNotifiersClose(t *testing.T) {
 	if _, err := unix.Write(fds[0], []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond) // the goroutine reaches the gate
+	// The goroutine has read the notification once its eventfd no
+	// longer polls readable: it then waits at the gate.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		p := []unix.PollFd{{Fd: int32(fds[0]), Events: unix.POLLIN}}
+		if n, err := unix.Poll(p, 0); err != nil || n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the notification was not read in 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
 	select {

@@ -142,6 +142,10 @@ func main() {
 		{"randwrite", 4096, *randCount},
 		{"randread", 4096, *randCount},
 	}
+	if _, err := sfvmm.ParseNotify(*notify); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -notify", err)
+		os.Exit(2)
+	}
 	sfvmmNotify = *notify
 	if err := run(*root, *reps, *imgMiB, modes, *spin, *timeout); err != nil {
 		benchproc.KillAll()
@@ -209,10 +213,7 @@ func run(root string, reps, imgMiB int, modes []mode, spin bool, timeout time.Du
 		"blkbench in the guest: O_DIRECT, one request at a time, writes end with fsync (timed). Rounds, each a boot of each VMM in turn: %d; "+
 		"the table shows each VMM's median rate, and for each ratio the median of the rounds' ratios.\n\n",
 		runtime.NumCPU(), firstLine(qemuVersion), filepath.Base(kernel), imgMiB, reps)
-	n, err := sfvmm.ParseNotify(sfvmmNotify)
-	if err != nil {
-		return fmt.Errorf("-notify %w", err)
-	}
+	n, _ := sfvmm.ParseNotify(sfvmmNotify) // checked in main
 	fmt.Printf("sfvmm-pci is sfvmm --virtio pci (virtio-pci, MSI-X), sfvmm-mmio is sfvmm --virtio mmio, both --notify %s "+
 		"(here: %s); QEMU is QEMU -M pc with virtio-blk-pci (MSI-X), QEMU-mmio is QEMU -M microvm with virtio-blk-device (virtio-mmio).\n",
 		n, n.Settle(runtime.NumCPU(), 1))
