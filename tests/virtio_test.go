@@ -85,12 +85,30 @@ func TestVirtioEntropy(t *testing.T) {
 
 // A hostile driver (the virtiobad kernel) puts each kind of malformed input
 // in virtio-rng's queue, or negotiates wrongly: the device refuses each
-// with DEVICE_NEEDS_RESET and one log line, sfvmm runs on, and after the
-// resets good requests, direct and through an indirect table, are served.
+// with DEVICE_NEEDS_RESET and one log line, sfvmm runs on, the disk beside
+// it serves a read while the rng is failed, and after the resets good
+// requests, direct and through an indirect table, are served. With each
+// --notify: the malformed chains reach the device on the vCPU's thread or
+// on the queue's.
 func TestVirtioHostileDriver(t *testing.T) {
-	out, code := run(t, 2*time.Minute, sfvmmPath(t), "run", "--rng", "--kernel", vmtest.Kernel(t, "virtiobad"))
+	img := filepath.Join(t.TempDir(), "disk.img")
+	sector := make([]byte, 4096)
+	copy(sector, "sector zero of the disk")
+	if err := os.WriteFile(img, sector, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, notify := range []string{"exit", "ioeventfd"} {
+		t.Run(notify, func(t *testing.T) { testVirtioHostileDriver(t, notify, img) })
+	}
+}
+
+func testVirtioHostileDriver(t *testing.T, notify, img string) {
+	out, code := run(t, 2*time.Minute, sfvmmPath(t), "run", "--notify", notify, "--rng", "--disk", img, "--kernel", vmtest.Kernel(t, "virtiobad"))
 	if code != 1 || !strings.Contains(out, "virtiobad: good request after the resets: 32 bytes") || !strings.Contains(out, "virtiobad: good indirect request: 32 bytes") {
 		t.Fatalf("exit %d, want 1 (debug-exit 0) and both good requests served:\n%s", code, out)
+	}
+	if !strings.Contains(out, "virtiobad: disk while the rng is failed: sector zero of the disk") {
+		t.Errorf("the disk did not serve its read while the rng was failed:\n%s", out)
 	}
 	for _, c := range []string{"buffer outside RAM", "oversized length", "descriptor loop", "chain longer than the queue",
 		"head index past the queue", "avail index past the queue's size", "indirect descriptor not negotiated",

@@ -1,23 +1,29 @@
 /*
  * virtiobad: a hostile virtio driver. Against sfvmm's virtio-rng (run with
- * --rng; the device's window is at 0xd0000000), it puts each kind of
- * malformed input in the device's queue, or negotiates wrongly, and checks
- * that the device refuses it: DEVICE_NEEDS_RESET in its status and the
- * configuration-change bit in its interrupt status (or, for features it
- * does not offer, FEATURES_OK left clear). After each case it resets the
- * device, and at the end it makes two good requests, one through an
- * indirect table, which must be served.
+ * --rng --disk IMAGE; the rng's window is at 0xd0000000, the disk's next
+ * to it), it puts each kind of malformed input in the rng's queue, or
+ * negotiates wrongly, and checks that the device refuses it:
+ * DEVICE_NEEDS_RESET in its status and the configuration-change bit in its
+ * interrupt status (or, for features it does not offer, FEATURES_OK left
+ * clear). After each case it resets the device. While the rng is failed
+ * after the last case, it reads the disk's first sector, which another
+ * device must still serve. At the end it makes two good rng requests, one
+ * through an indirect table, which must be served.
  * The VMM must survive all of it.
  *
- * Prints "virtiobad: CASE: refused" per case, "virtiobad: good request
- * after the resets: 32 bytes" and "virtiobad: good indirect request: 32
- * bytes"; debug-exit 0 if every case went as it
+ * Prints "virtiobad: CASE: refused" per case, "virtiobad: disk while the
+ * rng is failed: TEXT" (the sector's first bytes, up to a zero or 32),
+ * "virtiobad: good request after the resets: 32 bytes" and "virtiobad:
+ * good indirect request: 32 bytes"; debug-exit 0 if every case went as it
  * should, 1 otherwise (with a line saying which).
  */
 #include "kernel.h"
 
-#define DEV 0xd0000000u
-#define REG(off) (*(volatile uint32_t *)(uintptr_t)(DEV + (off)))
+#define RNG 0xd0000000u
+#define DISK 0xd0001000u /* the next virtio-mmio window */
+/* The device the registers below are of: RNG but for the disk's turn. */
+static uint32_t dev = RNG;
+#define REG(off) (*(volatile uint32_t *)(uintptr_t)(dev + (off)))
 #define MAGIC 0x000
 #define DEVICE_ID 0x008
 #define DEV_FEAT_SEL 0x014
@@ -142,13 +148,57 @@ static void good(uint16_t idx, const char *name)
 	}
 }
 
+/*
+ * read_disk reads sector 0 of the virtio-blk disk and prints its first
+ * bytes: another device goes on while the rng needs a reset (which serves
+ * nothing, so the queue's memory is the disk's for now).
+ */
+static void read_disk(void)
+{
+	dev = DISK;
+	if (REG(MAGIC) != 0x74726976 || REG(DEVICE_ID) != 2) {
+		kprintf("virtiobad: no virtio-blk at 0x%x (run with --disk)\n", DISK);
+		failures++;
+		dev = RNG;
+		return;
+	}
+	setup(0, 1);
+	volatile uint32_t *hdr = (volatile uint32_t *)(uintptr_t)BUF_AT; /* type, reserved, sector */
+	hdr[0] = 0; /* VIRTIO_BLK_T_IN */
+	hdr[1] = hdr[2] = hdr[3] = 0;
+	volatile char *data = (volatile char *)(uintptr_t)(BUF_AT + 0x200);
+	volatile uint8_t *status = (volatile uint8_t *)(uintptr_t)(BUF_AT + 0x400);
+	*status = 0xff;
+	desc[0] = (struct desc){BUF_AT, 16, F_NEXT, 1};
+	desc[1] = (struct desc){BUF_AT + 0x200, 512, F_WRITE | F_NEXT, 2};
+	desc[2] = (struct desc){BUF_AT + 0x400, 1, F_WRITE, 0};
+	offer(0, 1);
+	for (int i = 0; i < POLLS && (used[0] >> 16) < 1; i++)
+		spin_loops(1000);
+	if ((used[0] >> 16) != 1 || *status != 0) {
+		kprintf("virtiobad: disk while the rng is failed: used idx %u, status %u\n", used[0] >> 16, *status);
+		failures++;
+	} else {
+		char text[33];
+		int n = 0;
+		while (n < 32 && data[n] != 0) {
+			text[n] = data[n];
+			n++;
+		}
+		text[n] = 0;
+		kprintf("virtiobad: disk while the rng is failed: %s\n", text);
+	}
+	REG(STATUS) = 0;
+	dev = RNG;
+}
+
 void kmain(uint32_t magic, uint32_t mbi)
 {
 	(void)magic;
 	(void)mbi;
 	serial_init();
 	if (REG(MAGIC) != 0x74726976 || REG(DEVICE_ID) != 4) {
-		kprintf("virtiobad: no virtio-rng at 0x%x (run with --rng)\n", DEV);
+		kprintf("virtiobad: no virtio-rng at 0x%x (run with --rng)\n", RNG);
 		debug_exit(1);
 	}
 
@@ -215,6 +265,7 @@ void kmain(uint32_t magic, uint32_t mbi)
 	}
 	REG(STATUS) = ACK | DRIVER | DRIVER_OK;
 	expect_refused("DRIVER_OK without FEATURES_OK");
+	read_disk();
 
 	if (!setup(INDIRECT_DESC, 1)) {
 		kprintf("virtiobad: features refused after the resets\n");
