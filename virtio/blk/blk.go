@@ -6,9 +6,9 @@
 // notification (a vCPU's, in its exit, or the queue's ioeventfd
 // goroutine), before the chain goes back; a hold of the machine (a fork,
 // a snapshot) waits for it, as it waits for the vCPUs to stop or through
-// the transport's gate. So none is half done in a saved state: each is either done (its chain returned, its data
-// written) or still in the available ring for the restored device to
-// take.
+// the transport's gate. So none is half done in a saved state: each is
+// either done (its chain returned, its data written) or still in the
+// available ring for the restored device to take.
 package blk
 
 import (

@@ -111,7 +111,7 @@ var vmms = []vmm{
 }
 
 // sfvmmNotify is sfvmm's --notify (-notify).
-var sfvmmNotify string
+var sfvmmNotify sfvmm.Notify
 
 var lineRE = regexp.MustCompile(`blkbench (\w+) bs=(\d+) ops=(\d+) bytes=(\d+) ns=(\d+)(?: spins=(\d+))?`)
 
@@ -142,11 +142,11 @@ func main() {
 		{"randwrite", 4096, *randCount},
 		{"randread", 4096, *randCount},
 	}
-	if _, err := sfvmm.ParseNotify(*notify); err != nil {
+	var err error
+	if sfvmmNotify, err = sfvmm.ParseNotify(*notify); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: -notify", err)
 		os.Exit(2)
 	}
-	sfvmmNotify = *notify
 	if err := run(*root, *reps, *imgMiB, modes, *spin, *timeout); err != nil {
 		benchproc.KillAll()
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -213,10 +213,9 @@ func run(root string, reps, imgMiB int, modes []mode, spin bool, timeout time.Du
 		"blkbench in the guest: O_DIRECT, one request at a time, writes end with fsync (timed). Rounds, each a boot of each VMM in turn: %d; "+
 		"the table shows each VMM's median rate, and for each ratio the median of the rounds' ratios.\n\n",
 		runtime.NumCPU(), firstLine(qemuVersion), filepath.Base(kernel), imgMiB, reps)
-	n, _ := sfvmm.ParseNotify(sfvmmNotify) // checked in main
 	fmt.Printf("sfvmm-pci is sfvmm --virtio pci (virtio-pci, MSI-X), sfvmm-mmio is sfvmm --virtio mmio, both --notify %s "+
 		"(here: %s); QEMU is QEMU -M pc with virtio-blk-pci (MSI-X), QEMU-mmio is QEMU -M microvm with virtio-blk-device (virtio-mmio).\n",
-		n, n.Settle(runtime.NumCPU(), 1))
+		sfvmmNotify, sfvmmNotify.Settle(runtime.GOMAXPROCS(0), 1)) // as sfvmm settles it, in the same sandbox
 	fmt.Println()
 	vmmNames := make([]string, len(vmms))
 	for i, v := range vmms {
@@ -245,8 +244,8 @@ func run(root string, reps, imgMiB int, modes []mode, spin bool, timeout time.Du
 	return nil
 }
 
-// table prints a table of each mode (rows) and VMM (columns), each cell
-// cell of that VMM's samples of that mode, under the title.
+// table prints, under the title, a table of each mode (rows) and VMM
+// (columns) whose cells are cell of that VMM's samples of that mode.
 func table(title string, vmmNames []string, modes []mode, cell func([]sample) string, samples map[string]map[string][]sample) {
 	fmt.Println(title)
 	fmt.Println()
@@ -266,7 +265,7 @@ func table(title string, vmmNames []string, modes []mode, cell func([]sample) st
 func boot(v vmm, kernel, initrd, img, script string, modes []mode, timeout time.Duration) (map[string]sample, error) {
 	args := v.cmd(kernel, initrd, img, script)
 	if args[0] == "sfvmm" {
-		args = slices.Insert(args, 2, "--notify", sfvmmNotify)
+		args = slices.Insert(args, 2, "--notify", sfvmmNotify.String())
 	}
 	p, err := benchproc.Start(args[0], args[1:]...)
 	if err != nil {
